@@ -1,0 +1,366 @@
+//! The hot cache: resolved keys and projects, in process, bounded, dropped on invalidation.
+//!
+//! Owns: [`ReadThrough`] (bounded map, positive and negative TTLs, one fetch in flight per
+//! entry, stale-if-error up to `max_stale`), the two instances of it ([`Cache`]), and the
+//! invalidation subscriber ([`subscribe`]). Does not own: what an entry means (`policy`), or the
+//! Redis reads (`store`).
+//!
+//! Invariants:
+//! - An entry counts as fresh only while the invalidation subscription is live: if it is down we
+//!   may have missed a revocation, so every lookup goes to Redis (entries remain usable as stale
+//!   if Redis fails too). On every (re)subscription the whole cache is dropped.
+//! - A fetch that raced an invalidation is returned to its callers but never cached.
+//! - Expiry of keys is not judged here: the policy checks it against the clock on every request.
+//! - No lock is held across an `.await`; values are `Arc`s cloned out of the map at once.
+
+use std::hash::Hash;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use dashmap::DashMap;
+use futures_util::StreamExt;
+use tokio::sync::{OnceCell, watch};
+
+use crate::config::CacheConfig;
+use crate::credential::KeyHash;
+use crate::metrics::Metrics;
+use crate::store::model::{OrgId, Principal, Project, ProjectId};
+use crate::store::{Invalidation, Store, StoreError};
+
+/// After a store failure, entries usable as stale are served without retrying Redis for this
+/// long, so an outage does not add a timeout to every request.
+const STALE_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// How a lookup was answered (a metric label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A fresh entry.
+    Hit,
+    /// Fetched from the store (found or not).
+    Miss,
+    /// A fresh "no such thing" entry.
+    Negative,
+    /// The store failed; an entry younger than `max_stale` was used.
+    Stale,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Negative => "negative",
+            Outcome::Stale => "stale",
+        }
+    }
+}
+
+/// A lookup's answer: the value (`None`: does not exist) and how it was found.
+#[derive(Debug)]
+pub struct Lookup<V> {
+    pub value: Option<Arc<V>>,
+    pub outcome: Outcome,
+}
+
+type Shared<V> = Result<Option<Arc<V>>, Arc<StoreError>>;
+
+struct Slot<V> {
+    value: Option<Arc<V>>,
+    fetched_at: Instant,
+}
+
+/// A bounded read-through map in front of the store.
+pub struct ReadThrough<K, V> {
+    entries: DashMap<K, Slot<V>>,
+    /// One cell per key being fetched: every concurrent miss awaits the same fetch.
+    inflight: DashMap<K, Arc<OnceCell<Shared<V>>>>,
+    /// Bumped by every invalidation; a fetch that started before a bump is not cached.
+    epoch: AtomicU64,
+    /// Only one thread evicts at a time.
+    evicting: AtomicBool,
+    cfg: CacheConfig,
+}
+
+impl<K: Eq + Hash + Clone, V> ReadThrough<K, V> {
+    fn new(cfg: CacheConfig) -> Self {
+        ReadThrough {
+            entries: DashMap::new(),
+            inflight: DashMap::new(),
+            epoch: AtomicU64::new(0),
+            evicting: AtomicBool::new(false),
+            cfg,
+        }
+    }
+
+    /// Looks `key` up, fetching it (once, however many callers wait) when not fresh.
+    /// `trusted` is whether invalidations are being received; `recently_failed` whether the store
+    /// failed within [`STALE_RETRY_AFTER`].
+    pub async fn get<Fut>(
+        &self,
+        key: &K,
+        trusted: bool,
+        recently_failed: bool,
+        fetch: impl FnOnce() -> Fut,
+    ) -> Result<Lookup<V>, Arc<StoreError>>
+    where
+        Fut: Future<Output = Result<Option<V>, StoreError>>,
+    {
+        let now = Instant::now();
+        let cached = self
+            .entries
+            .get(key)
+            .map(|s| (s.value.clone(), now.saturating_duration_since(s.fetched_at)));
+        if let Some((value, age)) = &cached {
+            let ttl = if value.is_some() { self.cfg.ttl } else { self.cfg.negative_ttl };
+            if trusted && *age < ttl {
+                let outcome = if value.is_some() { Outcome::Hit } else { Outcome::Negative };
+                return Ok(Lookup { value: value.clone(), outcome });
+            }
+            if recently_failed && value.is_some() && *age < self.cfg.max_stale {
+                return Ok(Lookup { value: value.clone(), outcome: Outcome::Stale });
+            }
+        }
+        match self.fetch_once(key, fetch).await {
+            Ok(value) => Ok(Lookup { value, outcome: Outcome::Miss }),
+            Err(e) => match cached {
+                Some((Some(v), age)) if age < self.cfg.max_stale && e.is_unavailable() => {
+                    Ok(Lookup { value: Some(v), outcome: Outcome::Stale })
+                }
+                _ => Err(e),
+            },
+        }
+    }
+
+    async fn fetch_once<Fut>(&self, key: &K, fetch: impl FnOnce() -> Fut) -> Shared<V>
+    where
+        Fut: Future<Output = Result<Option<V>, StoreError>>,
+    {
+        let cell = self.inflight.entry(key.clone()).or_default().clone();
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let result = cell
+            .get_or_init(|| async {
+                let fetched = fetch().await.map(|v| v.map(Arc::new)).map_err(Arc::new);
+                if let Ok(value) = &fetched
+                    && self.epoch.load(Ordering::Acquire) == epoch
+                {
+                    self.insert(key.clone(), value.clone());
+                }
+                fetched
+            })
+            .await
+            .clone();
+        self.inflight.remove_if(key, |_, c| Arc::ptr_eq(c, &cell));
+        result
+    }
+
+    fn insert(&self, key: K, value: Option<Arc<V>>) {
+        self.entries.insert(key, Slot { value, fetched_at: Instant::now() });
+        if self.entries.len() > self.cfg.max_entries {
+            self.evict();
+        }
+    }
+
+    /// Brings the map back to 90% of its bound: first what is too old to serve even as stale
+    /// (and expired negative entries), then arbitrary entries.
+    fn evict(&self) {
+        if self.evicting.swap(true, Ordering::Acquire) {
+            return;
+        }
+        let now = Instant::now();
+        let keep_positive = self.cfg.ttl.max(self.cfg.max_stale);
+        self.entries.retain(|_, s| {
+            let age = now.saturating_duration_since(s.fetched_at);
+            age < if s.value.is_some() { keep_positive } else { self.cfg.negative_ttl }
+        });
+        let target = self.cfg.max_entries - self.cfg.max_entries / 10;
+        let mut excess = self.entries.len().saturating_sub(target);
+        if excess > 0 {
+            self.entries.retain(|_, _| {
+                if excess == 0 {
+                    return true;
+                }
+                excess -= 1;
+                false
+            });
+        }
+        self.evicting.store(false, Ordering::Release);
+    }
+
+    fn invalidate(&self, drop: impl FnMut(&K, &mut Slot<V>) -> bool) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let mut drop = drop;
+        self.entries.retain(|k, s| !drop(k, s));
+    }
+
+    fn remove(&self, key: &K) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.entries.remove(key);
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// The replica's hot entries.
+pub struct Cache {
+    /// Credential hash → key and owner (or "no such key").
+    pub keys: ReadThrough<KeyHash, Principal>,
+    /// (org, project) → project with members (or "no such project").
+    pub projects: ReadThrough<(OrgId, ProjectId), Project>,
+    /// Whether the invalidation subscription is live (entries are trusted only then).
+    subscribed: AtomicBool,
+    /// When the store last failed, as milliseconds since `started`; 0 for never.
+    last_failure_ms: AtomicU64,
+    started: Instant,
+}
+
+impl Cache {
+    pub fn new(cfg: CacheConfig) -> Cache {
+        Cache {
+            keys: ReadThrough::new(cfg),
+            projects: ReadThrough::new(cfg),
+            subscribed: AtomicBool::new(false),
+            last_failure_ms: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    fn recently_failed(&self) -> bool {
+        let at = self.last_failure_ms.load(Ordering::Relaxed);
+        at != 0 && self.started.elapsed().as_millis() as u64 - at < STALE_RETRY_AFTER.as_millis() as u64
+    }
+
+    fn note(&self, result: &Result<impl Sized, Arc<StoreError>>) {
+        if let Err(e) = result
+            && e.is_unavailable()
+        {
+            self.last_failure_ms.store(self.started.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// The key with this credential hash, and its owner.
+    pub async fn principal(&self, store: &Store, hash: &KeyHash) -> Result<Lookup<Principal>, Arc<StoreError>> {
+        let trusted = self.subscribed.load(Ordering::Acquire);
+        let r = self.keys.get(hash, trusted, self.recently_failed(), || store.resolve_key(hash)).await;
+        self.note(&r);
+        r
+    }
+
+    /// A project of an org, with its members.
+    pub async fn project(&self, store: &Store, org: &OrgId, id: &ProjectId) -> Result<Lookup<Project>, Arc<StoreError>> {
+        let trusted = self.subscribed.load(Ordering::Acquire);
+        let key = (org.clone(), id.clone());
+        let r = self.projects.get(&key, trusted, self.recently_failed(), || store.project(org, id)).await;
+        self.note(&r);
+        r
+    }
+
+    /// Applies one invalidation message.
+    pub fn apply(&self, inv: &Invalidation) {
+        match inv {
+            Invalidation::Key(hex) => match parse_hash(hex) {
+                Some(hash) => self.keys.remove(&hash),
+                None => self.clear(),
+            },
+            Invalidation::User(user) => self
+                .keys
+                .invalidate(|_, s| s.value.as_ref().is_some_and(|p| &p.owner.id == user)),
+            Invalidation::Project(org, id) => self.projects.remove(&(org.clone(), id.clone())),
+        }
+    }
+
+    /// Drops everything (the subscription reconnected: messages may have been missed).
+    pub fn clear(&self) {
+        self.keys.invalidate(|_, _| true);
+        self.projects.invalidate(|_, _| true);
+    }
+
+    pub fn set_subscribed(&self, live: bool) {
+        self.subscribed.store(live, Ordering::Release);
+    }
+
+    pub fn is_subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::Acquire)
+    }
+}
+
+fn parse_hash(hex: &str) -> Option<KeyHash> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(KeyHash(out))
+}
+
+/// How often the subscriber pings Redis to notice a dead subscription.
+const SUBSCRIBER_PING_EVERY: Duration = Duration::from_secs(1);
+/// Pause between subscription attempts while Redis is down.
+const SUBSCRIBER_RETRY_EVERY: Duration = Duration::from_millis(200);
+
+/// Receives invalidations until `shutdown` turns true, reconnecting as needed. Each
+/// (re)subscription clears the cache first; while unsubscribed, no entry counts as fresh.
+pub async fn subscribe(cache: Arc<Cache>, store: Store, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
+    while !*shutdown.borrow() {
+        if let Err(e) = subscription(&cache, &store, &metrics, &mut shutdown).await {
+            metrics.redis_errors.inc();
+            tracing::warn!(error = %e, "invalidation subscription down; cache entries count as stale until it is back");
+        }
+        cache.set_subscribed(false);
+        tokio::select! {
+            _ = tokio::time::sleep(SUBSCRIBER_RETRY_EVERY) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// One subscription's life: returns when the connection fails or on shutdown.
+async fn subscription(
+    cache: &Cache,
+    store: &Store,
+    metrics: &Metrics,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), redis::RedisError> {
+    let connect = tokio::time::timeout(SUBSCRIBER_PING_EVERY, store.client().get_async_pubsub());
+    let pubsub = connect.await.map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    let (mut sink, mut stream) = pubsub.split();
+    sink.subscribe(store.channel()).await?;
+    cache.clear();
+    cache.set_subscribed(true);
+    tracing::info!("invalidation subscription live");
+    let mut ping = tokio::time::interval(SUBSCRIBER_PING_EVERY);
+    loop {
+        tokio::select! {
+            msg = stream.next() => {
+                let Some(msg) = msg else {
+                    return Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset).into());
+                };
+                metrics.invalidations.inc();
+                let text = String::from_utf8_lossy(msg.get_payload_bytes());
+                match Invalidation::decode(&text) {
+                    Some(inv) => cache.apply(&inv),
+                    None => cache.clear(),
+                }
+            }
+            _ = ping.tick() => {
+                let pong = tokio::time::timeout(SUBSCRIBER_PING_EVERY, sink.ping::<String>()).await;
+                pong.map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+            }
+            _ = shutdown.changed() => return Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

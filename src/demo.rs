@@ -1,0 +1,58 @@
+//! A tiny upstream for the demo and the benchmarks: answers every request with the same 64-byte
+//! JSON body after reading (and counting) the request body.
+//!
+//! Response headers show what keygate forwarded: `x-demo-key-id` (the `x-keygate-key-id` it
+//! received) and `x-demo-received-bytes` (the size of the streamed request body).
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+/// Exactly 64 bytes, like a small inference answer.
+pub const BODY: &[u8; 64] = br#"{"model":"demo","label":"cat","score":0.97,"latency_ms":1.00000}"#;
+
+/// Serves forever on a bound listener.
+pub async fn serve(listener: TcpListener) -> std::io::Result<()> {
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let _ = builder.serve_connection(TokioIo::new(stream), service_fn(answer)).await;
+        });
+    }
+}
+
+async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let key_id = req.headers().get("x-keygate-key-id").cloned();
+    let mut body = req.into_body();
+    let mut received: u64 = 0;
+    while let Some(Ok(frame)) = body.frame().await {
+        received += frame.data_ref().map_or(0, |d| d.len() as u64);
+    }
+    let mut res = Response::new(Full::new(Bytes::from_static(BODY)));
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert("x-demo-received-bytes", HeaderValue::from(received));
+    if let Some(id) = key_id {
+        h.insert("x-demo-key-id", id);
+    }
+    Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn body_is_64_bytes_of_json() {
+        assert_eq!(super::BODY.len(), 64);
+        let v: serde_json::Value = serde_json::from_slice(super::BODY).unwrap();
+        assert_eq!(v["model"], "demo");
+    }
+}

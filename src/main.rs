@@ -1,0 +1,121 @@
+//! The `keygate` binary: parses the command line and hands over to the library.
+//!
+//! Exit codes: 0 ok; 1 runtime failure; 64 bad configuration (nothing was bound); 65 and 69 from
+//! `admin` commands (refused; Redis unreachable).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use keygate::config::Config;
+
+/// Bad configuration (EX_USAGE): reported before anything is bound.
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(name = "keygate", version, about = "API-key authentication gateway for model-inference backends")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        #[arg(long, short, env = "KEYGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config file; report every problem; exit 64 if there are any.
+    CheckConfig {
+        #[arg(long, short, env = "KEYGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Manage orgs, users, projects and keys directly in the store (bootstrap / operators).
+    Admin {
+        #[arg(long, short, env = "KEYGATE_CONFIG")]
+        config: PathBuf,
+        #[command(flatten)]
+        args: keygate::cli::AdminArgs,
+    },
+    /// Run the demo upstream (a fixed 64-byte JSON answer) for demos and benchmarks.
+    DemoUpstream {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    runtime.block_on(async move {
+        match cli.command {
+            Command::CheckConfig { config } => match load(&config) {
+                Ok(c) => {
+                    println!("{}: ok ({} listener(s), {} route(s))", config.display(), c.listeners.len(), c.routes.iter().count());
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
+            },
+            Command::Serve { config } => {
+                let config = match load(&config) {
+                    Ok(c) => Arc::new(c),
+                    Err(code) => return code,
+                };
+                keygate::telemetry::init(&config.log);
+                let listeners = match keygate::Listeners::bind(&config).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot bind listeners");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                match keygate::run(config, listeners, shutdown_signal()).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        tracing::error!(error = %e, "keygate failed");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Command::Admin { config, args } => match load(&config) {
+                Ok(c) => ExitCode::from(keygate::cli::run(&c, args).await),
+                Err(code) => code,
+            },
+            Command::DemoUpstream { listen } => {
+                let listener = match tokio::net::TcpListener::bind(listen).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!("error: cannot bind {listen}: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                eprintln!("demo upstream on http://{listen}");
+                match keygate::demo::serve(listener).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,115 @@
+//! Prometheus metrics: one [`Metrics`] built at start-up and passed down (no globals, so tests
+//! don't share counters).
+//!
+//! Label values come only from bounded sets: route ids from the config (or `none`), outcomes
+//! from error codes or `forwarded`, lookup results from [`crate::cache::Outcome`]. Never a raw
+//! path, key or client address.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Latency buckets in seconds: 100 µs to 60 s (inference responses can be slow).
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 15.0, 60.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    /// `keygate_requests_total{route, outcome, status_class}`.
+    pub requests: IntCounterVec,
+    /// `keygate_request_duration_seconds{route}`: from request head to response head.
+    pub request_duration: HistogramVec,
+    /// `keygate_upstream_duration_seconds{route}`: upstream time to response head.
+    pub upstream_duration: HistogramVec,
+    /// `keygate_key_lookups_total{result}`: hit, miss, negative, stale, error.
+    pub key_lookups: IntCounterVec,
+    /// `keygate_redis_errors_total`: failed store calls on the request path and the subscriber.
+    pub redis_errors: IntCounter,
+    /// `keygate_cache_entries{kind}`: set at scrape time.
+    pub cache_entries: IntGaugeVec,
+    /// `keygate_invalidations_received_total`.
+    pub invalidations: IntCounter,
+    /// `keygate_open_connections`: downstream connections on data-plane listeners.
+    pub open_connections: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("keygate_requests_total", "Requests by route, outcome and status class."),
+            &["route", "outcome", "status_class"],
+        )
+        .expect("valid metric");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new("keygate_request_duration_seconds", "Time from request head to response head.")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("valid metric");
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new("keygate_upstream_duration_seconds", "Upstream time to response head.")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("valid metric");
+        let key_lookups = IntCounterVec::new(
+            Opts::new("keygate_key_lookups_total", "Key lookups by result (hit, miss, negative, stale, error)."),
+            &["result"],
+        )
+        .expect("valid metric");
+        let redis_errors = IntCounter::new("keygate_redis_errors_total", "Failed Redis calls.").expect("valid metric");
+        let cache_entries = IntGaugeVec::new(
+            Opts::new("keygate_cache_entries", "Entries in the hot cache by kind."),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let invalidations = IntCounter::new(
+            "keygate_invalidations_received_total",
+            "Invalidation messages received from Redis pub/sub.",
+        )
+        .expect("valid metric");
+        let open_connections = IntGauge::new("keygate_open_connections", "Open data-plane connections.")
+            .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(upstream_duration.clone()),
+            Box::new(key_lookups.clone()),
+            Box::new(redis_errors.clone()),
+            Box::new(cache_entries.clone()),
+            Box::new(invalidations.clone()),
+            Box::new(open_connections.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            key_lookups,
+            redis_errors,
+            cache_entries,
+            invalidations,
+            open_connections,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(buf).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,334 @@
+//! May this key do this, here, now? A pure function of its inputs: no I/O, no clock of its own.
+//!
+//! Owns: scope matching (`resource:action` with `*` wildcards), role ceilings, and the rules of
+//! DESIGN.md "Who may do what". Does not own: where the inputs come from (`cache`, `route`).
+//!
+//! Rules, in the order they are checked:
+//! 1. [`check_key`]: the key is active, not expired at `now`, and its owner is active.
+//! 2. [`authorize`]: the key's org is the route's org; the owner is not a guest; a project the
+//!    route names exists in that org; the owner is a member of it, or it is public, or the owner is
+//!    an org admin (who manages every project of the org anyway); the key is not
+//!    restricted to other projects; every scope the route requires is covered both by one of the
+//!    key's scopes and by the owner's role ceiling (effective scopes = key scopes ∩ role ceiling).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::model::{KeyStatus, OrgId, Principal, Project, Role, UserStatus, Visibility};
+
+/// A permission: `resource:action`, `resource`, `resource:*` or `*`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Scope(String);
+
+/// Resources only an org admin may act on, whatever a member's key says.
+const ADMIN_ONLY_RESOURCES: [&str; 3] = ["admin", "org", "users"];
+
+impl Scope {
+    pub fn new(s: String) -> Self {
+        Scope(s)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `*`, or 1–3 `:`-separated parts of `[a-z0-9_.-]`, the last of which may be `*`.
+    pub fn is_well_formed(s: &str) -> bool {
+        if s == "*" {
+            return true;
+        }
+        let parts: Vec<&str> = s.split(':').collect();
+        let last = parts.len() - 1;
+        parts.len() <= 3
+            && parts.iter().enumerate().all(|(i, p)| {
+                (i == last && i > 0 && *p == "*")
+                    || (!p.is_empty()
+                        && p.bytes().all(|b| {
+                            b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b)
+                        }))
+            })
+    }
+
+    /// Whether holding `self` grants `required`. `models:*` grants `models` and `models:read`.
+    pub fn covers(&self, required: &Scope) -> bool {
+        let (g, r) = (self.0.as_str(), required.0.as_str());
+        if g == "*" || g == r {
+            return true;
+        }
+        match g.strip_suffix(":*") {
+            Some(resource) => {
+                r == resource || (r.starts_with(resource) && r.as_bytes()[resource.len()] == b':')
+            }
+            None => false,
+        }
+    }
+
+    fn resource(&self) -> &str {
+        self.0.split(':').next().unwrap_or("")
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whether a role's ceiling includes `required`: admins everything, members everything but org
+/// administration, guests nothing.
+pub fn role_allows(role: Role, required: &Scope) -> bool {
+    match role {
+        Role::Admin => true,
+        Role::Member => {
+            required.0 != "*" && !ADMIN_ONLY_RESOURCES.contains(&required.resource())
+        }
+        Role::Guest => false,
+    }
+}
+
+/// Whether a key's scopes, capped by its owner's role, cover `required`.
+pub fn grants(scopes: &[Scope], role: Role, required: &Scope) -> bool {
+    role_allows(role, required) && scopes.iter().any(|s| s.covers(required))
+}
+
+/// Why a resolved key cannot be used at all (401).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyRejection {
+    #[error("the API key has been revoked")]
+    Revoked,
+    #[error("the API key has expired")]
+    Expired,
+    #[error("the key's owner is disabled")]
+    OwnerDisabled,
+}
+
+/// Why a usable key may not do this (403, or 404 for a project it may not know of).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Denial {
+    #[error("the key belongs to another organisation")]
+    OrgMismatch,
+    #[error("guests cannot use API keys")]
+    GuestNotAllowed,
+    #[error("no such project")]
+    ProjectNotFound,
+    #[error("the key's owner has no access to this project")]
+    ProjectAccessDenied,
+    #[error("the key is restricted to other projects")]
+    KeyProjectMismatch,
+    #[error("the key lacks a scope this route requires")]
+    InsufficientScope,
+}
+
+/// Rule 1: the key itself is usable at `now` (seconds since the Unix epoch).
+pub fn check_key(p: &Principal, now: u64) -> Result<(), KeyRejection> {
+    if p.key.status == KeyStatus::Revoked {
+        return Err(KeyRejection::Revoked);
+    }
+    if p.key.expires_at.is_some_and(|at| now >= at) {
+        return Err(KeyRejection::Expired);
+    }
+    if p.owner.status == UserStatus::Disabled {
+        return Err(KeyRejection::OwnerDisabled);
+    }
+    Ok(())
+}
+
+/// What a route asks of a caller.
+#[derive(Clone, Copy, Debug)]
+pub struct Access<'a> {
+    pub org: &'a OrgId,
+    pub scopes: &'a [Scope],
+    /// The project the request is for: `None` when the route names none, `Some(None)` when it
+    /// names one that does not exist.
+    pub project: Option<Option<&'a Project>>,
+}
+
+/// Rule 2: may this (usable) key make this request?
+pub fn authorize(p: &Principal, access: &Access<'_>) -> Result<(), Denial> {
+    if &p.key.org_id != access.org || &p.owner.org_id != access.org {
+        return Err(Denial::OrgMismatch);
+    }
+    if p.owner.role == Role::Guest {
+        return Err(Denial::GuestNotAllowed);
+    }
+    match access.project {
+        None if !p.key.project_ids.is_empty() => return Err(Denial::KeyProjectMismatch),
+        None => {}
+        Some(None) => return Err(Denial::ProjectNotFound),
+        Some(Some(project)) => {
+            if &project.org_id != access.org {
+                return Err(Denial::ProjectNotFound);
+            }
+            let member = project.members.binary_search(&p.owner.id).is_ok();
+            let open = project.visibility == Visibility::Public || p.owner.role == Role::Admin;
+            if !member && !open {
+                return Err(Denial::ProjectAccessDenied);
+            }
+            if !p.key.project_ids.is_empty() && !p.key.project_ids.contains(&project.id) {
+                return Err(Denial::KeyProjectMismatch);
+            }
+        }
+    }
+    if !access.scopes.iter().all(|r| grants(&p.key.scopes, p.owner.role, r)) {
+        return Err(Denial::InsufficientScope);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::model::{KeyId, KeyRecord, ProjectId, User, UserId};
+
+    fn s(x: &str) -> Scope {
+        Scope::new(x.into())
+    }
+
+    #[test]
+    fn scope_coverage_table() {
+        let rows = [
+            ("*", "predict", true),
+            ("*", "models:read", true),
+            ("predict", "predict", true),
+            ("predict", "predictions", false),
+            ("models:*", "models", true),
+            ("models:*", "models:read", true),
+            ("models:*", "models:read:all", true),
+            ("models:*", "modelsx:read", false),
+            ("models:*", "datasets:read", false),
+            ("models:read", "models:*", false),
+            ("models:read", "models:write", false),
+            ("models", "models:read", false),
+        ];
+        for (granted, required, want) in rows {
+            assert_eq!(s(granted).covers(&s(required)), want, "{granted} ⊇ {required}");
+        }
+    }
+
+    #[test]
+    fn scope_syntax_table() {
+        for ok in ["*", "predict", "models:*", "models:read", "a:b:c", "keys:manage", "v1.2-x_y"] {
+            assert!(Scope::is_well_formed(ok), "{ok}");
+        }
+        for bad in ["", ":", "*:read", "models:", "Models", "a:b:c:d", "a b", "a:*:b", "**"] {
+            assert!(!Scope::is_well_formed(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn role_ceiling_table() {
+        let rows = [
+            (Role::Admin, "*", true),
+            (Role::Admin, "admin", true),
+            (Role::Member, "predict", true),
+            (Role::Member, "models:write", true),
+            (Role::Member, "admin", false),
+            (Role::Member, "users:write", false),
+            (Role::Member, "org:*", false),
+            (Role::Member, "*", false),
+            (Role::Guest, "predict", false),
+        ];
+        for (role, required, want) in rows {
+            assert_eq!(role_allows(role, &s(required)), want, "{role} {required}");
+        }
+        // A member's `*` key is capped by the role; an admin's is not.
+        assert!(grants(&[s("*")], Role::Member, &s("predict")));
+        assert!(!grants(&[s("*")], Role::Member, &s("admin")));
+        assert!(grants(&[s("*")], Role::Admin, &s("admin")));
+    }
+
+    fn principal() -> Principal {
+        Principal {
+            key: KeyRecord {
+                id: KeyId("k".into()),
+                org_id: OrgId("acme".into()),
+                user_id: UserId("u1".into()),
+                name: "k".into(),
+                scopes: vec![s("predict")],
+                project_ids: vec![],
+                status: KeyStatus::Active,
+                created_at: 0,
+                expires_at: Some(100),
+                display: "kg_…".into(),
+                legacy: false,
+                hash: String::new(),
+            },
+            owner: User {
+                id: UserId("u1".into()),
+                org_id: OrgId("acme".into()),
+                name: "alice".into(),
+                role: Role::Member,
+                status: UserStatus::Active,
+                created_at: 0,
+            },
+        }
+    }
+
+    fn project(id: &str, org: &str, visibility: Visibility, members: &[&str]) -> Project {
+        Project {
+            id: ProjectId(id.into()),
+            org_id: OrgId(org.into()),
+            name: id.into(),
+            visibility,
+            members: members.iter().map(|m| UserId((*m).into())).collect(),
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn key_state_table() {
+        type Edit = fn(&mut Principal);
+        let rows: [(&str, Edit, u64, Result<(), KeyRejection>); 6] = [
+            ("active", |_| {}, 99, Ok(())),
+            ("expires exactly now", |_| {}, 100, Err(KeyRejection::Expired)),
+            ("expired", |_| {}, 1000, Err(KeyRejection::Expired)),
+            ("no expiry", |p| p.key.expires_at = None, u64::MAX, Ok(())),
+            ("revoked", |p| p.key.status = KeyStatus::Revoked, 1, Err(KeyRejection::Revoked)),
+            ("owner disabled", |p| p.owner.status = UserStatus::Disabled, 1, Err(KeyRejection::OwnerDisabled)),
+        ];
+        for (name, edit, now, want) in rows {
+            let mut p = principal();
+            edit(&mut p);
+            assert_eq!(check_key(&p, now), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn authorization_table() {
+        let acme = OrgId("acme".into());
+        let other = OrgId("other".into());
+        let predict = [s("predict")];
+        let admin = [s("admin")];
+        let private_member = project("p1", "acme", Visibility::Private, &["u1"]);
+        let private_stranger = project("p2", "acme", Visibility::Private, &["u9"]);
+        let public = project("p3", "acme", Visibility::Public, &[]);
+        let foreign = project("p4", "other", Visibility::Public, &["u1"]);
+        type Edit = fn(&mut Principal);
+        let none: Edit = |_| {};
+        let rows: Vec<(&str, Edit, Access, Result<(), Denial>)> = vec![
+            ("org route, no project", none, Access { org: &acme, scopes: &predict, project: None }, Ok(())),
+            ("other org's route", none, Access { org: &other, scopes: &predict, project: None }, Err(Denial::OrgMismatch)),
+            ("guest", |p| p.owner.role = Role::Guest, Access { org: &acme, scopes: &predict, project: None }, Err(Denial::GuestNotAllowed)),
+            ("member of private project", none, Access { org: &acme, scopes: &predict, project: Some(Some(&private_member)) }, Ok(())),
+            ("stranger to private project", none, Access { org: &acme, scopes: &predict, project: Some(Some(&private_stranger)) }, Err(Denial::ProjectAccessDenied)),
+            ("org admin reaches every project of the org", |p| p.owner.role = Role::Admin, Access { org: &acme, scopes: &predict, project: Some(Some(&private_stranger)) }, Ok(())),
+            ("public project", none, Access { org: &acme, scopes: &predict, project: Some(Some(&public)) }, Ok(())),
+            ("unknown project", none, Access { org: &acme, scopes: &predict, project: Some(None) }, Err(Denial::ProjectNotFound)),
+            ("project of another org", none, Access { org: &acme, scopes: &predict, project: Some(Some(&foreign)) }, Err(Denial::ProjectNotFound)),
+            ("key restricted to this project", |p| p.key.project_ids = vec![ProjectId("p3".into())], Access { org: &acme, scopes: &predict, project: Some(Some(&public)) }, Ok(())),
+            ("key restricted to another project", |p| p.key.project_ids = vec![ProjectId("p1".into())], Access { org: &acme, scopes: &predict, project: Some(Some(&public)) }, Err(Denial::KeyProjectMismatch)),
+            ("restricted key on an org-wide route", |p| p.key.project_ids = vec![ProjectId("p1".into())], Access { org: &acme, scopes: &predict, project: None }, Err(Denial::KeyProjectMismatch)),
+            ("scope missing", |p| p.key.scopes = vec![s("models:read")], Access { org: &acme, scopes: &predict, project: None }, Err(Denial::InsufficientScope)),
+            ("member's * key on admin route", |p| p.key.scopes = vec![s("*")], Access { org: &acme, scopes: &admin, project: None }, Err(Denial::InsufficientScope)),
+            ("admin's * key on admin route", |p| { p.key.scopes = vec![s("*")]; p.owner.role = Role::Admin }, Access { org: &acme, scopes: &admin, project: None }, Ok(())),
+            ("no scopes required", |p| p.key.scopes = vec![], Access { org: &acme, scopes: &[], project: None }, Ok(())),
+        ];
+        for (name, edit, access, want) in rows {
+            let mut p = principal();
+            edit(&mut p);
+            assert_eq!(authorize(&p, &access), want, "{name}");
+        }
+    }
+}

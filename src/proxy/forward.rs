@@ -1,0 +1,195 @@
+//! Rewrite and forward: the last step of the request path.
+//!
+//! Owns: the pooled keep-alive client to upstreams, the request rewrite (credentials, hop-by-hop
+//! and `Connection`-named headers out; client-sent `x-keygate-*` out; identity, request id and
+//! `X-Forwarded-*` in), the response rewrite (hop-by-hop out), streaming in both directions, the
+//! body cap for bodies of undeclared length, and mapping upstream failures to 502/504/413.
+//!
+//! Invariant: no credential header ever reaches an upstream, and no header an upstream reads as
+//! identity can come from the client.
+
+use std::time::Duration;
+
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version};
+use http_body_util::{Either, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::route::Route;
+use super::{ConnInfo, Gateway, Identity, ResponseBody};
+use crate::config::Limits;
+use crate::credential::CREDENTIAL_HEADERS;
+use crate::error::GatewayError;
+use crate::store::model::join;
+
+/// A request body on its way upstream, capped at `limits.max_body_bytes`.
+pub type UpstreamBody = Limited<Incoming>;
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// The pooled client to every upstream, with its timeouts.
+pub struct Upstreams {
+    client: Client<HttpConnector, UpstreamBody>,
+    response_timeout: Duration,
+    max_body_bytes: u64,
+}
+
+impl Upstreams {
+    pub fn new(limits: &Limits) -> Upstreams {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(limits.upstream_connect_timeout));
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(limits.upstream_idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        Upstreams { client, response_timeout: limits.upstream_response_timeout, max_body_bytes: limits.max_body_bytes }
+    }
+}
+
+/// Step 9: rewrite the request, send it to one of the route's upstreams, stream the answer back.
+pub async fn forward(
+    gw: &Gateway,
+    route: &Route,
+    req: Request<Incoming>,
+    identity: Option<&Identity>,
+    conn: ConnInfo,
+    request_id: &HeaderValue,
+    upstream_seconds: &mut Option<f64>,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    let ups = &gw.upstreams;
+    let (mut parts, body) = req.into_parts();
+    let upstream = route.pick_upstream();
+    let path = route.upstream_path_and_query(upstream, parts.uri.path(), parts.uri.query());
+    let original_host = parts
+        .uri
+        .authority()
+        .map(|a| HeaderValue::from_str(a.as_str()).expect("an authority is a valid header value"))
+        .or_else(|| parts.headers.get(header::HOST).cloned());
+    parts.uri = Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(path)
+        .build()
+        .expect("scheme, authority and a normalised path form a URI");
+    parts.version = Version::HTTP_11;
+    rewrite_request_headers(&mut parts.headers, identity, conn, request_id, original_host);
+    let upstream_req = Request::from_parts(parts, Limited::new(body, ups.max_body_bytes as usize));
+
+    let started = tokio::time::Instant::now();
+    let sent = tokio::time::timeout(ups.response_timeout, ups.client.request(upstream_req)).await;
+    *upstream_seconds = Some(started.elapsed().as_secs_f64());
+    let mut response = match sent {
+        Err(_) => return Err(GatewayError::UpstreamTimeout(ups.response_timeout)),
+        Ok(Err(e)) if caused_by_body_limit(&e) => return Err(GatewayError::PayloadTooLarge),
+        Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(e)),
+        Ok(Ok(response)) => response,
+    };
+    remove_hop_by_hop(response.headers_mut());
+    Ok(response.map(Either::Left))
+}
+
+fn rewrite_request_headers(
+    headers: &mut HeaderMap,
+    identity: Option<&Identity>,
+    conn: ConnInfo,
+    request_id: &HeaderValue,
+    original_host: Option<HeaderValue>,
+) {
+    remove_hop_by_hop(headers);
+    for name in CREDENTIAL_HEADERS {
+        headers.remove(name);
+    }
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-keygate-") || k.as_str().starts_with("x-forwarded-"))
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
+    headers.remove(header::HOST);
+    headers.remove(header::FORWARDED);
+
+    if let Some(id) = identity {
+        let key = &id.principal.key;
+        let value = |s: &str| HeaderValue::from_str(s).expect("ids and scopes are header-safe");
+        headers.insert("x-keygate-key-id", value(key.id.as_str()));
+        headers.insert("x-keygate-user-id", value(key.user_id.as_str()));
+        headers.insert("x-keygate-org-id", value(key.org_id.as_str()));
+        headers.insert("x-keygate-role", value(id.principal.owner.role.as_str()));
+        headers.insert("x-keygate-scopes", value(&join(&key.scopes)));
+        if let Some(project) = &id.project {
+            headers.insert("x-keygate-project-id", value(project.as_str()));
+        }
+    }
+    headers.insert("x-request-id", request_id.clone());
+    headers.insert(
+        "x-forwarded-for",
+        HeaderValue::from_str(&conn.peer.ip().to_string()).expect("an IP is a valid header value"),
+    );
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(if conn.tls { "https" } else { "http" }));
+    if let Some(host) = original_host {
+        headers.insert("x-forwarded-host", host);
+    }
+}
+
+/// Removes hop-by-hop headers and every header the `Connection` header names.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+fn caused_by_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+}

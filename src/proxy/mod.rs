@@ -1,0 +1,223 @@
+//! The request path: [`handle`] runs the steps of DESIGN.md in order, each returning
+//! `Result<_, GatewayError>` and leaving early with `?`; the wrapper owns timing, metrics, the
+//! access log and error-to-response.
+//!
+//! 1. Refuse tunnels.
+//! 2. Normalise the path.
+//! 3. Match a route and read its project.
+//! 4. Extract the credential (format and checksum; no store access).
+//! 5. Resolve the key (hot cache, Redis on a miss).
+//! 6. Check the key's state against the clock.
+//! 7. Authorize (pure policy).
+//! 8. Check the body size.
+//! 9. Rewrite and forward (`forward`).
+
+pub mod forward;
+pub mod route;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::credential;
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use crate::policy::{self, Access};
+use crate::store::Store;
+use crate::store::model::{KeyId, Principal, ProjectId, unix_now};
+use forward::Upstreams;
+use route::Route;
+
+/// A response body: the upstream's, streamed, or one of ours.
+pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+
+/// Everything the request path needs, shared by every connection of a replica.
+pub struct Gateway {
+    pub config: Arc<Config>,
+    pub store: Store,
+    /// Hot entries in front of `store`.
+    pub cache: Arc<Cache>,
+    pub metrics: Arc<Metrics>,
+    /// The pooled keep-alive client to every upstream.
+    pub upstreams: Upstreams,
+    /// Set on SIGTERM: `/readyz` turns 503 so balancers stop sending new connections.
+    pub draining: AtomicBool,
+}
+
+impl Gateway {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// What the downstream connection tells us about the client.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// The authenticated caller of a request.
+pub struct Identity {
+    pub principal: Arc<Principal>,
+    pub project: Option<ProjectId>,
+}
+
+/// What the access log and metrics record of a request.
+#[derive(Default)]
+struct Record {
+    route: Option<Arc<Route>>,
+    key_id: Option<KeyId>,
+    upstream_seconds: Option<f64>,
+}
+
+/// Serves one data-plane request. Never fails: errors become JSON responses here.
+pub async fn handle(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+    let started = tokio::time::Instant::now();
+    let request_id = request_id(req.headers());
+    let method = req.method().clone();
+    let mut record = Record::default();
+    let result = proxy(&gw, conn, req, &request_id, &mut record).await;
+    let (mut response, error) = match result {
+        Ok(response) => (response, None),
+        Err(e) => (e.to_response().map(Either::Right), Some(e)),
+    };
+    response.headers_mut().insert("x-request-id", request_id.clone());
+
+    let route = record.route.as_ref().map_or("none", |r| r.id.as_str());
+    let status = response.status();
+    let outcome = error.as_ref().map_or("forwarded", GatewayError::code);
+    let elapsed = started.elapsed().as_secs_f64();
+    let m = &gw.metrics;
+    m.requests.with_label_values(&[route, outcome, status_class(status.as_u16())]).inc();
+    m.request_duration.with_label_values(&[route]).observe(elapsed);
+    if let Some(secs) = record.upstream_seconds {
+        m.upstream_duration.with_label_values(&[route]).observe(secs);
+    }
+    if let Some(e) = &error
+        && status.is_server_error()
+    {
+        tracing::warn!(request_id = ?request_id, route, error = %e, cause = ?std::error::Error::source(e), "request failed");
+    }
+    if gw.config.log.access_log {
+        tracing::info!(
+            target: "keygate::access",
+            request_id = request_id.to_str().unwrap_or(""),
+            method = %method,
+            route,
+            key_id = record.key_id.as_ref().map_or("", KeyId::as_str),
+            status = status.as_u16(),
+            outcome,
+            duration_ms = elapsed * 1000.0,
+        );
+    }
+    Ok(response)
+}
+
+/// Steps 1–9.
+async fn proxy(
+    gw: &Gateway,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+    request_id: &HeaderValue,
+    record: &mut Record,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    refuse_tunnels(&req)?;
+    let path = route::normalise(req.uri().path())?;
+    let route = gw.config.routes.find(host(&req), path).ok_or(GatewayError::RouteNotFound)?.clone();
+    record.route = Some(route.clone());
+    let identity = if route.public {
+        None
+    } else {
+        let project = route.project_of(path, req.uri().query())?;
+        let identity = authenticate(gw, &route, req.headers(), project).await?;
+        record.key_id = Some(identity.principal.key.id.clone());
+        Some(identity)
+    };
+    check_body_size(req.headers(), gw.config.limits.max_body_bytes)?;
+    forward::forward(gw, &route, req, identity.as_ref(), conn, request_id, &mut record.upstream_seconds).await
+}
+
+/// Steps 4–7: who is calling, and may they?
+async fn authenticate(
+    gw: &Gateway,
+    route: &Route,
+    headers: &HeaderMap,
+    project: Option<ProjectId>,
+) -> Result<Identity, GatewayError> {
+    let credential = credential::extract(headers, &gw.config.keys)?;
+    let lookup = gw.cache.principal(&gw.store, credential.hash()).await;
+    let result = lookup.as_ref().map_or("error", |l| l.outcome.as_str());
+    gw.metrics.key_lookups.with_label_values(&[result]).inc();
+    let principal = lookup.inspect_err(|_| gw.metrics.redis_errors.inc())?.value.ok_or(GatewayError::UnknownKey)?;
+    policy::check_key(&principal, unix_now())?;
+
+    let org = route.org.as_ref().expect("config validation: non-public routes have an org");
+    let found = match &project {
+        Some(id) if !id.as_str().is_empty() => Some(gw.cache.project(&gw.store, org, id).await?.value),
+        Some(_) => Some(None),
+        None => None,
+    };
+    let access = Access { org, scopes: &route.scopes, project: found.as_ref().map(|p| p.as_deref()) };
+    policy::authorize(&principal, &access)?;
+    Ok(Identity { principal, project })
+}
+
+/// Step 1: keygate forwards requests, not tunnels.
+fn refuse_tunnels(req: &Request<Incoming>) -> Result<(), GatewayError> {
+    if req.method() == Method::CONNECT {
+        return Err(GatewayError::MethodNotAllowed);
+    }
+    if req.headers().contains_key(header::UPGRADE) {
+        return Err(GatewayError::UpgradeNotSupported);
+    }
+    Ok(())
+}
+
+/// Step 8: refuse a declared body over the limit before forwarding anything. Undeclared
+/// (chunked) bodies are capped while they stream (`forward`).
+fn check_body_size(headers: &HeaderMap, max: u64) -> Result<(), GatewayError> {
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    match declared {
+        Some(len) if len > max => Err(GatewayError::PayloadTooLarge),
+        _ => Ok(()),
+    }
+}
+
+/// The host the client addressed: `:authority` (HTTP/2, absolute-form) or `Host`.
+fn host(req: &Request<Incoming>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
+}
+
+/// The client's `x-request-id` when it is sane (1–128 visible ASCII), else a new random one.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get("x-request-id")
+        && (1..=128).contains(&v.len())
+        && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    {
+        return v.clone();
+    }
+    let id: u128 = rand::random();
+    HeaderValue::from_str(&format!("{id:032x}")).expect("hex is a valid header value")
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

@@ -1,0 +1,346 @@
+//! Routes: which backend a request goes to, what it needs, and for which project.
+//!
+//! Owns: path normalisation (rejecting, never rewriting, anything ambiguous), the compiled route
+//! table and its matching (host, then the longest path prefix on a segment boundary), resolving
+//! a route's project from the request, and the upstream URL for a request.
+//!
+//! Invariant: the path that is matched and authorised is byte for byte the path the upstream
+//! receives (less the route prefix when `strip_prefix` is set). We never decode and re-encode.
+
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use http::uri::{Authority, Scheme};
+
+use crate::policy::Scope;
+use crate::store::model::{OrgId, ProjectId, is_valid_id};
+
+/// Why a path was rejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the request path is ambiguous or malformed")]
+pub struct InvalidPath;
+
+/// Accepts only paths that every server would read the same way.
+///
+/// Rejects: paths not starting with `/`; empty segments (`//`); `.` and `..` segments; `\`, `;`,
+/// NUL and other control bytes; malformed `%` escapes; and escapes of `.`, `/`, `\`, `;`, `%` or
+/// control bytes (so `%2e%2e`, `%2f` and double encoding like `%252e` cannot smuggle a traversal).
+pub fn normalise(path: &str) -> Result<&str, InvalidPath> {
+    let b = path.as_bytes();
+    if b.first() != Some(&b'/') {
+        return Err(InvalidPath);
+    }
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' | b';' | 0..=0x20 | 0x7f => return Err(InvalidPath),
+            b'%' => {
+                let hex = b.get(i + 1..i + 3).ok_or(InvalidPath)?;
+                let decoded = std::str::from_utf8(hex)
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or(InvalidPath)?;
+                if matches!(decoded, b'.' | b'/' | b'\\' | b';' | b'%' | 0..=0x1f | 0x7f) {
+                    return Err(InvalidPath);
+                }
+                i += 3;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    // Segments after the leading '/': the last may be empty (a trailing slash), no other may.
+    let segments: Vec<&str> = path[1..].split('/').collect();
+    let last = segments.len() - 1;
+    for (n, s) in segments.iter().enumerate() {
+        if (s.is_empty() && n != last) || *s == "." || *s == ".." {
+            return Err(InvalidPath);
+        }
+    }
+    Ok(path)
+}
+
+/// Where a route's project comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProjectSource {
+    /// The route is org-wide.
+    None,
+    Fixed(ProjectId),
+    /// The n-th path segment (1-based): `/v1/projects/{id}/predict` is segment 3.
+    Segment(usize),
+    /// A query parameter, e.g. `endpoint_id`.
+    Query(String),
+}
+
+/// Why a route's project could not be read from a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProjectError {
+    #[error("the request does not say which project it is for")]
+    Missing,
+    #[error("the request names its project more than once")]
+    Ambiguous,
+}
+
+/// An upstream base URL: `http://host:port[/base/path]`.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Prepended to the request path; empty or starting with `/` without a trailing one.
+    pub base_path: String,
+}
+
+impl Upstream {
+    pub fn parse(url: &str) -> Result<Upstream, String> {
+        let uri: http::Uri = url.parse().map_err(|e| format!("not a URL ({e})"))?;
+        if uri.scheme() != Some(&Scheme::HTTP) {
+            return Err("only http:// upstreams are supported (terminate TLS in front of the backend)".into());
+        }
+        if uri.query().is_some() {
+            return Err("must not have a query string".into());
+        }
+        let authority = uri.authority().cloned().ok_or("needs a host and port")?;
+        Ok(Upstream {
+            scheme: Scheme::HTTP,
+            authority,
+            base_path: uri.path().trim_end_matches('/').to_owned(),
+        })
+    }
+}
+
+/// One compiled route.
+#[derive(Debug)]
+pub struct Route {
+    pub id: String,
+    /// Lower-case host without port; `None` matches any host.
+    pub host: Option<String>,
+    pub prefix: String,
+    /// The org whose keys this route accepts (`None` only for public routes).
+    pub org: Option<OrgId>,
+    pub project: ProjectSource,
+    /// Required scopes, presets already expanded.
+    pub scopes: Vec<Scope>,
+    pub upstreams: Vec<Upstream>,
+    /// Needs no key; credentials are still stripped before forwarding.
+    pub public: bool,
+    pub strip_prefix: bool,
+    /// Round-robin cursor over `upstreams`.
+    next: AtomicUsize,
+}
+
+impl Route {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: String,
+        host: Option<String>,
+        prefix: String,
+        org: Option<OrgId>,
+        project: ProjectSource,
+        scopes: Vec<Scope>,
+        upstreams: Vec<Upstream>,
+        public: bool,
+        strip_prefix: bool,
+    ) -> Route {
+        Route { id, host, prefix, org, project, scopes, upstreams, public, strip_prefix, next: AtomicUsize::new(0) }
+    }
+
+    fn matches_path(&self, path: &str) -> bool {
+        self.prefix == "/"
+            || path
+                .strip_prefix(self.prefix.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+
+    /// The project this request is for, by the route's rule.
+    pub fn project_of(&self, path: &str, query: Option<&str>) -> Result<Option<ProjectId>, ProjectError> {
+        let id = match &self.project {
+            ProjectSource::None => return Ok(None),
+            ProjectSource::Fixed(id) => return Ok(Some(id.clone())),
+            ProjectSource::Segment(n) => path[1..].split('/').nth(n - 1).filter(|s| !s.is_empty()),
+            ProjectSource::Query(name) => {
+                let mut found = query
+                    .unwrap_or("")
+                    .split('&')
+                    .filter_map(|pair| pair.split_once('=').filter(|(k, _)| k == name))
+                    .map(|(_, v)| v);
+                let first = found.next();
+                if found.next().is_some() {
+                    return Err(ProjectError::Ambiguous);
+                }
+                first
+            }
+        };
+        let id = id.ok_or(ProjectError::Missing)?;
+        // A value that cannot be a project id names no project: policy answers 404 for it.
+        Ok(Some(ProjectId(if is_valid_id(id) { id.to_owned() } else { String::new() })))
+    }
+
+    /// The next upstream, round robin.
+    pub fn pick_upstream(&self) -> &Upstream {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.upstreams.len();
+        &self.upstreams[i]
+    }
+
+    /// The path and query the upstream receives for an authorised request path.
+    pub fn upstream_path_and_query(&self, upstream: &Upstream, path: &str, query: Option<&str>) -> String {
+        let rest = if self.strip_prefix && self.prefix != "/" { &path[self.prefix.len()..] } else { path };
+        let mut out = String::with_capacity(upstream.base_path.len() + rest.len() + 1 + query.map_or(0, str::len));
+        out.push_str(&upstream.base_path);
+        out.push_str(rest);
+        if !out.starts_with('/') {
+            out.insert(0, '/');
+        }
+        if let Some(q) = query {
+            out.push('?');
+            out.push_str(q);
+        }
+        out
+    }
+}
+
+/// All routes, most specific first: host-bound before any-host, then longer prefixes first.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<std::sync::Arc<Route>>,
+}
+
+impl RouteTable {
+    pub fn new(mut routes: Vec<Route>) -> RouteTable {
+        routes.sort_by(|a, b| {
+            b.host.is_some().cmp(&a.host.is_some()).then(b.prefix.len().cmp(&a.prefix.len()))
+        });
+        RouteTable { routes: routes.into_iter().map(std::sync::Arc::new).collect() }
+    }
+
+    /// The route for a request. `host` may carry a port; `path` must be normalised.
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&std::sync::Arc<Route>> {
+        let host = host.map(strip_port);
+        self.routes.iter().find(|r| {
+            r.host.as_deref().is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
+                && r.matches_path(path)
+        })
+    }
+
+    /// Pairs of routes no request could tell apart.
+    pub fn duplicates(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, a) in self.routes.iter().enumerate() {
+            for b in &self.routes[i + 1..] {
+                if a.host == b.host && a.prefix == b.prefix {
+                    out.push(format!("{} and {}", a.id, b.id));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter().map(|r| r.as_ref())
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    match host.rfind(':') {
+        Some(i) if !host.ends_with(']') && host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
+        _ => host,
+    }
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.host.as_deref().unwrap_or("*"), self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalisation_table() {
+        let ok = ["/", "/v1/predict", "/v1/predict/", "/a/b%20c", "/caf%C3%A9", "/a-b_c.d/e~f", "/v1/x:predict"];
+        for p in ok {
+            assert_eq!(normalise(p), Ok(p), "{p}");
+        }
+        let bad = [
+            "", "v1", "//", "/a//b", "/a/../b", "/a/..", "/..", "/a/./b", "/.", "/%2e%2e/x", "/%2E%2e/x",
+            "/a/%2fb", "/a%2Fb", "/a\\b", "/a%5cb", "/a;b", "/a;jsessionid=1", "/a%3bb", "/a%00b", "/a\0b",
+            "/a%252e%252e", "/a%", "/a%2", "/a%zz", "/a b", "/a\tb", "/a%7f",
+        ];
+        for p in bad {
+            assert_eq!(normalise(p), Err(InvalidPath), "{p:?}");
+        }
+    }
+
+    fn route(id: &str, host: Option<&str>, prefix: &str, project: ProjectSource) -> Route {
+        Route::new(
+            id.into(),
+            host.map(Into::into),
+            prefix.into(),
+            Some(OrgId("acme".into())),
+            project,
+            vec![],
+            vec![Upstream::parse("http://127.0.0.1:9/base").unwrap()],
+            false,
+            false,
+        )
+    }
+
+    #[test]
+    fn matching_table() {
+        let t = RouteTable::new(vec![
+            route("root", None, "/", ProjectSource::None),
+            route("predict", None, "/v1/predict", ProjectSource::None),
+            route("predict-batch", None, "/v1/predict/batch", ProjectSource::None),
+            route("host", Some("api.example.com"), "/v1/predict", ProjectSource::None),
+        ]);
+        let rows = [
+            (None, "/v1/predict", "predict"),
+            (None, "/v1/predict/", "predict"),
+            (None, "/v1/predict/abc", "predict"),
+            (None, "/v1/predictx", "root"),
+            (None, "/v1/predict/batch/1", "predict-batch"),
+            (Some("API.example.com:8443"), "/v1/predict/x", "host"),
+            (Some("other.example.com"), "/v1/predict/x", "predict"),
+            (None, "/elsewhere", "root"),
+        ];
+        for (host, path, want) in rows {
+            assert_eq!(t.find(host, path).map(|r| r.id.as_str()), Some(want), "{host:?} {path}");
+        }
+        let no_root = RouteTable::new(vec![route("predict", None, "/v1/predict", ProjectSource::None)]);
+        assert!(no_root.find(None, "/v1/other").is_none());
+        assert!(no_root.find(None, "/v1").is_none());
+    }
+
+    #[test]
+    fn project_sources() {
+        let p = |id: &str| Ok(Some(ProjectId(id.into())));
+        let seg = route("s", None, "/v1/projects", ProjectSource::Segment(3));
+        assert_eq!(seg.project_of("/v1/projects/p1/predict", None), p("p1"));
+        assert_eq!(seg.project_of("/v1/projects/", None), Err(ProjectError::Missing));
+        assert_eq!(seg.project_of("/v1/projects/a%20b/x", None), p(""));
+        let q = route("q", None, "/predict", ProjectSource::Query("endpoint_id".into()));
+        assert_eq!(q.project_of("/predict", Some("a=1&endpoint_id=e-7")), p("e-7"));
+        assert_eq!(q.project_of("/predict", Some("endpoint_idx=1")), Err(ProjectError::Missing));
+        assert_eq!(q.project_of("/predict", None), Err(ProjectError::Missing));
+        assert_eq!(q.project_of("/predict", Some("endpoint_id=a&endpoint_id=b")), Err(ProjectError::Ambiguous));
+        let fixed = route("f", None, "/x", ProjectSource::Fixed(ProjectId("p9".into())));
+        assert_eq!(fixed.project_of("/x", None), p("p9"));
+        assert_eq!(route("n", None, "/x", ProjectSource::None).project_of("/x", None), Ok(None));
+    }
+
+    #[test]
+    fn upstream_paths() {
+        let mut r = route("r", None, "/v1/predict", ProjectSource::None);
+        let up = r.upstreams[0].clone();
+        assert_eq!(r.upstream_path_and_query(&up, "/v1/predict/m", Some("a=1")), "/base/v1/predict/m?a=1");
+        r.strip_prefix = true;
+        assert_eq!(r.upstream_path_and_query(&up, "/v1/predict/m", None), "/base/m");
+        let bare = Upstream::parse("http://127.0.0.1:9").unwrap();
+        assert_eq!(r.upstream_path_and_query(&bare, "/v1/predict", None), "/");
+        assert!(Upstream::parse("https://x:1").is_err());
+        assert!(Upstream::parse("http://x:1/a?b=c").is_err());
+        assert!(Upstream::parse("/relative").is_err());
+    }
+}

@@ -1,0 +1,208 @@
+//! Orgs, users and projects: the management writes and reads on them.
+//!
+//! Shared by the bootstrap CLI and the HTTP management API, so the rules live here once:
+//! ids are slugs, names are non-empty, a user or project belongs to exactly one org, and every
+//! change that can alter what a key may do publishes its invalidation in the same transaction.
+
+use super::model::{
+    Org, OrgId, Project, ProjectId, Role, User, UserId, UserStatus, Visibility, is_valid_id, unix_now,
+};
+use super::{Invalidation, Store, StoreError};
+
+fn check_id(kind: &str, id: &str) -> Result<(), StoreError> {
+    if is_valid_id(id) {
+        Ok(())
+    } else {
+        Err(StoreError::Rejected(format!(
+            "{kind} id `{id}` must be 1-64 letters, digits, '_' or '-', starting with a letter or digit"
+        )))
+    }
+}
+
+fn check_name(name: &str) -> Result<(), StoreError> {
+    if name.trim().is_empty() || name.len() > 200 {
+        Err(StoreError::Rejected("name must be 1-200 characters".into()))
+    } else {
+        Ok(())
+    }
+}
+
+/// A fresh random id with a readable prefix (`u_…` for users, `key_…` for keys).
+pub(crate) fn new_id(prefix: &str) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rng();
+    let tail: String = (0..16).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
+    format!("{prefix}_{tail}")
+}
+
+impl Store {
+    pub async fn create_org(&self, id: &OrgId, name: &str) -> Result<Org, StoreError> {
+        check_id("org", id.as_str())?;
+        check_name(name)?;
+        let key = self.name(format_args!("org:{id}"));
+        if self.hash(key.clone()).await?.is_some() {
+            return Err(StoreError::AlreadyExists { kind: "org", id: id.to_string() });
+        }
+        let org = Org { id: id.clone(), name: name.to_owned(), created_at: unix_now() };
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset_multiple(&key, &[("name", org.name.clone()), ("created_at", org.created_at.to_string())])
+            .ignore()
+            .sadd(self.name(format_args!("orgs")), id.as_str())
+            .ignore();
+        self.transaction(&pipe).await?;
+        Ok(org)
+    }
+
+    pub async fn org(&self, id: &OrgId) -> Result<Org, StoreError> {
+        let f = self.hash(self.name(format_args!("org:{id}"))).await?;
+        let f = f.ok_or_else(|| StoreError::NotFound { kind: "org", id: id.to_string() })?;
+        Ok(Org::from_fields(id.clone(), &f)?)
+    }
+
+    pub async fn orgs(&self) -> Result<Vec<Org>, StoreError> {
+        let mut out = Vec::new();
+        for id in self.members(self.name(format_args!("orgs"))).await? {
+            out.push(self.org(&OrgId(id)).await?);
+        }
+        Ok(out)
+    }
+
+    /// Creates a user; `id` is generated when not given.
+    pub async fn create_user(&self, org: &OrgId, id: Option<UserId>, name: &str, role: Role) -> Result<User, StoreError> {
+        self.org(org).await?;
+        check_name(name)?;
+        let id = id.unwrap_or_else(|| UserId(new_id("u")));
+        check_id("user", id.as_str())?;
+        let key = self.name(format_args!("user:{id}"));
+        if self.hash(key.clone()).await?.is_some() {
+            return Err(StoreError::AlreadyExists { kind: "user", id: id.to_string() });
+        }
+        let user = User {
+            id: id.clone(),
+            org_id: org.clone(),
+            name: name.to_owned(),
+            role,
+            status: UserStatus::Active,
+            created_at: unix_now(),
+        };
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset_multiple(&key, &user.to_fields())
+            .ignore()
+            .sadd(self.name(format_args!("org:{org}:users")), id.as_str())
+            .ignore();
+        self.transaction(&pipe).await?;
+        Ok(user)
+    }
+
+    pub async fn user(&self, id: &UserId) -> Result<User, StoreError> {
+        let f = self.hash(self.name(format_args!("user:{id}"))).await?;
+        let f = f.ok_or_else(|| StoreError::NotFound { kind: "user", id: id.to_string() })?;
+        Ok(User::from_fields(id.clone(), &f)?)
+    }
+
+    pub async fn users(&self, org: &OrgId) -> Result<Vec<User>, StoreError> {
+        let mut out = Vec::new();
+        for id in self.members(self.name(format_args!("org:{org}:users"))).await? {
+            out.push(self.user(&UserId(id)).await?);
+        }
+        Ok(out)
+    }
+
+    /// Changes a user's role and/or status; every replica re-reads their keys at once.
+    pub async fn update_user(&self, id: &UserId, role: Option<Role>, status: Option<UserStatus>) -> Result<User, StoreError> {
+        let mut user = self.user(id).await?;
+        user.role = role.unwrap_or(user.role);
+        user.status = status.unwrap_or(user.status);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset_multiple(self.name(format_args!("user:{id}")), &[("role", user.role.to_string()), ("status", user.status.to_string())])
+            .ignore();
+        self.publish(&mut pipe, &Invalidation::User(id.clone()));
+        self.transaction(&pipe).await?;
+        Ok(user)
+    }
+
+    pub async fn create_project(&self, org: &OrgId, id: &ProjectId, name: &str, visibility: Visibility) -> Result<Project, StoreError> {
+        self.org(org).await?;
+        check_id("project", id.as_str())?;
+        check_name(name)?;
+        let key = self.name(format_args!("project:{org}:{id}"));
+        if self.hash(key.clone()).await?.is_some() {
+            return Err(StoreError::AlreadyExists { kind: "project", id: id.to_string() });
+        }
+        let project = Project {
+            id: id.clone(),
+            org_id: org.clone(),
+            name: name.to_owned(),
+            visibility,
+            members: Vec::new(),
+            created_at: unix_now(),
+        };
+        let fields = [
+            ("org_id", org.to_string()),
+            ("name", project.name.clone()),
+            ("visibility", visibility.to_string()),
+            ("created_at", project.created_at.to_string()),
+        ];
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset_multiple(&key, &fields)
+            .ignore()
+            .sadd(self.name(format_args!("org:{org}:projects")), id.as_str())
+            .ignore();
+        // A negative cache entry for this project may exist on some replica.
+        self.publish(&mut pipe, &Invalidation::Project(org.clone(), id.clone()));
+        self.transaction(&pipe).await?;
+        Ok(project)
+    }
+
+    /// A project that must exist.
+    pub async fn existing_project(&self, org: &OrgId, id: &ProjectId) -> Result<Project, StoreError> {
+        self.project(org, id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound { kind: "project", id: id.to_string() })
+    }
+
+    pub async fn projects(&self, org: &OrgId) -> Result<Vec<Project>, StoreError> {
+        let mut out = Vec::new();
+        for id in self.members(self.name(format_args!("org:{org}:projects"))).await? {
+            out.push(self.existing_project(org, &ProjectId(id)).await?);
+        }
+        Ok(out)
+    }
+
+    pub async fn set_project_visibility(&self, org: &OrgId, id: &ProjectId, visibility: Visibility) -> Result<Project, StoreError> {
+        let mut project = self.existing_project(org, id).await?;
+        project.visibility = visibility;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset(self.name(format_args!("project:{org}:{id}")), "visibility", visibility.as_str())
+            .ignore();
+        self.publish(&mut pipe, &Invalidation::Project(org.clone(), id.clone()));
+        self.transaction(&pipe).await?;
+        Ok(project)
+    }
+
+    /// Adds (`member = true`) or removes a user from a project's members.
+    pub async fn set_member(&self, org: &OrgId, id: &ProjectId, user: &UserId, member: bool) -> Result<Project, StoreError> {
+        self.existing_project(org, id).await?;
+        let u = self.user(user).await?;
+        if &u.org_id != org {
+            return Err(StoreError::NotFound { kind: "user", id: user.to_string() });
+        }
+        let set = self.name(format_args!("project:{org}:{id}:members"));
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if member {
+            pipe.sadd(set, user.as_str()).ignore();
+        } else {
+            pipe.srem(set, user.as_str()).ignore();
+        }
+        self.publish(&mut pipe, &Invalidation::Project(org.clone(), id.clone()));
+        self.transaction(&pipe).await?;
+        self.existing_project(org, id).await
+    }
+}

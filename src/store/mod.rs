@@ -1,0 +1,268 @@
+//! The store of record: Redis, shared by every replica.
+//!
+//! Owns: the Redis schema, the reads the request path needs ([`Store::resolve_key`],
+//! [`Store::project`]), the management writes (in `directory` and `keys`, shared by the CLI and
+//! the HTTP API), and the invalidation channel. Does not own: caching (`cache`) or policy.
+//!
+//! Schema (every name starts with the configured namespace, `kg` by default):
+//! ```text
+//! kg:orgs                      set   org ids
+//! kg:org:{org}                 hash  name, created_at
+//! kg:org:{org}:users           set   user ids
+//! kg:org:{org}:projects        set   project ids
+//! kg:org:{org}:keys            set   key ids
+//! kg:user:{user}               hash  org_id, name, role, status, created_at
+//! kg:user:{user}:keys          set   key ids
+//! kg:project:{org}:{project}   hash  org_id, name, visibility, created_at
+//! kg:project:{org}:{project}:members  set  user ids
+//! kg:key:{key}                 hash  see KeyRecord::to_fields (SHA-256 only, never the secret)
+//! kg:keyhash:{sha256 hex}      string key id: the lookup index
+//! kg:invalidate                pub/sub channel, see [`Invalidation`]
+//! ```
+//! Invariants: every multi-key write is one MULTI/EXEC transaction that also PUBLISHes its
+//! invalidation, so no crash leaves half a key and no replica misses a change it could see.
+//! The request path's key lookup is one round trip (a Lua script).
+//!
+//! This is the one narrow interface to storage: a second backend (an embedded single-node store)
+//! can become an enum behind `Store` without touching the request path.
+
+pub mod directory;
+pub mod keys;
+pub mod model;
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::config::RedisConfig;
+use crate::credential::KeyHash;
+use model::{BadRecord, Fields, OrgId, Principal, Project, ProjectId, User, UserId};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the key store is unreachable")]
+    Unavailable(#[source] redis::RedisError),
+    #[error("the key store did not answer in time")]
+    Timeout,
+    #[error("a stored record is corrupt")]
+    Corrupt(#[from] BadRecord),
+    #[error("no {kind} `{id}`")]
+    NotFound { kind: &'static str, id: String },
+    #[error("{kind} `{id}` already exists")]
+    AlreadyExists { kind: &'static str, id: String },
+    #[error("the key must be revoked before it can be deleted")]
+    KeyNotRevoked,
+    #[error("{0}")]
+    Rejected(String),
+}
+
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        StoreError::Unavailable(e)
+    }
+}
+
+impl StoreError {
+    /// Whether the failure is Redis being unreachable or slow (as opposed to the data).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_) | StoreError::Timeout)
+    }
+}
+
+/// A change every replica must apply to its hot cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Invalidation {
+    /// A key (by the hex SHA-256 of its credential) was created, changed or deleted.
+    Key(String),
+    /// A user changed: every key they own must be re-read.
+    User(UserId),
+    /// A project's visibility or members changed.
+    Project(OrgId, ProjectId),
+}
+
+impl Invalidation {
+    pub fn encode(&self) -> String {
+        match self {
+            Invalidation::Key(hash) => format!("key:{hash}"),
+            Invalidation::User(id) => format!("user:{id}"),
+            Invalidation::Project(org, id) => format!("project:{org}:{id}"),
+        }
+    }
+
+    pub fn decode(msg: &str) -> Option<Invalidation> {
+        let (kind, rest) = msg.split_once(':')?;
+        match kind {
+            "key" => Some(Invalidation::Key(rest.to_owned())),
+            "user" => Some(Invalidation::User(UserId(rest.to_owned()))),
+            "project" => {
+                let (org, id) = rest.split_once(':')?;
+                Some(Invalidation::Project(OrgId(org.to_owned()), ProjectId(id.to_owned())))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// GET the index, then the key and its owner, in one round trip.
+const RESOLVE_SCRIPT: &str = r"
+local id = redis.call('GET', KEYS[1])
+if not id then return false end
+local key = redis.call('HGETALL', ARGV[1] .. ':key:' .. id)
+if #key == 0 then return false end
+local uid = ''
+for i = 1, #key, 2 do if key[i] == 'user_id' then uid = key[i + 1] end end
+return {key, redis.call('HGETALL', ARGV[1] .. ':user:' .. uid), uid}
+";
+
+/// A handle on the store; cheap to clone (one multiplexed, self-reconnecting connection).
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    client: redis::Client,
+    ns: String,
+    timeout: Duration,
+    resolve: std::sync::Arc<redis::Script>,
+}
+
+impl Store {
+    /// Connects lazily: keygate starts (and answers from cache, or 503) while Redis is down.
+    pub fn open(cfg: &RedisConfig) -> Result<Store, StoreError> {
+        let client = redis::Client::open(cfg.url.0.as_str())?;
+        let manager_cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(cfg.connect_timeout))
+            .set_response_timeout(Some(cfg.command_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_cfg)?;
+        Ok(Store {
+            conn,
+            client,
+            ns: cfg.namespace.clone(),
+            timeout: cfg.command_timeout,
+            resolve: std::sync::Arc::new(redis::Script::new(RESOLVE_SCRIPT)),
+        })
+    }
+
+    /// The client, for the dedicated pub/sub connection of the invalidation subscriber.
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    pub fn channel(&self) -> String {
+        format!("{}:invalidate", self.ns)
+    }
+
+    fn name(&self, parts: std::fmt::Arguments<'_>) -> String {
+        format!("{}:{parts}", self.ns)
+    }
+
+    /// Runs a store future with the command timeout as an absolute bound (reconnects included).
+    async fn bounded<T>(&self, f: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, f).await.map_err(|_| StoreError::Timeout)?
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        self.bounded(async move { Ok(redis::cmd("PING").query_async::<String>(&mut c).await.map(drop)?) })
+            .await
+    }
+
+    /// The key with this credential hash and its owner, or `None` if no key has it.
+    pub async fn resolve_key(&self, hash: &KeyHash) -> Result<Option<Principal>, StoreError> {
+        let mut c = self.conn.clone();
+        let index = self.name(format_args!("keyhash:{}", hash.to_hex()));
+        let found: Option<(Vec<String>, Vec<String>, String)> = self
+            .bounded(async {
+                Ok(self.resolve.key(index).arg(&self.ns).invoke_async(&mut c).await?)
+            })
+            .await?;
+        let Some((key, owner, uid)) = found else {
+            return Ok(None);
+        };
+        let owner = pairs(owner);
+        if owner.is_empty() {
+            return Err(BadRecord("user_id").into());
+        }
+        Ok(Some(Principal {
+            key: model::KeyRecord::from_fields(&pairs(key))?,
+            owner: User::from_fields(UserId(uid), &owner)?,
+        }))
+    }
+
+    /// A project of an org with its members, or `None`.
+    pub async fn project(&self, org: &OrgId, id: &ProjectId) -> Result<Option<Project>, StoreError> {
+        let mut c = self.conn.clone();
+        let key = self.name(format_args!("project:{org}:{id}"));
+        let (fields, mut members): (Fields, Vec<String>) = self
+            .bounded(async {
+                Ok(redis::pipe()
+                    .hgetall(&key)
+                    .smembers(format!("{key}:members"))
+                    .query_async(&mut c)
+                    .await?)
+            })
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        members.sort();
+        let members = members.into_iter().map(UserId).collect();
+        Ok(Some(Project::from_fields(id.clone(), &fields, members)?))
+    }
+
+    /// Fields of one hash, `None` when it does not exist.
+    async fn hash(&self, key: String) -> Result<Option<Fields>, StoreError> {
+        let mut c = self.conn.clone();
+        let f: Fields = self.bounded(async { Ok(c.hgetall(key).await?) }).await?;
+        Ok((!f.is_empty()).then_some(f))
+    }
+
+    async fn members(&self, key: String) -> Result<Vec<String>, StoreError> {
+        let mut c = self.conn.clone();
+        let mut m: Vec<String> = self.bounded(async { Ok(c.smembers(key).await?) }).await?;
+        m.sort();
+        Ok(m)
+    }
+
+    /// Runs a transaction built by `build`, which adds its writes and publishes.
+    async fn transaction(&self, pipe: &redis::Pipeline) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        self.bounded(async { Ok(pipe.query_async::<()>(&mut c).await?) }).await
+    }
+
+    /// Adds the PUBLISH of an invalidation to a transaction.
+    fn publish(&self, pipe: &mut redis::Pipeline, what: &Invalidation) {
+        pipe.publish(self.channel(), what.encode()).ignore();
+    }
+}
+
+/// HGETALL's flat `[field, value, …]` as a map.
+fn pairs(flat: Vec<String>) -> Fields {
+    let mut it = flat.into_iter();
+    let mut out = Fields::new();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        out.insert(k, v);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalidations_round_trip() {
+        let all = [
+            Invalidation::Key("ab".repeat(32)),
+            Invalidation::User(UserId("u_1".into())),
+            Invalidation::Project(OrgId("acme".into()), ProjectId("p-1".into())),
+        ];
+        for inv in all {
+            assert_eq!(Invalidation::decode(&inv.encode()), Some(inv));
+        }
+        assert_eq!(Invalidation::decode("nonsense"), None);
+        assert_eq!(Invalidation::decode("project:only-org"), None);
+    }
+}

@@ -1,0 +1,344 @@
+//! The records keygate stores, and their ids.
+//!
+//! Owns: the domain types (orgs, users, projects, keys) and their conversion to and from the
+//! Redis hash fields they are stored as. Does not own: Redis key names or commands (`store`),
+//! or what a record permits (`policy`).
+//!
+//! Invariants: ids are slugs (`[a-z0-9][a-z0-9_-]{0,63}`, or generated ones in that alphabet
+//! plus upper case), so they are safe in Redis key names, headers and URLs without escaping.
+//! Times are whole seconds since the Unix epoch.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Scope;
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub String);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// An organisation: the boundary no key crosses.
+    OrgId
+);
+id_type!(
+    /// A user of an organisation; every key has one owner.
+    UserId
+);
+id_type!(
+    /// A project (an inference endpoint, a model, a dataset) inside an organisation.
+    ProjectId
+);
+id_type!(
+    /// The public id of a key: safe to log, show and send upstream.
+    KeyId
+);
+
+/// Whether `s` can be used as a caller-chosen id (org, project, user).
+pub fn is_valid_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
+}
+
+/// Now, in whole seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Fixed sets stored as lower-case strings.
+macro_rules! str_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident = $s:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $s),+ }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($s => Ok(Self::$variant),)+
+                    _ => Err(format!(
+                        "`{s}` is not one of: {}",
+                        [$($s),+].join(", ")
+                    )),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+str_enum!(
+    /// A user's role in their org; it caps what their keys may do.
+    Role { Admin = "admin", Member = "member", Guest = "guest" }
+);
+str_enum!(
+    /// A disabled user can do nothing, and their keys stop at once.
+    UserStatus { Active = "active", Disabled = "disabled" }
+);
+str_enum!(
+    /// Public projects are open to every non-guest member of the org.
+    Visibility { Private = "private", Public = "public" }
+);
+str_enum!(
+    /// Revoked keys are refused; only revoked keys may be deleted.
+    KeyStatus { Active = "active", Revoked = "revoked" }
+);
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Org {
+    pub id: OrgId,
+    pub name: String,
+    pub created_at: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct User {
+    pub id: UserId,
+    pub org_id: OrgId,
+    pub name: String,
+    pub role: Role,
+    pub status: UserStatus,
+    pub created_at: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Project {
+    pub id: ProjectId,
+    pub org_id: OrgId,
+    pub name: String,
+    pub visibility: Visibility,
+    /// Users with access to a private project (sorted).
+    pub members: Vec<UserId>,
+    pub created_at: u64,
+}
+
+/// A key as stored: never the secret, only its SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct KeyRecord {
+    pub id: KeyId,
+    pub org_id: OrgId,
+    pub user_id: UserId,
+    pub name: String,
+    pub scopes: Vec<Scope>,
+    /// Empty: any project the owner may access. Otherwise only these.
+    pub project_ids: Vec<ProjectId>,
+    pub status: KeyStatus,
+    pub created_at: u64,
+    pub expires_at: Option<u64>,
+    /// Masked form for lists (`kg_AbCd…wxyz`), or `legacy:<id>` for imported pairs.
+    pub display: String,
+    /// An imported key id + secret pair rather than a keygate key.
+    pub legacy: bool,
+    /// Hex SHA-256 of the credential: the lookup index. Not secret, but not shown either.
+    #[serde(skip)]
+    pub hash: String,
+}
+
+/// A resolved key with its owner: everything the policy needs about the caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub key: KeyRecord,
+    pub owner: User,
+}
+
+/// A Redis hash read back as field → value.
+pub type Fields = HashMap<String, String>;
+
+/// A field was missing or malformed in a stored record: the store is corrupt or from a newer version.
+#[derive(Debug, thiserror::Error)]
+#[error("stored record is missing or has a bad `{0}` field")]
+pub struct BadRecord(pub &'static str);
+
+fn field<'a>(f: &'a Fields, name: &'static str) -> Result<&'a str, BadRecord> {
+    f.get(name).map(String::as_str).ok_or(BadRecord(name))
+}
+
+fn parsed<T: std::str::FromStr>(f: &Fields, name: &'static str) -> Result<T, BadRecord> {
+    field(f, name)?.parse().map_err(|_| BadRecord(name))
+}
+
+fn list<T>(f: &Fields, name: &'static str, make: fn(String) -> T) -> Vec<T> {
+    f.get(name)
+        .map(|s| s.split_whitespace().map(|x| make(x.to_owned())).collect())
+        .unwrap_or_default()
+}
+
+/// Joins a list of ids or scopes the way records store them (space-separated).
+pub fn join<T: fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl Org {
+    pub fn from_fields(id: OrgId, f: &Fields) -> Result<Self, BadRecord> {
+        Ok(Org {
+            id,
+            name: field(f, "name")?.to_owned(),
+            created_at: parsed(f, "created_at")?,
+        })
+    }
+}
+
+impl User {
+    pub fn from_fields(id: UserId, f: &Fields) -> Result<Self, BadRecord> {
+        Ok(User {
+            id,
+            org_id: OrgId(field(f, "org_id")?.to_owned()),
+            name: field(f, "name")?.to_owned(),
+            role: parsed(f, "role")?,
+            status: parsed(f, "status")?,
+            created_at: parsed(f, "created_at")?,
+        })
+    }
+
+    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("org_id", self.org_id.0.clone()),
+            ("name", self.name.clone()),
+            ("role", self.role.to_string()),
+            ("status", self.status.to_string()),
+            ("created_at", self.created_at.to_string()),
+        ]
+    }
+}
+
+impl Project {
+    pub fn from_fields(id: ProjectId, f: &Fields, members: Vec<UserId>) -> Result<Self, BadRecord> {
+        Ok(Project {
+            id,
+            org_id: OrgId(field(f, "org_id")?.to_owned()),
+            name: field(f, "name")?.to_owned(),
+            visibility: parsed(f, "visibility")?,
+            members,
+            created_at: parsed(f, "created_at")?,
+        })
+    }
+}
+
+impl KeyRecord {
+    pub fn from_fields(f: &Fields) -> Result<Self, BadRecord> {
+        let expires_at: u64 = parsed(f, "expires_at")?;
+        Ok(KeyRecord {
+            id: KeyId(field(f, "id")?.to_owned()),
+            org_id: OrgId(field(f, "org_id")?.to_owned()),
+            user_id: UserId(field(f, "user_id")?.to_owned()),
+            name: field(f, "name")?.to_owned(),
+            scopes: list(f, "scopes", Scope::new),
+            project_ids: list(f, "project_ids", ProjectId),
+            status: parsed(f, "status")?,
+            created_at: parsed(f, "created_at")?,
+            expires_at: (expires_at != 0).then_some(expires_at),
+            display: field(f, "display")?.to_owned(),
+            legacy: field(f, "legacy")? == "1",
+            hash: field(f, "hash")?.to_owned(),
+        })
+    }
+
+    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("id", self.id.0.clone()),
+            ("org_id", self.org_id.0.clone()),
+            ("user_id", self.user_id.0.clone()),
+            ("name", self.name.clone()),
+            ("scopes", join(&self.scopes)),
+            ("project_ids", join(&self.project_ids)),
+            ("status", self.status.to_string()),
+            ("created_at", self.created_at.to_string()),
+            ("expires_at", self.expires_at.unwrap_or(0).to_string()),
+            ("display", self.display.clone()),
+            ("legacy", if self.legacy { "1" } else { "0" }.to_owned()),
+            ("hash", self.hash.clone()),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_slugs() {
+        for ok in ["acme", "a", "proj_1", "Key-9", &"x".repeat(64)] {
+            assert!(is_valid_id(ok), "{ok}");
+        }
+        for bad in ["", "_a", "a b", "a/b", "a.b", "a%2e", &"x".repeat(65), "é"] {
+            assert!(!is_valid_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn key_record_round_trips_through_fields() {
+        let key = KeyRecord {
+            id: KeyId("key_1".into()),
+            org_id: OrgId("acme".into()),
+            user_id: UserId("u1".into()),
+            name: "laptop key".into(),
+            scopes: vec![Scope::new("predict".into()), Scope::new("models:*".into())],
+            project_ids: vec![ProjectId("p1".into())],
+            status: KeyStatus::Active,
+            created_at: 10,
+            expires_at: None,
+            display: "kg_AbCd…wxyz".into(),
+            legacy: false,
+            hash: "ab".repeat(32),
+        };
+        let fields: Fields = key
+            .to_fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        assert_eq!(KeyRecord::from_fields(&fields).unwrap(), key);
+    }
+
+    #[test]
+    fn bad_records_name_the_field() {
+        let mut f = Fields::new();
+        f.insert("org_id".into(), "acme".into());
+        f.insert("name".into(), "n".into());
+        f.insert("role".into(), "superuser".into());
+        let err = User::from_fields(UserId("u".into()), &f).unwrap_err();
+        assert_eq!(err.0, "role");
+    }
+}
