@@ -26,8 +26,12 @@ use crate::server::{serve_connection, stopped};
 
 /// Serves the admin endpoints until `stop`.
 pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(gw.config.limits.header_read_timeout);
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(gw.config.limits.header_read_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let stream = tokio::select! {
@@ -51,14 +55,21 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, mut stop: watch::Rec
 }
 
 /// One admin request.
-pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+pub async fn handle(
+    gw: Arc<Gateway>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
     let res = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({ "status": "ok" })),
         (&Method::GET, "/readyz") => readiness(&gw).await,
         (&Method::GET, "/metrics") => {
             let m = &gw.metrics;
-            m.cache_entries.with_label_values(&["keys"]).set(gw.cache.keys.len() as i64);
-            m.cache_entries.with_label_values(&["projects"]).set(gw.cache.projects.len() as i64);
+            m.cache_entries
+                .with_label_values(&["keys"])
+                .set(gw.cache.keys.len() as i64);
+            m.cache_entries
+                .with_label_values(&["projects"])
+                .set(gw.cache.projects.len() as i64);
             let mut res = Response::new(Full::new(Bytes::from(m.render())));
             res.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -66,14 +77,21 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response
             );
             res
         }
-        _ => json_error(StatusCode::NOT_FOUND, "route_not_found", "No such admin endpoint; see /healthz, /readyz, /metrics."),
+        _ => json_error(
+            StatusCode::NOT_FOUND,
+            "route_not_found",
+            "No such admin endpoint; see /healthz, /readyz, /metrics.",
+        ),
     };
     Ok(res.map(Either::Right))
 }
 
 async fn readiness(gw: &Gateway) -> Response<Full<Bytes>> {
     if gw.is_draining() {
-        return json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({ "status": "draining" }));
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "status": "draining" }),
+        );
     }
     match gw.store.ping().await {
         Ok(()) => json(StatusCode::OK, serde_json::json!({ "status": "ready" })),
@@ -87,6 +105,9 @@ async fn readiness(gw: &Gateway) -> Response<Full<Bytes>> {
 fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
     let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
     *res.status_mut() = status;
-    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     res
 }

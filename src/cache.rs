@@ -114,20 +114,40 @@ impl<K: Eq + Hash + Clone, V> ReadThrough<K, V> {
             .get(key)
             .map(|s| (s.value.clone(), now.saturating_duration_since(s.fetched_at)));
         if let Some((value, age)) = &cached {
-            let ttl = if value.is_some() { self.cfg.ttl } else { self.cfg.negative_ttl };
+            let ttl = if value.is_some() {
+                self.cfg.ttl
+            } else {
+                self.cfg.negative_ttl
+            };
             if trusted && *age < ttl {
-                let outcome = if value.is_some() { Outcome::Hit } else { Outcome::Negative };
-                return Ok(Lookup { value: value.clone(), outcome });
+                let outcome = if value.is_some() {
+                    Outcome::Hit
+                } else {
+                    Outcome::Negative
+                };
+                return Ok(Lookup {
+                    value: value.clone(),
+                    outcome,
+                });
             }
             if recently_failed && value.is_some() && *age < self.cfg.max_stale {
-                return Ok(Lookup { value: value.clone(), outcome: Outcome::Stale });
+                return Ok(Lookup {
+                    value: value.clone(),
+                    outcome: Outcome::Stale,
+                });
             }
         }
         match self.fetch_once(key, fetch).await {
-            Ok(value) => Ok(Lookup { value, outcome: Outcome::Miss }),
+            Ok(value) => Ok(Lookup {
+                value,
+                outcome: Outcome::Miss,
+            }),
             Err(e) => match cached {
                 Some((Some(v), age)) if age < self.cfg.max_stale && e.is_unavailable() => {
-                    Ok(Lookup { value: Some(v), outcome: Outcome::Stale })
+                    Ok(Lookup {
+                        value: Some(v),
+                        outcome: Outcome::Stale,
+                    })
                 }
                 _ => Err(e),
             },
@@ -157,7 +177,13 @@ impl<K: Eq + Hash + Clone, V> ReadThrough<K, V> {
     }
 
     fn insert(&self, key: K, value: Option<Arc<V>>) {
-        self.entries.insert(key, Slot { value, fetched_at: Instant::now() });
+        self.entries.insert(
+            key,
+            Slot {
+                value,
+                fetched_at: Instant::now(),
+            },
+        );
         if self.entries.len() > self.cfg.max_entries {
             self.evict();
         }
@@ -173,7 +199,11 @@ impl<K: Eq + Hash + Clone, V> ReadThrough<K, V> {
         let keep_positive = self.cfg.ttl.max(self.cfg.max_stale);
         self.entries.retain(|_, s| {
             let age = now.saturating_duration_since(s.fetched_at);
-            age < if s.value.is_some() { keep_positive } else { self.cfg.negative_ttl }
+            age < if s.value.is_some() {
+                keep_positive
+            } else {
+                self.cfg.negative_ttl
+            }
         });
         let target = self.cfg.max_entries - self.cfg.max_entries / 10;
         let mut excess = self.entries.len().saturating_sub(target);
@@ -235,30 +265,53 @@ impl Cache {
 
     fn recently_failed(&self) -> bool {
         let at = self.last_failure_ms.load(Ordering::Relaxed);
-        at != 0 && self.started.elapsed().as_millis() as u64 - at < STALE_RETRY_AFTER.as_millis() as u64
+        at != 0
+            && self.started.elapsed().as_millis() as u64 - at < STALE_RETRY_AFTER.as_millis() as u64
     }
 
     fn note(&self, result: &Result<impl Sized, Arc<StoreError>>) {
         if let Err(e) = result
             && e.is_unavailable()
         {
-            self.last_failure_ms.store(self.started.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
+            self.last_failure_ms.store(
+                self.started.elapsed().as_millis() as u64 + 1,
+                Ordering::Relaxed,
+            );
         }
     }
 
     /// The key with this credential hash, and its owner.
-    pub async fn principal(&self, store: &Store, hash: &KeyHash) -> Result<Lookup<Principal>, Arc<StoreError>> {
+    pub async fn principal(
+        &self,
+        store: &Store,
+        hash: &KeyHash,
+    ) -> Result<Lookup<Principal>, Arc<StoreError>> {
         let trusted = self.subscribed.load(Ordering::Acquire);
-        let r = self.keys.get(hash, trusted, self.recently_failed(), || store.resolve_key(hash)).await;
+        let r = self
+            .keys
+            .get(hash, trusted, self.recently_failed(), || {
+                store.resolve_key(hash)
+            })
+            .await;
         self.note(&r);
         r
     }
 
     /// A project of an org, with its members.
-    pub async fn project(&self, store: &Store, org: &OrgId, id: &ProjectId) -> Result<Lookup<Project>, Arc<StoreError>> {
+    pub async fn project(
+        &self,
+        store: &Store,
+        org: &OrgId,
+        id: &ProjectId,
+    ) -> Result<Lookup<Project>, Arc<StoreError>> {
         let trusted = self.subscribed.load(Ordering::Acquire);
         let key = (org.clone(), id.clone());
-        let r = self.projects.get(&key, trusted, self.recently_failed(), || store.project(org, id)).await;
+        let r = self
+            .projects
+            .get(&key, trusted, self.recently_failed(), || {
+                store.project(org, id)
+            })
+            .await;
         self.note(&r);
         r
     }
@@ -311,7 +364,12 @@ const SUBSCRIBER_RETRY_EVERY: Duration = Duration::from_millis(200);
 
 /// Receives invalidations until `shutdown` turns true, reconnecting as needed. Each
 /// (re)subscription clears the cache first; while unsubscribed, no entry counts as fresh.
-pub async fn subscribe(cache: Arc<Cache>, store: Store, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
+pub async fn subscribe(
+    cache: Arc<Cache>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     while !*shutdown.borrow() {
         if let Err(e) = subscription(&cache, &store, &metrics, &mut shutdown).await {
             metrics.redis_errors.inc();
@@ -333,7 +391,9 @@ async fn subscription(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), redis::RedisError> {
     let connect = tokio::time::timeout(SUBSCRIBER_PING_EVERY, store.client().get_async_pubsub());
-    let pubsub = connect.await.map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    let pubsub = connect
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     let (mut sink, mut stream) = pubsub.split();
     sink.subscribe(store.channel()).await?;
     cache.clear();

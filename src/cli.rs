@@ -12,7 +12,9 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::policy::Scope;
 use crate::store::keys::NewKey;
-use crate::store::model::{KeyId, KeyStatus, OrgId, ProjectId, Role, UserId, UserStatus, Visibility, unix_now};
+use crate::store::model::{
+    KeyId, KeyStatus, OrgId, ProjectId, Role, UserId, UserStatus, Visibility, unix_now,
+};
 use crate::store::{Store, StoreError};
 
 /// Refused input (EX_DATAERR).
@@ -47,7 +49,11 @@ pub enum AdminCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum OrgCommand {
-    Create { id: String, #[arg(long)] name: Option<String> },
+    Create {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
     List,
 }
 
@@ -64,7 +70,10 @@ pub enum UserCommand {
         #[arg(long)]
         id: Option<String>,
     },
-    List { #[arg(long)] org: String },
+    List {
+        #[arg(long)]
+        org: String,
+    },
     /// Change role and/or status; takes effect on every replica at once.
     Set {
         id: String,
@@ -86,10 +95,29 @@ pub enum ProjectCommand {
         #[arg(long, default_value = "private")]
         visibility: Visibility,
     },
-    List { #[arg(long)] org: String },
-    Set { #[arg(long)] org: String, id: String, #[arg(long)] visibility: Visibility },
-    AddMember { #[arg(long)] org: String, id: String, user: String },
-    RemoveMember { #[arg(long)] org: String, id: String, user: String },
+    List {
+        #[arg(long)]
+        org: String,
+    },
+    Set {
+        #[arg(long)]
+        org: String,
+        id: String,
+        #[arg(long)]
+        visibility: Visibility,
+    },
+    AddMember {
+        #[arg(long)]
+        org: String,
+        id: String,
+        user: String,
+    },
+    RemoveMember {
+        #[arg(long)]
+        org: String,
+        id: String,
+        user: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,12 +153,25 @@ pub enum KeyCommand {
         #[arg(long, value_delimiter = ',', required = true)]
         scopes: Vec<String>,
     },
-    List { #[arg(long)] org: String, #[arg(long)] user: Option<String> },
-    Show { id: String },
-    Revoke { id: String },
-    Activate { id: String },
+    List {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        user: Option<String>,
+    },
+    Show {
+        id: String,
+    },
+    Revoke {
+        id: String,
+    },
+    Activate {
+        id: String,
+    },
     /// Delete a key (it must be revoked first).
-    Delete { id: String },
+    Delete {
+        id: String,
+    },
 }
 
 /// Runs one admin command; returns the process exit code.
@@ -147,12 +188,19 @@ pub async fn run(config: &Config, args: AdminArgs) -> u8 {
 
 fn fail(e: &StoreError) -> u8 {
     eprintln!("error: {e}");
-    if e.is_unavailable() { EXIT_UNAVAILABLE } else { EXIT_REFUSED }
+    if e.is_unavailable() {
+        EXIT_UNAVAILABLE
+    } else {
+        EXIT_REFUSED
+    }
 }
 
 fn print<T: Serialize>(json: bool, value: &T, table: impl FnOnce(&T) -> String) {
     if json {
-        println!("{}", serde_json::to_string_pretty(value).expect("records serialize"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).expect("records serialize")
+        );
     } else {
         print!("{}", table(value));
     }
@@ -165,39 +213,72 @@ fn scopes(config: &Config, names: &[String]) -> Result<Vec<Scope>, StoreError> {
         match config.presets.get(name) {
             Some(expanded) => out.extend(expanded.iter().cloned()),
             None if Scope::is_well_formed(name) => out.push(Scope::new(name.to_owned())),
-            None => return Err(StoreError::Rejected(format!("`{name}` is neither a preset nor a scope"))),
+            None => {
+                return Err(StoreError::Rejected(format!(
+                    "`{name}` is neither a preset nor a scope"
+                )));
+            }
         }
     }
     Ok(out)
 }
 
 fn row(cells: &[&str]) -> String {
-    cells.iter().map(|c| format!("{c:<24}")).collect::<Vec<_>>().join(" ").trim_end().to_owned() + "\n"
+    cells
+        .iter()
+        .map(|c| format!("{c:<24}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_end()
+        .to_owned()
+        + "\n"
 }
 
-async fn execute(config: &Config, store: &Store, command: AdminCommand, json: bool) -> Result<(), StoreError> {
+async fn execute(
+    config: &Config,
+    store: &Store,
+    command: AdminCommand,
+    json: bool,
+) -> Result<(), StoreError> {
     match command {
         AdminCommand::Org(OrgCommand::Create { id, name }) => {
-            let org = store.create_org(&OrgId(id.clone()), name.as_deref().unwrap_or(&id)).await?;
+            let org = store
+                .create_org(&OrgId(id.clone()), name.as_deref().unwrap_or(&id))
+                .await?;
             print(json, &org, |o| format!("created org {}\n", o.id));
         }
         AdminCommand::Org(OrgCommand::List) => {
             let orgs = store.orgs().await?;
-            print(json, &orgs, |v| v.iter().map(|o| row(&[o.id.as_str(), &o.name])).collect());
+            print(json, &orgs, |v| {
+                v.iter().map(|o| row(&[o.id.as_str(), &o.name])).collect()
+            });
         }
-        AdminCommand::User(UserCommand::Create { org, name, role, id }) => {
-            let user = store.create_user(&OrgId(org), id.map(UserId), &name, role).await?;
-            print(json, &user, |u| format!("created user {} ({})\n", u.id, u.role));
+        AdminCommand::User(UserCommand::Create {
+            org,
+            name,
+            role,
+            id,
+        }) => {
+            let user = store
+                .create_user(&OrgId(org), id.map(UserId), &name, role)
+                .await?;
+            print(json, &user, |u| {
+                format!("created user {} ({})\n", u.id, u.role)
+            });
         }
         AdminCommand::User(UserCommand::List { org }) => {
             let users = store.users(&OrgId(org)).await?;
             print(json, &users, |v| {
-                v.iter().map(|u| row(&[u.id.as_str(), &u.name, u.role.as_str(), u.status.as_str()])).collect()
+                v.iter()
+                    .map(|u| row(&[u.id.as_str(), &u.name, u.role.as_str(), u.status.as_str()]))
+                    .collect()
             });
         }
         AdminCommand::User(UserCommand::Set { id, role, status }) => {
             let user = store.update_user(&UserId(id), role, status).await?;
-            print(json, &user, |u| format!("user {}: role {}, {}\n", u.id, u.role, u.status));
+            print(json, &user, |u| {
+                format!("user {}: role {}, {}\n", u.id, u.role, u.status)
+            });
         }
         AdminCommand::Project(cmd) => project(store, cmd, json).await?,
         AdminCommand::Key(cmd) => key(config, store, cmd, json).await?,
@@ -207,25 +288,52 @@ async fn execute(config: &Config, store: &Store, command: AdminCommand, json: bo
 
 async fn project(store: &Store, command: ProjectCommand, json: bool) -> Result<(), StoreError> {
     let show = |p: &crate::store::model::Project| {
-        format!("project {} ({}), members: {}\n", p.id, p.visibility, crate::store::model::join(&p.members))
+        format!(
+            "project {} ({}), members: {}\n",
+            p.id,
+            p.visibility,
+            crate::store::model::join(&p.members)
+        )
     };
     let p = match command {
-        ProjectCommand::Create { org, id, name, visibility } => {
-            store.create_project(&OrgId(org), &ProjectId(id.clone()), name.as_deref().unwrap_or(&id), visibility).await?
+        ProjectCommand::Create {
+            org,
+            id,
+            name,
+            visibility,
+        } => {
+            store
+                .create_project(
+                    &OrgId(org),
+                    &ProjectId(id.clone()),
+                    name.as_deref().unwrap_or(&id),
+                    visibility,
+                )
+                .await?
         }
         ProjectCommand::List { org } => {
             let projects = store.projects(&OrgId(org)).await?;
             print(json, &projects, |v| v.iter().map(show).collect());
             return Ok(());
         }
-        ProjectCommand::Set { org, id, visibility } => {
-            store.set_project_visibility(&OrgId(org), &ProjectId(id), visibility).await?
+        ProjectCommand::Set {
+            org,
+            id,
+            visibility,
+        } => {
+            store
+                .set_project_visibility(&OrgId(org), &ProjectId(id), visibility)
+                .await?
         }
         ProjectCommand::AddMember { org, id, user } => {
-            store.set_member(&OrgId(org), &ProjectId(id), &UserId(user), true).await?
+            store
+                .set_member(&OrgId(org), &ProjectId(id), &UserId(user), true)
+                .await?
         }
         ProjectCommand::RemoveMember { org, id, user } => {
-            store.set_member(&OrgId(org), &ProjectId(id), &UserId(user), false).await?
+            store
+                .set_member(&OrgId(org), &ProjectId(id), &UserId(user), false)
+                .await?
         }
     };
     print(json, &p, show);
@@ -234,14 +342,36 @@ async fn project(store: &Store, command: ProjectCommand, json: bool) -> Result<(
 
 fn key_row(k: &crate::store::model::KeyRecord) -> String {
     let expires = k.expires_at.map_or("never".to_owned(), |at| {
-        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(at)).to_string()
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(at),
+        )
+        .to_string()
     });
-    row(&[k.id.as_str(), &k.display, &k.name, k.status.as_str(), &crate::store::model::join(&k.scopes), &expires])
+    row(&[
+        k.id.as_str(),
+        &k.display,
+        &k.name,
+        k.status.as_str(),
+        &crate::store::model::join(&k.scopes),
+        &expires,
+    ])
 }
 
-async fn key(config: &Config, store: &Store, command: KeyCommand, json: bool) -> Result<(), StoreError> {
+async fn key(
+    config: &Config,
+    store: &Store,
+    command: KeyCommand,
+    json: bool,
+) -> Result<(), StoreError> {
     let record = match command {
-        KeyCommand::Create { user, name, scopes: names, projects, expires_in, no_expiry } => {
+        KeyCommand::Create {
+            user,
+            name,
+            scopes: names,
+            projects,
+            expires_in,
+            no_expiry,
+        } => {
             let new = NewKey {
                 user_id: UserId(user),
                 name,
@@ -261,11 +391,16 @@ async fn key(config: &Config, store: &Store, command: KeyCommand, json: bool) ->
             }
             return Ok(());
         }
-        KeyCommand::ImportLegacy { user, name, legacy_id, scopes: names } => {
+        KeyCommand::ImportLegacy {
+            user,
+            name,
+            legacy_id,
+            scopes: names,
+        } => {
             let mut secret = String::new();
-            std::io::stdin()
-                .read_to_string(&mut secret)
-                .map_err(|e| StoreError::Rejected(format!("cannot read the secret from standard input: {e}")))?;
+            std::io::stdin().read_to_string(&mut secret).map_err(|e| {
+                StoreError::Rejected(format!("cannot read the secret from standard input: {e}"))
+            })?;
             let new = NewKey {
                 user_id: UserId(user),
                 name,
@@ -285,7 +420,9 @@ async fn key(config: &Config, store: &Store, command: KeyCommand, json: bool) ->
         KeyCommand::Activate { id } => store.set_key_status(&KeyId(id), KeyStatus::Active).await?,
         KeyCommand::Delete { id } => {
             store.delete_key(&KeyId(id.clone())).await?;
-            print(json, &serde_json::json!({ "deleted": id }), |_| format!("deleted key {id}\n"));
+            print(json, &serde_json::json!({ "deleted": id }), |_| {
+                format!("deleted key {id}\n")
+            });
             return Ok(());
         }
     };

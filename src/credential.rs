@@ -110,7 +110,8 @@ impl KeyFormat {
         let body = key
             .strip_prefix(&self.prefix)
             .ok_or(CredentialError::Malformed)?;
-        if body.len() != RANDOM_LEN + CHECKSUM_LEN || !body.bytes().all(|b| b.is_ascii_alphanumeric())
+        if body.len() != RANDOM_LEN + CHECKSUM_LEN
+            || !body.bytes().all(|b| b.is_ascii_alphanumeric())
         {
             return Err(CredentialError::Malformed);
         }
@@ -168,8 +169,17 @@ pub fn extract(headers: &HeaderMap, format: &KeyFormat) -> Result<Credential, Cr
         .get_all("apikey")
         .iter()
         .chain(headers.get_all("x-api-key"))
-        .map(|v| v.to_str().map(|s| Some(s.trim())).map_err(|_| CredentialError::Malformed))
-        .chain(headers.get_all(http::header::AUTHORIZATION).iter().map(authorization_key));
+        .map(|v| {
+            v.to_str()
+                .map(|s| Some(s.trim()))
+                .map_err(|_| CredentialError::Malformed)
+        })
+        .chain(
+            headers
+                .get_all(http::header::AUTHORIZATION)
+                .iter()
+                .map(authorization_key),
+        );
     for candidate in candidates {
         let Some(value) = candidate?.filter(|v| !v.is_empty()) else {
             continue;
@@ -194,7 +204,10 @@ pub fn extract(headers: &HeaderMap, format: &KeyFormat) -> Result<Credential, Cr
 
 /// The key in an `Authorization` header, if its scheme is one we take (`Bearer`, `Key`).
 fn authorization_key(value: &http::HeaderValue) -> Result<Option<&str>, CredentialError> {
-    let value = value.to_str().map_err(|_| CredentialError::Malformed)?.trim();
+    let value = value
+        .to_str()
+        .map_err(|_| CredentialError::Malformed)?
+        .trim();
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
     if scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("key") {
         Ok(Some(rest.trim()))
@@ -278,12 +291,24 @@ mod tests {
         assert_eq!(ok(&[("Authorization", &key_scheme)]), Ok(h1));
         assert_eq!(ok(&[("apikey", &k1), ("authorization", &bearer)]), Ok(h1));
         assert_eq!(ok(&[("apikey", &k1), ("apisecret", "ignored")]), Ok(h1));
-        assert_eq!(ok(&[("authorization", "Basic Zm9vOmJhcg==")]), Err(CredentialError::Missing));
+        assert_eq!(
+            ok(&[("authorization", "Basic Zm9vOmJhcg==")]),
+            Err(CredentialError::Missing)
+        );
         assert_eq!(ok(&[]), Err(CredentialError::Missing));
         assert_eq!(ok(&[("apikey", "")]), Err(CredentialError::Missing));
-        assert_eq!(ok(&[("apikey", &k1), ("x-api-key", &k2)]), Err(CredentialError::Conflicting));
-        assert_eq!(ok(&[("apikey", &k1), ("apikey", &k2)]), Err(CredentialError::Conflicting));
-        assert_eq!(ok(&[("apikey", "not-a-key")]), Err(CredentialError::Malformed));
+        assert_eq!(
+            ok(&[("apikey", &k1), ("x-api-key", &k2)]),
+            Err(CredentialError::Conflicting)
+        );
+        assert_eq!(
+            ok(&[("apikey", &k1), ("apikey", &k2)]),
+            Err(CredentialError::Conflicting)
+        );
+        assert_eq!(
+            ok(&[("apikey", "not-a-key")]),
+            Err(CredentialError::Malformed)
+        );
         assert_eq!(
             ok(&[("apikey", "LEGACY1"), ("apisecret", "s3cret")]),
             Ok(hash_legacy("LEGACY1", "s3cret"))

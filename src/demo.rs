@@ -25,7 +25,9 @@ pub async fn serve(listener: TcpListener) -> std::io::Result<()> {
         let _ = stream.set_nodelay(true);
         let builder = builder.clone();
         tokio::spawn(async move {
-            let _ = builder.serve_connection(TokioIo::new(stream), service_fn(answer)).await;
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service_fn(answer))
+                .await;
         });
     }
 }
@@ -39,7 +41,10 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
     }
     let mut res = Response::new(Full::new(Bytes::from_static(BODY)));
     let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h.insert("x-demo-received-bytes", HeaderValue::from(received));
     if let Some(id) = key_id {
         h.insert("x-demo-key-id", id);

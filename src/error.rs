@@ -46,8 +46,6 @@ pub enum GatewayError {
     KeyStoreUnavailable(#[source] Arc<StoreError>),
     #[error("key store returned a corrupt record")]
     KeyStoreCorrupt(#[source] Arc<StoreError>),
-    #[error("shutting down")]
-    ShuttingDown,
     #[error("upstream unavailable")]
     UpstreamUnavailable(#[source] hyper_util::client::legacy::Error),
     #[error("upstream timed out")]
@@ -69,30 +67,121 @@ impl GatewayError {
     pub fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         use GatewayError as E;
         match self {
-            E::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "CONNECT is not supported; send plain HTTP requests."),
-            E::UpgradeNotSupported => (StatusCode::BAD_REQUEST, "upgrade_not_supported", "Protocol upgrades (WebSocket, h2c upgrade) are not supported; use HTTP/1.1 or HTTP/2."),
-            E::InvalidPath(_) => (StatusCode::BAD_REQUEST, "invalid_path", "The path is ambiguous (dot segments, encoded '/', '\\' or '.', ';' or empty segments); send a plain path."),
-            E::RouteNotFound => (StatusCode::NOT_FOUND, "route_not_found", "No route serves this path; check the endpoint URL."),
-            E::Project(ProjectError::Missing) => (StatusCode::BAD_REQUEST, "missing_project", "This endpoint needs a project id in the path or query; check the endpoint URL."),
-            E::Project(ProjectError::Ambiguous) => (StatusCode::BAD_REQUEST, "ambiguous_project", "The request names its project more than once; send it once."),
-            E::Credential(CredentialError::Missing) => (StatusCode::UNAUTHORIZED, "missing_api_key", "Send your API key in the 'apikey' header or as 'Authorization: Bearer <key>'."),
-            E::Credential(CredentialError::Conflicting) => (StatusCode::BAD_REQUEST, "conflicting_credentials", "The request carries two different API keys; send exactly one."),
-            E::Credential(CredentialError::Malformed) | E::UnknownKey => (StatusCode::UNAUTHORIZED, "invalid_api_key", "The API key is not valid; check it was copied whole, or create a new one."),
-            E::KeyRejected(KeyRejection::Revoked) => (StatusCode::UNAUTHORIZED, "key_revoked", "This API key has been revoked; use another key or ask its owner to re-activate it."),
-            E::KeyRejected(KeyRejection::Expired) => (StatusCode::UNAUTHORIZED, "key_expired", "This API key has expired; create a new one."),
-            E::KeyRejected(KeyRejection::OwnerDisabled) => (StatusCode::UNAUTHORIZED, "user_disabled", "The owner of this API key is disabled; ask an org admin."),
-            E::Denied(Denial::OrgMismatch) => (StatusCode::FORBIDDEN, "org_mismatch", "This API key belongs to another organisation; use a key of the organisation that owns this endpoint."),
-            E::Denied(Denial::GuestNotAllowed) => (StatusCode::FORBIDDEN, "guest_not_allowed", "Guests cannot use API keys; ask an org admin for a member role."),
-            E::Denied(Denial::ProjectNotFound) => (StatusCode::NOT_FOUND, "project_not_found", "No such project in this organisation; check the project or endpoint id."),
-            E::Denied(Denial::ProjectAccessDenied) => (StatusCode::FORBIDDEN, "project_access_denied", "The key's owner has no access to this project; ask a project admin to add them."),
-            E::Denied(Denial::KeyProjectMismatch) => (StatusCode::FORBIDDEN, "key_project_mismatch", "This API key is restricted to other projects; use a key for this project."),
-            E::Denied(Denial::InsufficientScope) => (StatusCode::FORBIDDEN, "insufficient_scope", "This API key lacks a scope this endpoint requires; create a key with the needed scopes."),
-            E::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "The request body is larger than this gateway accepts; send a smaller file."),
-            E::KeyStoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "key_store_unavailable", "The key could not be verified right now; retry after the time in Retry-After."),
-            E::KeyStoreCorrupt(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "The gateway failed to read its key store; retry later or contact the operator."),
-            E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "This gateway instance is shutting down; retry, and another instance will answer."),
-            E::UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, "upstream_unavailable", "The backend could not be reached; retry later."),
-            E::UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "The backend did not answer in time; retry later."),
+            E::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "CONNECT is not supported; send plain HTTP requests.",
+            ),
+            E::UpgradeNotSupported => (
+                StatusCode::BAD_REQUEST,
+                "upgrade_not_supported",
+                "Protocol upgrades (WebSocket, h2c upgrade) are not supported; use HTTP/1.1 or HTTP/2.",
+            ),
+            E::InvalidPath(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+                "The path is ambiguous (dot segments, encoded '/', '\\' or '.', ';' or empty segments); send a plain path.",
+            ),
+            E::RouteNotFound => (
+                StatusCode::NOT_FOUND,
+                "route_not_found",
+                "No route serves this path; check the endpoint URL.",
+            ),
+            E::Project(ProjectError::Missing) => (
+                StatusCode::BAD_REQUEST,
+                "missing_project",
+                "This endpoint needs a project id in the path or query; check the endpoint URL.",
+            ),
+            E::Project(ProjectError::Ambiguous) => (
+                StatusCode::BAD_REQUEST,
+                "ambiguous_project",
+                "The request names its project more than once; send it once.",
+            ),
+            E::Credential(CredentialError::Missing) => (
+                StatusCode::UNAUTHORIZED,
+                "missing_api_key",
+                "Send your API key in the 'apikey' header or as 'Authorization: Bearer <key>'.",
+            ),
+            E::Credential(CredentialError::Conflicting) => (
+                StatusCode::BAD_REQUEST,
+                "conflicting_credentials",
+                "The request carries two different API keys; send exactly one.",
+            ),
+            E::Credential(CredentialError::Malformed) | E::UnknownKey => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_api_key",
+                "The API key is not valid; check it was copied whole, or create a new one.",
+            ),
+            E::KeyRejected(KeyRejection::Revoked) => (
+                StatusCode::UNAUTHORIZED,
+                "key_revoked",
+                "This API key has been revoked; use another key or ask its owner to re-activate it.",
+            ),
+            E::KeyRejected(KeyRejection::Expired) => (
+                StatusCode::UNAUTHORIZED,
+                "key_expired",
+                "This API key has expired; create a new one.",
+            ),
+            E::KeyRejected(KeyRejection::OwnerDisabled) => (
+                StatusCode::UNAUTHORIZED,
+                "user_disabled",
+                "The owner of this API key is disabled; ask an org admin.",
+            ),
+            E::Denied(Denial::OrgMismatch) => (
+                StatusCode::FORBIDDEN,
+                "org_mismatch",
+                "This API key belongs to another organisation; use a key of the organisation that owns this endpoint.",
+            ),
+            E::Denied(Denial::GuestNotAllowed) => (
+                StatusCode::FORBIDDEN,
+                "guest_not_allowed",
+                "Guests cannot use API keys; ask an org admin for a member role.",
+            ),
+            E::Denied(Denial::ProjectNotFound) => (
+                StatusCode::NOT_FOUND,
+                "project_not_found",
+                "No such project in this organisation; check the project or endpoint id.",
+            ),
+            E::Denied(Denial::ProjectAccessDenied) => (
+                StatusCode::FORBIDDEN,
+                "project_access_denied",
+                "The key's owner has no access to this project; ask a project admin to add them.",
+            ),
+            E::Denied(Denial::KeyProjectMismatch) => (
+                StatusCode::FORBIDDEN,
+                "key_project_mismatch",
+                "This API key is restricted to other projects; use a key for this project.",
+            ),
+            E::Denied(Denial::InsufficientScope) => (
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                "This API key lacks a scope this endpoint requires; create a key with the needed scopes.",
+            ),
+            E::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "The request body is larger than this gateway accepts; send a smaller file.",
+            ),
+            E::KeyStoreUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "key_store_unavailable",
+                "The key could not be verified right now; retry after the time in Retry-After.",
+            ),
+            E::KeyStoreCorrupt(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "The gateway failed to read its key store; retry later or contact the operator.",
+            ),
+            E::UpstreamUnavailable(_) => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_unavailable",
+                "The backend could not be reached; retry later.",
+            ),
+            E::UpstreamTimeout(_) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "The backend did not answer in time; retry later.",
+            ),
         }
     }
 
@@ -104,10 +193,11 @@ impl GatewayError {
     /// The JSON error response.
     pub fn to_response(&self) -> Response<Full<Bytes>> {
         let (status, code, message) = self.parts();
-        let retry = matches!(self, GatewayError::KeyStoreUnavailable(_) | GatewayError::ShuttingDown);
+        let retry = matches!(self, GatewayError::KeyStoreUnavailable(_));
         let mut res = json_error(status, code, message);
         if retry {
-            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
         res
     }
@@ -115,10 +205,14 @@ impl GatewayError {
 
 /// A response in the error shape every keygate endpoint uses.
 pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
-    let body = serde_json::json!({ "error": { "code": code, "message": message }, "message": message });
+    let body =
+        serde_json::json!({ "error": { "code": code, "message": message }, "message": message });
     let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
     *res.status_mut() = status;
-    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     res
 }
 

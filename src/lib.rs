@@ -70,13 +70,20 @@ impl Listeners {
         for l in &config.listeners {
             data.push(TcpListener::bind(l.addr).await?);
         }
-        Ok(Listeners { data, admin: TcpListener::bind(config.admin_addr).await? })
+        Ok(Listeners {
+            data,
+            admin: TcpListener::bind(config.admin_addr).await?,
+        })
     }
 }
 
 /// Runs a keygate replica on bound listeners until `shutdown` resolves, then drains: `/readyz`
 /// turns 503, listeners close, in-flight requests get `limits.drain_timeout` to finish.
-pub async fn run(config: Arc<Config>, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), StoreError> {
+pub async fn run(
+    config: Arc<Config>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StoreError> {
     let metrics = Arc::new(Metrics::new());
     let store = Store::open(&config.redis)?;
     let cache = Arc::new(Cache::new(config.cache));
@@ -91,12 +98,22 @@ pub async fn run(config: Arc<Config>, listeners: Listeners, shutdown: impl Futur
     let (stop_data, data_stopped) = watch::channel(false);
     let (stop_admin, admin_stopped) = watch::channel(false);
     // The subscriber stops last: requests still draining must see revocations.
-    let subscriber = tokio::spawn(cache::subscribe(cache, store, metrics, admin_stopped.clone()));
+    let subscriber = tokio::spawn(cache::subscribe(
+        cache,
+        store,
+        metrics,
+        admin_stopped.clone(),
+    ));
     let mut servers = tokio::task::JoinSet::new();
     for (listener, cfg) in listeners.data.into_iter().zip(&config.listeners) {
         tracing::info!(addr = %cfg.addr, tls = cfg.tls.is_some(), "data plane listening");
         let tls = cfg.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-        servers.spawn(server::serve_data(gw.clone(), listener, tls, data_stopped.clone()));
+        servers.spawn(server::serve_data(
+            gw.clone(),
+            listener,
+            tls,
+            data_stopped.clone(),
+        ));
     }
     tracing::info!(addr = %config.admin_addr, "admin listening");
     let admin = tokio::spawn(admin::serve(gw.clone(), listeners.admin, admin_stopped));

@@ -14,7 +14,11 @@ use keygate::config::Config;
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Debug, Parser)]
-#[command(name = "keygate", version, about = "API-key authentication gateway for model-inference backends")]
+#[command(
+    name = "keygate",
+    version,
+    about = "API-key authentication gateway for model-inference backends"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -55,12 +59,20 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     runtime.block_on(async move {
         match cli.command {
             Command::CheckConfig { config } => match load(&config) {
                 Ok(c) => {
-                    println!("{}: ok ({} listener(s), {} route(s))", config.display(), c.listeners.len(), c.routes.iter().count());
+                    println!(
+                        "{}: ok ({} listener(s), {} route(s))",
+                        config.display(),
+                        c.listeners.len(),
+                        c.routes.iter().count()
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(code) => code,
@@ -113,7 +125,8 @@ fn main() -> ExitCode {
 
 /// SIGTERM or SIGINT.
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}

@@ -6,13 +6,14 @@
 //! path, key or client address.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds: 100 µs to 60 s (inference responses can be slow).
 const LATENCY_BUCKETS: [f64; 16] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 15.0, 60.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+    15.0, 60.0,
 ];
 
 pub struct Metrics {
@@ -39,28 +40,41 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("keygate_requests_total", "Requests by route, outcome and status class."),
+            Opts::new(
+                "keygate_requests_total",
+                "Requests by route, outcome and status class.",
+            ),
             &["route", "outcome", "status_class"],
         )
         .expect("valid metric");
         let request_duration = HistogramVec::new(
-            HistogramOpts::new("keygate_request_duration_seconds", "Time from request head to response head.")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "keygate_request_duration_seconds",
+                "Time from request head to response head.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["route"],
         )
         .expect("valid metric");
         let upstream_duration = HistogramVec::new(
-            HistogramOpts::new("keygate_upstream_duration_seconds", "Upstream time to response head.")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "keygate_upstream_duration_seconds",
+                "Upstream time to response head.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["route"],
         )
         .expect("valid metric");
         let key_lookups = IntCounterVec::new(
-            Opts::new("keygate_key_lookups_total", "Key lookups by result (hit, miss, negative, stale, error)."),
+            Opts::new(
+                "keygate_key_lookups_total",
+                "Key lookups by result (hit, miss, negative, stale, error).",
+            ),
             &["result"],
         )
         .expect("valid metric");
-        let redis_errors = IntCounter::new("keygate_redis_errors_total", "Failed Redis calls.").expect("valid metric");
+        let redis_errors = IntCounter::new("keygate_redis_errors_total", "Failed Redis calls.")
+            .expect("valid metric");
         let cache_entries = IntGaugeVec::new(
             Opts::new("keygate_cache_entries", "Entries in the hot cache by kind."),
             &["kind"],
@@ -71,8 +85,9 @@ impl Metrics {
             "Invalidation messages received from Redis pub/sub.",
         )
         .expect("valid metric");
-        let open_connections = IntGauge::new("keygate_open_connections", "Open data-plane connections.")
-            .expect("valid metric");
+        let open_connections =
+            IntGauge::new("keygate_open_connections", "Open data-plane connections.")
+                .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),

@@ -81,9 +81,7 @@ impl fmt::Display for Scope {
 pub fn role_allows(role: Role, required: &Scope) -> bool {
     match role {
         Role::Admin => true,
-        Role::Member => {
-            required.0 != "*" && !ADMIN_ONLY_RESOURCES.contains(&required.resource())
-        }
+        Role::Member => required.0 != "*" && !ADMIN_ONLY_RESOURCES.contains(&required.resource()),
         Role::Guest => false,
     }
 }
@@ -171,7 +169,11 @@ pub fn authorize(p: &Principal, access: &Access<'_>) -> Result<(), Denial> {
             }
         }
     }
-    if !access.scopes.iter().all(|r| grants(&p.key.scopes, p.owner.role, r)) {
+    if !access
+        .scopes
+        .iter()
+        .all(|r| grants(&p.key.scopes, p.owner.role, r))
+    {
         return Err(Denial::InsufficientScope);
     }
     Ok(())
@@ -203,16 +205,30 @@ mod tests {
             ("models", "models:read", false),
         ];
         for (granted, required, want) in rows {
-            assert_eq!(s(granted).covers(&s(required)), want, "{granted} ⊇ {required}");
+            assert_eq!(
+                s(granted).covers(&s(required)),
+                want,
+                "{granted} ⊇ {required}"
+            );
         }
     }
 
     #[test]
     fn scope_syntax_table() {
-        for ok in ["*", "predict", "models:*", "models:read", "a:b:c", "keys:manage", "v1.2-x_y"] {
+        for ok in [
+            "*",
+            "predict",
+            "models:*",
+            "models:read",
+            "a:b:c",
+            "keys:manage",
+            "v1.2-x_y",
+        ] {
             assert!(Scope::is_well_formed(ok), "{ok}");
         }
-        for bad in ["", ":", "*:read", "models:", "Models", "a:b:c:d", "a b", "a:*:b", "**"] {
+        for bad in [
+            "", ":", "*:read", "models:", "Models", "a:b:c:d", "a b", "a:*:b", "**",
+        ] {
             assert!(!Scope::is_well_formed(bad), "{bad}");
         }
     }
@@ -282,11 +298,26 @@ mod tests {
         type Edit = fn(&mut Principal);
         let rows: [(&str, Edit, u64, Result<(), KeyRejection>); 6] = [
             ("active", |_| {}, 99, Ok(())),
-            ("expires exactly now", |_| {}, 100, Err(KeyRejection::Expired)),
+            (
+                "expires exactly now",
+                |_| {},
+                100,
+                Err(KeyRejection::Expired),
+            ),
             ("expired", |_| {}, 1000, Err(KeyRejection::Expired)),
             ("no expiry", |p| p.key.expires_at = None, u64::MAX, Ok(())),
-            ("revoked", |p| p.key.status = KeyStatus::Revoked, 1, Err(KeyRejection::Revoked)),
-            ("owner disabled", |p| p.owner.status = UserStatus::Disabled, 1, Err(KeyRejection::OwnerDisabled)),
+            (
+                "revoked",
+                |p| p.key.status = KeyStatus::Revoked,
+                1,
+                Err(KeyRejection::Revoked),
+            ),
+            (
+                "owner disabled",
+                |p| p.owner.status = UserStatus::Disabled,
+                1,
+                Err(KeyRejection::OwnerDisabled),
+            ),
         ];
         for (name, edit, now, want) in rows {
             let mut p = principal();
@@ -308,22 +339,169 @@ mod tests {
         type Edit = fn(&mut Principal);
         let none: Edit = |_| {};
         let rows: Vec<(&str, Edit, Access, Result<(), Denial>)> = vec![
-            ("org route, no project", none, Access { org: &acme, scopes: &predict, project: None }, Ok(())),
-            ("other org's route", none, Access { org: &other, scopes: &predict, project: None }, Err(Denial::OrgMismatch)),
-            ("guest", |p| p.owner.role = Role::Guest, Access { org: &acme, scopes: &predict, project: None }, Err(Denial::GuestNotAllowed)),
-            ("member of private project", none, Access { org: &acme, scopes: &predict, project: Some(Some(&private_member)) }, Ok(())),
-            ("stranger to private project", none, Access { org: &acme, scopes: &predict, project: Some(Some(&private_stranger)) }, Err(Denial::ProjectAccessDenied)),
-            ("org admin reaches every project of the org", |p| p.owner.role = Role::Admin, Access { org: &acme, scopes: &predict, project: Some(Some(&private_stranger)) }, Ok(())),
-            ("public project", none, Access { org: &acme, scopes: &predict, project: Some(Some(&public)) }, Ok(())),
-            ("unknown project", none, Access { org: &acme, scopes: &predict, project: Some(None) }, Err(Denial::ProjectNotFound)),
-            ("project of another org", none, Access { org: &acme, scopes: &predict, project: Some(Some(&foreign)) }, Err(Denial::ProjectNotFound)),
-            ("key restricted to this project", |p| p.key.project_ids = vec![ProjectId("p3".into())], Access { org: &acme, scopes: &predict, project: Some(Some(&public)) }, Ok(())),
-            ("key restricted to another project", |p| p.key.project_ids = vec![ProjectId("p1".into())], Access { org: &acme, scopes: &predict, project: Some(Some(&public)) }, Err(Denial::KeyProjectMismatch)),
-            ("restricted key on an org-wide route", |p| p.key.project_ids = vec![ProjectId("p1".into())], Access { org: &acme, scopes: &predict, project: None }, Err(Denial::KeyProjectMismatch)),
-            ("scope missing", |p| p.key.scopes = vec![s("models:read")], Access { org: &acme, scopes: &predict, project: None }, Err(Denial::InsufficientScope)),
-            ("member's * key on admin route", |p| p.key.scopes = vec![s("*")], Access { org: &acme, scopes: &admin, project: None }, Err(Denial::InsufficientScope)),
-            ("admin's * key on admin route", |p| { p.key.scopes = vec![s("*")]; p.owner.role = Role::Admin }, Access { org: &acme, scopes: &admin, project: None }, Ok(())),
-            ("no scopes required", |p| p.key.scopes = vec![], Access { org: &acme, scopes: &[], project: None }, Ok(())),
+            (
+                "org route, no project",
+                none,
+                Access {
+                    org: &acme,
+                    scopes: &predict,
+                    project: None,
+                },
+                Ok(()),
+            ),
+            (
+                "other org's route",
+                none,
+                Access {
+                    org: &other,
+                    scopes: &predict,
+                    project: None,
+                },
+                Err(Denial::OrgMismatch),
+            ),
+            (
+                "guest",
+                |p| p.owner.role = Role::Guest,
+                Access {
+                    org: &acme,
+                    scopes: &predict,
+                    project: None,
+                },
+                Err(Denial::GuestNotAllowed),
+            ),
+            (
+                "member of private project",
+                none,
+                Access {
+                    org: &acme,
+                    scopes: &predict,
+                    project: Some(Some(&private_member)),
+                },
+                Ok(()),
+            ),
+            (
+                "stranger to private project",
+                none,
+                Access {
+                    org: &acme,
+                    scopes: &predict,
+                    project: Some(Some(&private_stranger)),
+                },
+                Err(Denial::ProjectAccessDenied),
+            ),
+            (
+                "org admin reaches every project of the org",
+                |p| p.owner.role = Role::Admin,
+                Access {
+                    org: &acme,
+                    scopes: &predict,
+                    project: Some(Some(&private_stranger)),
+                },
+                Ok(()),
+            ),
+            (
+                "public project",
+                none,
+                Access {
+                    org: &acme,
+                    scopes: &predict,
+                    project: Some(Some(&public)),
+                },
+                Ok(()),
+            ),
+            (
+                "unknown project",
+                none,
+                Access {
+                    org: &acme,
+                    scopes: &predict,
+                    project: Some(None),
+                },
+                Err(Denial::ProjectNotFound),
+            ),
+            (
+                "project of another org",
+                none,
+                Access {
+                    org: &acme,
+                    scopes: &predict,
+                    project: Some(Some(&foreign)),
+                },
+                Err(Denial::ProjectNotFound),
+            ),
+            (
+                "key restricted to this project",
+                |p| p.key.project_ids = vec![ProjectId("p3".into())],
+                Access {
+                    org: &acme,
+                    scopes: &predict,
+                    project: Some(Some(&public)),
+                },
+                Ok(()),
+            ),
+            (
+                "key restricted to another project",
+                |p| p.key.project_ids = vec![ProjectId("p1".into())],
+                Access {
+                    org: &acme,
+                    scopes: &predict,
+                    project: Some(Some(&public)),
+                },
+                Err(Denial::KeyProjectMismatch),
+            ),
+            (
+                "restricted key on an org-wide route",
+                |p| p.key.project_ids = vec![ProjectId("p1".into())],
+                Access {
+                    org: &acme,
+                    scopes: &predict,
+                    project: None,
+                },
+                Err(Denial::KeyProjectMismatch),
+            ),
+            (
+                "scope missing",
+                |p| p.key.scopes = vec![s("models:read")],
+                Access {
+                    org: &acme,
+                    scopes: &predict,
+                    project: None,
+                },
+                Err(Denial::InsufficientScope),
+            ),
+            (
+                "member's * key on admin route",
+                |p| p.key.scopes = vec![s("*")],
+                Access {
+                    org: &acme,
+                    scopes: &admin,
+                    project: None,
+                },
+                Err(Denial::InsufficientScope),
+            ),
+            (
+                "admin's * key on admin route",
+                |p| {
+                    p.key.scopes = vec![s("*")];
+                    p.owner.role = Role::Admin
+                },
+                Access {
+                    org: &acme,
+                    scopes: &admin,
+                    project: None,
+                },
+                Ok(()),
+            ),
+            (
+                "no scopes required",
+                |p| p.key.scopes = vec![],
+                Access {
+                    org: &acme,
+                    scopes: &[],
+                    project: None,
+                },
+                Ok(()),
+            ),
         ];
         for (name, edit, access, want) in rows {
             let mut p = principal();

@@ -59,7 +59,12 @@ impl Drop for OpenConnection {
 }
 
 /// Serves the data plane on one listener until `stop`, then drains its connections.
-pub async fn serve_data(gw: Arc<Gateway>, listener: TcpListener, tls: Option<TlsAcceptor>, mut stop: watch::Receiver<bool>) {
+pub async fn serve_data(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    mut stop: watch::Receiver<bool>,
+) {
     let limits = gw.config.limits;
     let builder = builder(&limits);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -87,13 +92,23 @@ pub async fn serve_data(gw: Arc<Gateway>, listener: TcpListener, tls: Option<Tls
         let (gw, builder, tls) = (gw.clone(), builder.clone(), tls.clone());
         tokio::spawn(async move {
             let _held = (permit, open);
-            let info = ConnInfo { peer, tls: tls.is_some() };
+            let info = ConnInfo {
+                peer,
+                tls: tls.is_some(),
+            };
             let service = service_fn(move |req| proxy::handle(gw.clone(), info, req));
             match tls {
                 None => serve_connection(&builder, stream, service, watcher).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => serve_connection(&builder, stream, service, watcher).await,
+                    match tokio::time::timeout(
+                        limits.tls_handshake_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(stream)) => {
+                            serve_connection(&builder, stream, service, watcher).await
+                        }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -113,12 +128,17 @@ pub async fn serve_connection<I, S>(
     watcher: hyper_util::server::graceful::Watcher,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<ResponseBody>, Error = Infallible>
-        + Send
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<ResponseBody>,
+            Error = Infallible,
+        > + Send
         + 'static,
     S::Future: Send + 'static,
 {
-    let conn = builder.serve_connection(TokioIo::new(io), service).into_owned();
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .into_owned();
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(error = %e, "connection ended with an error");
     }

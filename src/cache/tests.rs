@@ -1,0 +1,219 @@
+use std::sync::atomic::AtomicUsize;
+
+use super::*;
+
+fn cfg(max_entries: usize) -> CacheConfig {
+    CacheConfig {
+        max_entries,
+        ttl: Duration::from_secs(60),
+        negative_ttl: Duration::from_secs(5),
+        max_stale: Duration::from_secs(300),
+    }
+}
+
+fn down() -> StoreError {
+    StoreError::Timeout
+}
+
+/// Looks `k` up with a fetch that counts its calls and answers `answer`.
+async fn get(
+    c: &ReadThrough<u32, String>,
+    k: u32,
+    calls: &AtomicUsize,
+    answer: Result<Option<&str>, ()>,
+) -> Result<Lookup<String>, Arc<StoreError>> {
+    c.get(&k, true, false, || async {
+        calls.fetch_add(1, Ordering::SeqCst);
+        answer.map(|v| v.map(str::to_owned)).map_err(|_| down())
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_misses_share_one_fetch() {
+    let c = ReadThrough::<u32, String>::new(cfg(100));
+    let calls = AtomicUsize::new(0);
+    let lookups = (0..50).map(|_| {
+        c.get(&7, true, false, || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Ok(Some("v".to_owned()))
+        })
+    });
+    let results = futures_util::future::join_all(lookups).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert!(
+        results
+            .iter()
+            .all(|r| r.as_ref().unwrap().value.as_deref().map(String::as_str) == Some("v"))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn positive_and_negative_ttls() {
+    let c = ReadThrough::<u32, String>::new(cfg(100));
+    let calls = AtomicUsize::new(0);
+    assert_eq!(
+        get(&c, 1, &calls, Ok(Some("a"))).await.unwrap().outcome,
+        Outcome::Miss
+    );
+    assert_eq!(
+        get(&c, 1, &calls, Ok(Some("a"))).await.unwrap().outcome,
+        Outcome::Hit
+    );
+    assert_eq!(
+        get(&c, 2, &calls, Ok(None)).await.unwrap().outcome,
+        Outcome::Miss
+    );
+    assert_eq!(
+        get(&c, 2, &calls, Ok(None)).await.unwrap().outcome,
+        Outcome::Negative
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    tokio::time::advance(Duration::from_secs(6)).await;
+    assert_eq!(
+        get(&c, 1, &calls, Ok(Some("a"))).await.unwrap().outcome,
+        Outcome::Hit
+    );
+    assert_eq!(
+        get(&c, 2, &calls, Ok(None)).await.unwrap().outcome,
+        Outcome::Miss,
+        "negative TTL passed"
+    );
+    tokio::time::advance(Duration::from_secs(60)).await;
+    assert_eq!(
+        get(&c, 1, &calls, Ok(Some("a"))).await.unwrap().outcome,
+        Outcome::Miss,
+        "positive TTL passed"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_if_error_until_max_stale() {
+    let c = ReadThrough::<u32, String>::new(cfg(100));
+    let calls = AtomicUsize::new(0);
+    get(&c, 1, &calls, Ok(Some("a"))).await.unwrap();
+    tokio::time::advance(Duration::from_secs(120)).await;
+    let l = get(&c, 1, &calls, Err(())).await.unwrap();
+    assert_eq!(
+        (l.outcome, l.value.as_deref().map(String::as_str)),
+        (Outcome::Stale, Some("a"))
+    );
+    // Within the retry pause after a failure, stale entries are served without a fetch.
+    let before = calls.load(Ordering::SeqCst);
+    let l = c
+        .get(&1, true, true, || async {
+            Err::<Option<String>, _>(down())
+        })
+        .await
+        .unwrap();
+    assert_eq!(l.outcome, Outcome::Stale);
+    assert_eq!(calls.load(Ordering::SeqCst), before);
+    tokio::time::advance(Duration::from_secs(181)).await;
+    assert!(
+        get(&c, 1, &calls, Err(())).await.is_err(),
+        "past max_stale the store's failure shows"
+    );
+    // Unknown keys are never served from a stale negative entry: they fail closed.
+    get(&c, 2, &calls, Ok(None)).await.unwrap();
+    tokio::time::advance(Duration::from_secs(6)).await;
+    assert!(get(&c, 2, &calls, Err(())).await.is_err());
+    assert!(get(&c, 3, &calls, Err(())).await.is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn untrusted_entries_are_refetched() {
+    let c = ReadThrough::<u32, String>::new(cfg(100));
+    let calls = AtomicUsize::new(0);
+    get(&c, 1, &calls, Ok(Some("a"))).await.unwrap();
+    let l = c
+        .get(&1, false, false, || async { Ok(Some("b".to_owned())) })
+        .await
+        .unwrap();
+    assert_eq!(
+        (l.outcome, l.value.as_deref().map(String::as_str)),
+        (Outcome::Miss, Some("b"))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_map_stays_bounded() {
+    let c = ReadThrough::<u32, String>::new(cfg(100));
+    let calls = AtomicUsize::new(0);
+    for k in 0..1000 {
+        get(&c, k, &calls, Ok(None)).await.unwrap();
+        assert!(c.len() <= 100, "{} entries after {k}", c.len());
+    }
+    assert!(
+        c.len() >= 80,
+        "eviction keeps most of the bound: {}",
+        c.len()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fetch_that_raced_an_invalidation_is_not_cached() {
+    let c = ReadThrough::<u32, String>::new(cfg(100));
+    let l = c
+        .get(&1, true, false, || async {
+            c.remove(&1); // an invalidation arrives while Redis answers
+            Ok(Some("old".to_owned()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(l.value.as_deref().map(String::as_str), Some("old"));
+    assert!(c.is_empty());
+}
+
+fn principal(owner: &str, hash: u8) -> (KeyHash, Principal) {
+    use crate::store::model::*;
+    let user = User {
+        id: UserId(owner.into()),
+        org_id: OrgId("o".into()),
+        name: owner.into(),
+        role: Role::Member,
+        status: UserStatus::Active,
+        created_at: 0,
+    };
+    let key = KeyRecord {
+        id: KeyId(format!("k{hash}")),
+        org_id: OrgId("o".into()),
+        user_id: user.id.clone(),
+        name: "k".into(),
+        scopes: vec![],
+        project_ids: vec![],
+        status: KeyStatus::Active,
+        created_at: 0,
+        expires_at: None,
+        display: String::new(),
+        legacy: false,
+        hash: KeyHash([hash; 32]).to_hex(),
+    };
+    (KeyHash([hash; 32]), Principal { key, owner: user })
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalidations_drop_the_right_entries() {
+    let cache = Cache::new(cfg(100));
+    for (owner, h) in [("alice", 1), ("alice", 2), ("bob", 3)] {
+        let (hash, p) = principal(owner, h);
+        cache
+            .keys
+            .get(&hash, true, false, || async { Ok(Some(p)) })
+            .await
+            .unwrap();
+    }
+    assert_eq!(cache.keys.len(), 3);
+    cache.apply(&Invalidation::User(crate::store::model::UserId(
+        "alice".into(),
+    )));
+    assert_eq!(cache.keys.len(), 1);
+    cache.apply(&Invalidation::Key(KeyHash([3; 32]).to_hex()));
+    assert!(cache.keys.is_empty());
+    assert_eq!(
+        parse_hash(&KeyHash([0xab; 32]).to_hex()),
+        Some(KeyHash([0xab; 32]))
+    );
+    assert_eq!(parse_hash("zz"), None);
+}

@@ -1,0 +1,144 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+[[listener]]
+addr = "127.0.0.1:0"
+[admin]
+addr = "127.0.0.1:0"
+[redis]
+url = "redis://127.0.0.1:6379"
+[[route]]
+id = "r"
+path_prefix = "/v1"
+org = "acme"
+scopes = ["inference", "models:read"]
+upstreams = ["http://127.0.0.1:9000"]
+"#;
+
+fn problems(text: &str) -> Vec<String> {
+    match Config::parse(text, Path::new(".")) {
+        Err(ConfigError::Invalid(p)) => p,
+        other => panic!("expected validation problems, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_file_in_config_dir_is_valid() {
+    // demo.toml takes its Redis URL from the environment; a literal URL stands in for it here.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let text = text.replace(
+                "url_env = \"KEYGATE_REDIS_URL\"",
+                "url = \"redis://127.0.0.1:6379\"",
+            );
+            if let Err(e) = Config::parse(&text, &dir) {
+                panic!("{}: {e}", path.display());
+            }
+            seen += 1;
+        }
+    }
+    assert!(
+        seen >= 2,
+        "expected the example and demo configs, saw {seen}"
+    );
+}
+
+#[test]
+fn defaults_and_presets_apply() {
+    let c = Config::parse(MINIMAL, Path::new(".")).unwrap();
+    assert_eq!(c.cache.max_entries, defaults::CACHE_MAX_ENTRIES);
+    assert_eq!(c.cache.ttl, Duration::from_secs(60));
+    assert_eq!(c.limits.upstream_response_timeout, Duration::from_secs(120));
+    assert_eq!(c.redis.namespace, "kg");
+    let route = c.routes.find(None, "/v1/x").unwrap();
+    let scopes: Vec<&str> = route.scopes.iter().map(Scope::as_str).collect();
+    assert_eq!(scopes, ["models:read", "predict"]);
+    assert_eq!(
+        format!("{:?}", c.redis.url),
+        "***",
+        "the Redis URL may hold a password"
+    );
+}
+
+#[test]
+fn unknown_fields_are_errors() {
+    let text = MINIMAL.replace("[admin]", "[admin]\nadress = \"x\"");
+    let err = Config::parse(&text, Path::new(".")).unwrap_err();
+    assert!(err.to_string().contains("adress"), "{err}");
+    let text = MINIMAL.replace("org = \"acme\"", "org = \"acme\"\nscope = [\"x\"]");
+    assert!(Config::parse(&text, Path::new(".")).is_err());
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let text = r#"
+[admin]
+addr = "nowhere"
+[redis]
+url = "http://x"
+command_timeout = "soon"
+[cache]
+max_entries = 0
+[keys]
+prefix = "k-g"
+[[route]]
+id = "a"
+path_prefix = "/v1/../x"
+scopes = ["Not A Scope"]
+upstreams = ["https://x:1"]
+[[route]]
+id = "pub"
+path_prefix = "/p"
+public = true
+scopes = ["predict"]
+upstreams = []
+"#;
+    let p = problems(text);
+    let joined = p.join("\n");
+    for needle in [
+        "listener",
+        "admin.addr",
+        "redis.url",
+        "redis.command_timeout",
+        "cache.max_entries",
+        "keys.prefix",
+        "route[a].path_prefix",
+        "route[a].org",
+        "route[a].scopes",
+        "route[a].upstreams",
+        "route[pub]: a public route",
+        "route[pub].upstreams",
+    ] {
+        assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
+    }
+}
+
+#[test]
+fn duplicate_routes_and_bad_project_sources_are_rejected() {
+    let dup = format!(
+        "{MINIMAL}\n[[route]]\nid = \"r2\"\npath_prefix = \"/v1\"\norg = \"acme\"\nupstreams = [\"http://127.0.0.1:1\"]\n"
+    );
+    assert!(problems(&dup).join("").contains("r2"));
+    let seg0 = MINIMAL.replace(
+        "org = \"acme\"",
+        "org = \"acme\"\nproject = { segment = 0 }",
+    );
+    assert!(problems(&seg0).join("").contains("project"));
+}
+
+#[test]
+fn tls_files_must_exist() {
+    let text = MINIMAL.replace(
+        "addr = \"127.0.0.1:0\"\n[admin]",
+        "addr = \"127.0.0.1:0\"\ntls = { cert = \"missing.crt\", key = \"missing.key\" }\n[admin]",
+    );
+    let p = problems(&text).join("\n");
+    assert!(
+        p.contains("listener[0].tls.cert") && p.contains("listener[0].tls.key"),
+        "{p}"
+    );
+}

@@ -1,0 +1,89 @@
+use super::*;
+use http_body_util::BodyExt;
+
+/// A real client error: a connection refused on a loopback port nobody listens on.
+async fn refused() -> hyper_util::client::legacy::Error {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    client
+        .get(format!("http://127.0.0.1:{port}/").parse().unwrap())
+        .await
+        .expect_err("nothing listens there")
+}
+
+#[tokio::test]
+async fn every_variant_has_its_status_and_code() {
+    let store = || Arc::new(StoreError::Timeout);
+    let corrupt = || Arc::new(StoreError::Corrupt(crate::store::model::BadRecord("x")));
+    let rows: Vec<(GatewayError, u16, &str)> = vec![
+        (GatewayError::MethodNotAllowed, 405, "method_not_allowed"),
+        (
+            GatewayError::UpgradeNotSupported,
+            400,
+            "upgrade_not_supported",
+        ),
+        (InvalidPath.into(), 400, "invalid_path"),
+        (GatewayError::RouteNotFound, 404, "route_not_found"),
+        (ProjectError::Missing.into(), 400, "missing_project"),
+        (ProjectError::Ambiguous.into(), 400, "ambiguous_project"),
+        (CredentialError::Missing.into(), 401, "missing_api_key"),
+        (
+            CredentialError::Conflicting.into(),
+            400,
+            "conflicting_credentials",
+        ),
+        (CredentialError::Malformed.into(), 401, "invalid_api_key"),
+        (GatewayError::UnknownKey, 401, "invalid_api_key"),
+        (KeyRejection::Revoked.into(), 401, "key_revoked"),
+        (KeyRejection::Expired.into(), 401, "key_expired"),
+        (KeyRejection::OwnerDisabled.into(), 401, "user_disabled"),
+        (Denial::OrgMismatch.into(), 403, "org_mismatch"),
+        (Denial::GuestNotAllowed.into(), 403, "guest_not_allowed"),
+        (Denial::ProjectNotFound.into(), 404, "project_not_found"),
+        (
+            Denial::ProjectAccessDenied.into(),
+            403,
+            "project_access_denied",
+        ),
+        (
+            Denial::KeyProjectMismatch.into(),
+            403,
+            "key_project_mismatch",
+        ),
+        (Denial::InsufficientScope.into(), 403, "insufficient_scope"),
+        (GatewayError::PayloadTooLarge, 413, "payload_too_large"),
+        (store().into(), 503, "key_store_unavailable"),
+        (corrupt().into(), 500, "internal_error"),
+        (
+            GatewayError::UpstreamUnavailable(refused().await),
+            502,
+            "upstream_unavailable",
+        ),
+        (
+            GatewayError::UpstreamTimeout(Duration::from_secs(1)),
+            504,
+            "upstream_timeout",
+        ),
+    ];
+    for (err, status, code) in rows {
+        let res = err.to_response();
+        assert_eq!(res.status().as_u16(), status, "{err:?}");
+        assert_eq!(err.code(), code);
+        assert_eq!(res.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(
+            res.headers().contains_key(header::RETRY_AFTER),
+            status == 503,
+            "{code}"
+        );
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], code);
+        assert!(!v["message"].as_str().unwrap().is_empty());
+        assert_eq!(v["message"], v["error"]["message"]);
+    }
+}

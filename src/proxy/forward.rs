@@ -58,7 +58,11 @@ impl Upstreams {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector);
-        Upstreams { client, response_timeout: limits.upstream_response_timeout, max_body_bytes: limits.max_body_bytes }
+        Upstreams {
+            client,
+            response_timeout: limits.upstream_response_timeout,
+            max_body_bytes: limits.max_body_bytes,
+        }
     }
 }
 
@@ -88,7 +92,13 @@ pub async fn forward(
         .build()
         .expect("scheme, authority and a normalised path form a URI");
     parts.version = Version::HTTP_11;
-    rewrite_request_headers(&mut parts.headers, identity, conn, request_id, original_host);
+    rewrite_request_headers(
+        &mut parts.headers,
+        identity,
+        conn,
+        request_id,
+        original_host,
+    );
     let upstream_req = Request::from_parts(parts, Limited::new(body, ups.max_body_bytes as usize));
 
     let started = tokio::time::Instant::now();
@@ -143,7 +153,10 @@ fn rewrite_request_headers(
         "x-forwarded-for",
         HeaderValue::from_str(&conn.peer.ip().to_string()).expect("an IP is a valid header value"),
     );
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(if conn.tls { "https" } else { "http" }));
+    headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
     if let Some(host) = original_host {
         headers.insert("x-forwarded-host", host);
     }
@@ -182,11 +195,17 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_named_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert("x-kept", HeaderValue::from_static("1"));
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");

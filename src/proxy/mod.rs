@@ -80,7 +80,11 @@ struct Record {
 }
 
 /// Serves one data-plane request. Never fails: errors become JSON responses here.
-pub async fn handle(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+pub async fn handle(
+    gw: Arc<Gateway>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
     let started = tokio::time::Instant::now();
     let request_id = request_id(req.headers());
     let method = req.method().clone();
@@ -90,17 +94,25 @@ pub async fn handle(gw: Arc<Gateway>, conn: ConnInfo, req: Request<Incoming>) ->
         Ok(response) => (response, None),
         Err(e) => (e.to_response().map(Either::Right), Some(e)),
     };
-    response.headers_mut().insert("x-request-id", request_id.clone());
+    response
+        .headers_mut()
+        .insert("x-request-id", request_id.clone());
 
     let route = record.route.as_ref().map_or("none", |r| r.id.as_str());
     let status = response.status();
     let outcome = error.as_ref().map_or("forwarded", GatewayError::code);
     let elapsed = started.elapsed().as_secs_f64();
     let m = &gw.metrics;
-    m.requests.with_label_values(&[route, outcome, status_class(status.as_u16())]).inc();
-    m.request_duration.with_label_values(&[route]).observe(elapsed);
+    m.requests
+        .with_label_values(&[route, outcome, status_class(status.as_u16())])
+        .inc();
+    m.request_duration
+        .with_label_values(&[route])
+        .observe(elapsed);
     if let Some(secs) = record.upstream_seconds {
-        m.upstream_duration.with_label_values(&[route]).observe(secs);
+        m.upstream_duration
+            .with_label_values(&[route])
+            .observe(secs);
     }
     if let Some(e) = &error
         && status.is_server_error()
@@ -132,7 +144,12 @@ async fn proxy(
 ) -> Result<Response<ResponseBody>, GatewayError> {
     refuse_tunnels(&req)?;
     let path = route::normalise(req.uri().path())?;
-    let route = gw.config.routes.find(host(&req), path).ok_or(GatewayError::RouteNotFound)?.clone();
+    let route = gw
+        .config
+        .routes
+        .find(host(&req), path)
+        .ok_or(GatewayError::RouteNotFound)?
+        .clone();
     record.route = Some(route.clone());
     let identity = if route.public {
         None
@@ -143,7 +160,16 @@ async fn proxy(
         Some(identity)
     };
     check_body_size(req.headers(), gw.config.limits.max_body_bytes)?;
-    forward::forward(gw, &route, req, identity.as_ref(), conn, request_id, &mut record.upstream_seconds).await
+    forward::forward(
+        gw,
+        &route,
+        req,
+        identity.as_ref(),
+        conn,
+        request_id,
+        &mut record.upstream_seconds,
+    )
+    .await
 }
 
 /// Steps 4–7: who is calling, and may they?
@@ -157,16 +183,28 @@ async fn authenticate(
     let lookup = gw.cache.principal(&gw.store, credential.hash()).await;
     let result = lookup.as_ref().map_or("error", |l| l.outcome.as_str());
     gw.metrics.key_lookups.with_label_values(&[result]).inc();
-    let principal = lookup.inspect_err(|_| gw.metrics.redis_errors.inc())?.value.ok_or(GatewayError::UnknownKey)?;
+    let principal = lookup
+        .inspect_err(|_| gw.metrics.redis_errors.inc())?
+        .value
+        .ok_or(GatewayError::UnknownKey)?;
     policy::check_key(&principal, unix_now())?;
 
-    let org = route.org.as_ref().expect("config validation: non-public routes have an org");
+    let org = route
+        .org
+        .as_ref()
+        .expect("config validation: non-public routes have an org");
     let found = match &project {
-        Some(id) if !id.as_str().is_empty() => Some(gw.cache.project(&gw.store, org, id).await?.value),
+        Some(id) if !id.as_str().is_empty() => {
+            Some(gw.cache.project(&gw.store, org, id).await?.value)
+        }
         Some(_) => Some(None),
         None => None,
     };
-    let access = Access { org, scopes: &route.scopes, project: found.as_ref().map(|p| p.as_deref()) };
+    let access = Access {
+        org,
+        scopes: &route.scopes,
+        project: found.as_ref().map(|p| p.as_deref()),
+    };
     policy::authorize(&principal, &access)?;
     Ok(Identity { principal, project })
 }
@@ -185,7 +223,9 @@ fn refuse_tunnels(req: &Request<Incoming>) -> Result<(), GatewayError> {
 /// Step 8: refuse a declared body over the limit before forwarding anything. Undeclared
 /// (chunked) bodies are capped while they stream (`forward`).
 fn check_body_size(headers: &HeaderMap, max: u64) -> Result<(), GatewayError> {
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     match declared {
         Some(len) if len > max => Err(GatewayError::PayloadTooLarge),
         _ => Ok(()),
@@ -194,10 +234,11 @@ fn check_body_size(headers: &HeaderMap, max: u64) -> Result<(), GatewayError> {
 
 /// The host the client addressed: `:authority` (HTTP/2, absolute-form) or `Host`.
 fn host(req: &Request<Incoming>) -> Option<&str> {
-    req.uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
+    req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
 }
 
 /// The client's `x-request-id` when it is sane (1–128 visible ASCII), else a new random one.

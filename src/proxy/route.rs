@@ -95,7 +95,10 @@ impl Upstream {
     pub fn parse(url: &str) -> Result<Upstream, String> {
         let uri: http::Uri = url.parse().map_err(|e| format!("not a URL ({e})"))?;
         if uri.scheme() != Some(&Scheme::HTTP) {
-            return Err("only http:// upstreams are supported (terminate TLS in front of the backend)".into());
+            return Err(
+                "only http:// upstreams are supported (terminate TLS in front of the backend)"
+                    .into(),
+            );
         }
         if uri.query().is_some() {
             return Err("must not have a query string".into());
@@ -142,7 +145,18 @@ impl Route {
         public: bool,
         strip_prefix: bool,
     ) -> Route {
-        Route { id, host, prefix, org, project, scopes, upstreams, public, strip_prefix, next: AtomicUsize::new(0) }
+        Route {
+            id,
+            host,
+            prefix,
+            org,
+            project,
+            scopes,
+            upstreams,
+            public,
+            strip_prefix,
+            next: AtomicUsize::new(0),
+        }
     }
 
     fn matches_path(&self, path: &str) -> bool {
@@ -153,7 +167,11 @@ impl Route {
     }
 
     /// The project this request is for, by the route's rule.
-    pub fn project_of(&self, path: &str, query: Option<&str>) -> Result<Option<ProjectId>, ProjectError> {
+    pub fn project_of(
+        &self,
+        path: &str,
+        query: Option<&str>,
+    ) -> Result<Option<ProjectId>, ProjectError> {
         let id = match &self.project {
             ProjectSource::None => return Ok(None),
             ProjectSource::Fixed(id) => return Ok(Some(id.clone())),
@@ -173,7 +191,11 @@ impl Route {
         };
         let id = id.ok_or(ProjectError::Missing)?;
         // A value that cannot be a project id names no project: policy answers 404 for it.
-        Ok(Some(ProjectId(if is_valid_id(id) { id.to_owned() } else { String::new() })))
+        Ok(Some(ProjectId(if is_valid_id(id) {
+            id.to_owned()
+        } else {
+            String::new()
+        })))
     }
 
     /// The next upstream, round robin.
@@ -183,9 +205,20 @@ impl Route {
     }
 
     /// The path and query the upstream receives for an authorised request path.
-    pub fn upstream_path_and_query(&self, upstream: &Upstream, path: &str, query: Option<&str>) -> String {
-        let rest = if self.strip_prefix && self.prefix != "/" { &path[self.prefix.len()..] } else { path };
-        let mut out = String::with_capacity(upstream.base_path.len() + rest.len() + 1 + query.map_or(0, str::len));
+    pub fn upstream_path_and_query(
+        &self,
+        upstream: &Upstream,
+        path: &str,
+        query: Option<&str>,
+    ) -> String {
+        let rest = if self.strip_prefix && self.prefix != "/" {
+            &path[self.prefix.len()..]
+        } else {
+            path
+        };
+        let mut out = String::with_capacity(
+            upstream.base_path.len() + rest.len() + 1 + query.map_or(0, str::len),
+        );
         out.push_str(&upstream.base_path);
         out.push_str(rest);
         if !out.starts_with('/') {
@@ -208,16 +241,23 @@ pub struct RouteTable {
 impl RouteTable {
     pub fn new(mut routes: Vec<Route>) -> RouteTable {
         routes.sort_by(|a, b| {
-            b.host.is_some().cmp(&a.host.is_some()).then(b.prefix.len().cmp(&a.prefix.len()))
+            b.host
+                .is_some()
+                .cmp(&a.host.is_some())
+                .then(b.prefix.len().cmp(&a.prefix.len()))
         });
-        RouteTable { routes: routes.into_iter().map(std::sync::Arc::new).collect() }
+        RouteTable {
+            routes: routes.into_iter().map(std::sync::Arc::new).collect(),
+        }
     }
 
     /// The route for a request. `host` may carry a port; `path` must be normalised.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&std::sync::Arc<Route>> {
         let host = host.map(strip_port);
         self.routes.iter().find(|r| {
-            r.host.as_deref().is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
+            r.host
+                .as_deref()
+                .is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
                 && r.matches_path(path)
         })
     }
@@ -242,7 +282,9 @@ impl RouteTable {
 
 fn strip_port(host: &str) -> &str {
     match host.rfind(':') {
-        Some(i) if !host.ends_with(']') && host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
+        Some(i) if !host.ends_with(']') && host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => {
+            &host[..i]
+        }
         _ => host,
     }
 }
@@ -259,14 +301,46 @@ mod tests {
 
     #[test]
     fn normalisation_table() {
-        let ok = ["/", "/v1/predict", "/v1/predict/", "/a/b%20c", "/caf%C3%A9", "/a-b_c.d/e~f", "/v1/x:predict"];
+        let ok = [
+            "/",
+            "/v1/predict",
+            "/v1/predict/",
+            "/a/b%20c",
+            "/caf%C3%A9",
+            "/a-b_c.d/e~f",
+            "/v1/x:predict",
+        ];
         for p in ok {
             assert_eq!(normalise(p), Ok(p), "{p}");
         }
         let bad = [
-            "", "v1", "//", "/a//b", "/a/../b", "/a/..", "/..", "/a/./b", "/.", "/%2e%2e/x", "/%2E%2e/x",
-            "/a/%2fb", "/a%2Fb", "/a\\b", "/a%5cb", "/a;b", "/a;jsessionid=1", "/a%3bb", "/a%00b", "/a\0b",
-            "/a%252e%252e", "/a%", "/a%2", "/a%zz", "/a b", "/a\tb", "/a%7f",
+            "",
+            "v1",
+            "//",
+            "/a//b",
+            "/a/../b",
+            "/a/..",
+            "/..",
+            "/a/./b",
+            "/.",
+            "/%2e%2e/x",
+            "/%2E%2e/x",
+            "/a/%2fb",
+            "/a%2Fb",
+            "/a\\b",
+            "/a%5cb",
+            "/a;b",
+            "/a;jsessionid=1",
+            "/a%3bb",
+            "/a%00b",
+            "/a\0b",
+            "/a%252e%252e",
+            "/a%",
+            "/a%2",
+            "/a%zz",
+            "/a b",
+            "/a\tb",
+            "/a%7f",
         ];
         for p in bad {
             assert_eq!(normalise(p), Err(InvalidPath), "{p:?}");
@@ -292,8 +366,18 @@ mod tests {
         let t = RouteTable::new(vec![
             route("root", None, "/", ProjectSource::None),
             route("predict", None, "/v1/predict", ProjectSource::None),
-            route("predict-batch", None, "/v1/predict/batch", ProjectSource::None),
-            route("host", Some("api.example.com"), "/v1/predict", ProjectSource::None),
+            route(
+                "predict-batch",
+                None,
+                "/v1/predict/batch",
+                ProjectSource::None,
+            ),
+            route(
+                "host",
+                Some("api.example.com"),
+                "/v1/predict",
+                ProjectSource::None,
+            ),
         ]);
         let rows = [
             (None, "/v1/predict", "predict"),
@@ -306,9 +390,18 @@ mod tests {
             (None, "/elsewhere", "root"),
         ];
         for (host, path, want) in rows {
-            assert_eq!(t.find(host, path).map(|r| r.id.as_str()), Some(want), "{host:?} {path}");
+            assert_eq!(
+                t.find(host, path).map(|r| r.id.as_str()),
+                Some(want),
+                "{host:?} {path}"
+            );
         }
-        let no_root = RouteTable::new(vec![route("predict", None, "/v1/predict", ProjectSource::None)]);
+        let no_root = RouteTable::new(vec![route(
+            "predict",
+            None,
+            "/v1/predict",
+            ProjectSource::None,
+        )]);
         assert!(no_root.find(None, "/v1/other").is_none());
         assert!(no_root.find(None, "/v1").is_none());
     }
@@ -318,25 +411,56 @@ mod tests {
         let p = |id: &str| Ok(Some(ProjectId(id.into())));
         let seg = route("s", None, "/v1/projects", ProjectSource::Segment(3));
         assert_eq!(seg.project_of("/v1/projects/p1/predict", None), p("p1"));
-        assert_eq!(seg.project_of("/v1/projects/", None), Err(ProjectError::Missing));
+        assert_eq!(
+            seg.project_of("/v1/projects/", None),
+            Err(ProjectError::Missing)
+        );
         assert_eq!(seg.project_of("/v1/projects/a%20b/x", None), p(""));
-        let q = route("q", None, "/predict", ProjectSource::Query("endpoint_id".into()));
-        assert_eq!(q.project_of("/predict", Some("a=1&endpoint_id=e-7")), p("e-7"));
-        assert_eq!(q.project_of("/predict", Some("endpoint_idx=1")), Err(ProjectError::Missing));
+        let q = route(
+            "q",
+            None,
+            "/predict",
+            ProjectSource::Query("endpoint_id".into()),
+        );
+        assert_eq!(
+            q.project_of("/predict", Some("a=1&endpoint_id=e-7")),
+            p("e-7")
+        );
+        assert_eq!(
+            q.project_of("/predict", Some("endpoint_idx=1")),
+            Err(ProjectError::Missing)
+        );
         assert_eq!(q.project_of("/predict", None), Err(ProjectError::Missing));
-        assert_eq!(q.project_of("/predict", Some("endpoint_id=a&endpoint_id=b")), Err(ProjectError::Ambiguous));
-        let fixed = route("f", None, "/x", ProjectSource::Fixed(ProjectId("p9".into())));
+        assert_eq!(
+            q.project_of("/predict", Some("endpoint_id=a&endpoint_id=b")),
+            Err(ProjectError::Ambiguous)
+        );
+        let fixed = route(
+            "f",
+            None,
+            "/x",
+            ProjectSource::Fixed(ProjectId("p9".into())),
+        );
         assert_eq!(fixed.project_of("/x", None), p("p9"));
-        assert_eq!(route("n", None, "/x", ProjectSource::None).project_of("/x", None), Ok(None));
+        assert_eq!(
+            route("n", None, "/x", ProjectSource::None).project_of("/x", None),
+            Ok(None)
+        );
     }
 
     #[test]
     fn upstream_paths() {
         let mut r = route("r", None, "/v1/predict", ProjectSource::None);
         let up = r.upstreams[0].clone();
-        assert_eq!(r.upstream_path_and_query(&up, "/v1/predict/m", Some("a=1")), "/base/v1/predict/m?a=1");
+        assert_eq!(
+            r.upstream_path_and_query(&up, "/v1/predict/m", Some("a=1")),
+            "/base/v1/predict/m?a=1"
+        );
         r.strip_prefix = true;
-        assert_eq!(r.upstream_path_and_query(&up, "/v1/predict/m", None), "/base/m");
+        assert_eq!(
+            r.upstream_path_and_query(&up, "/v1/predict/m", None),
+            "/base/m"
+        );
         let bare = Upstream::parse("http://127.0.0.1:9").unwrap();
         assert_eq!(r.upstream_path_and_query(&bare, "/v1/predict", None), "/");
         assert!(Upstream::parse("https://x:1").is_err());

@@ -5,7 +5,8 @@
 //! change that can alter what a key may do publishes its invalidation in the same transaction.
 
 use super::model::{
-    Org, OrgId, Project, ProjectId, Role, User, UserId, UserStatus, Visibility, is_valid_id, unix_now,
+    Org, OrgId, Project, ProjectId, Role, User, UserId, UserStatus, Visibility, is_valid_id,
+    unix_now,
 };
 use super::{Invalidation, Store, StoreError};
 
@@ -32,7 +33,9 @@ pub(crate) fn new_id(prefix: &str) -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut rng = rand::rng();
-    let tail: String = (0..16).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
+    let tail: String = (0..16)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
     format!("{prefix}_{tail}")
 }
 
@@ -42,12 +45,25 @@ impl Store {
         check_name(name)?;
         let key = self.name(format_args!("org:{id}"));
         if self.hash(key.clone()).await?.is_some() {
-            return Err(StoreError::AlreadyExists { kind: "org", id: id.to_string() });
+            return Err(StoreError::AlreadyExists {
+                kind: "org",
+                id: id.to_string(),
+            });
         }
-        let org = Org { id: id.clone(), name: name.to_owned(), created_at: unix_now() };
+        let org = Org {
+            id: id.clone(),
+            name: name.to_owned(),
+            created_at: unix_now(),
+        };
         let mut pipe = redis::pipe();
         pipe.atomic()
-            .hset_multiple(&key, &[("name", org.name.clone()), ("created_at", org.created_at.to_string())])
+            .hset_multiple(
+                &key,
+                &[
+                    ("name", org.name.clone()),
+                    ("created_at", org.created_at.to_string()),
+                ],
+            )
             .ignore()
             .sadd(self.name(format_args!("orgs")), id.as_str())
             .ignore();
@@ -57,7 +73,10 @@ impl Store {
 
     pub async fn org(&self, id: &OrgId) -> Result<Org, StoreError> {
         let f = self.hash(self.name(format_args!("org:{id}"))).await?;
-        let f = f.ok_or_else(|| StoreError::NotFound { kind: "org", id: id.to_string() })?;
+        let f = f.ok_or_else(|| StoreError::NotFound {
+            kind: "org",
+            id: id.to_string(),
+        })?;
         Ok(Org::from_fields(id.clone(), &f)?)
     }
 
@@ -70,14 +89,23 @@ impl Store {
     }
 
     /// Creates a user; `id` is generated when not given.
-    pub async fn create_user(&self, org: &OrgId, id: Option<UserId>, name: &str, role: Role) -> Result<User, StoreError> {
+    pub async fn create_user(
+        &self,
+        org: &OrgId,
+        id: Option<UserId>,
+        name: &str,
+        role: Role,
+    ) -> Result<User, StoreError> {
         self.org(org).await?;
         check_name(name)?;
         let id = id.unwrap_or_else(|| UserId(new_id("u")));
         check_id("user", id.as_str())?;
         let key = self.name(format_args!("user:{id}"));
         if self.hash(key.clone()).await?.is_some() {
-            return Err(StoreError::AlreadyExists { kind: "user", id: id.to_string() });
+            return Err(StoreError::AlreadyExists {
+                kind: "user",
+                id: id.to_string(),
+            });
         }
         let user = User {
             id: id.clone(),
@@ -99,39 +127,65 @@ impl Store {
 
     pub async fn user(&self, id: &UserId) -> Result<User, StoreError> {
         let f = self.hash(self.name(format_args!("user:{id}"))).await?;
-        let f = f.ok_or_else(|| StoreError::NotFound { kind: "user", id: id.to_string() })?;
+        let f = f.ok_or_else(|| StoreError::NotFound {
+            kind: "user",
+            id: id.to_string(),
+        })?;
         Ok(User::from_fields(id.clone(), &f)?)
     }
 
     pub async fn users(&self, org: &OrgId) -> Result<Vec<User>, StoreError> {
         let mut out = Vec::new();
-        for id in self.members(self.name(format_args!("org:{org}:users"))).await? {
+        for id in self
+            .members(self.name(format_args!("org:{org}:users")))
+            .await?
+        {
             out.push(self.user(&UserId(id)).await?);
         }
         Ok(out)
     }
 
     /// Changes a user's role and/or status; every replica re-reads their keys at once.
-    pub async fn update_user(&self, id: &UserId, role: Option<Role>, status: Option<UserStatus>) -> Result<User, StoreError> {
+    pub async fn update_user(
+        &self,
+        id: &UserId,
+        role: Option<Role>,
+        status: Option<UserStatus>,
+    ) -> Result<User, StoreError> {
         let mut user = self.user(id).await?;
         user.role = role.unwrap_or(user.role);
         user.status = status.unwrap_or(user.status);
         let mut pipe = redis::pipe();
         pipe.atomic()
-            .hset_multiple(self.name(format_args!("user:{id}")), &[("role", user.role.to_string()), ("status", user.status.to_string())])
+            .hset_multiple(
+                self.name(format_args!("user:{id}")),
+                &[
+                    ("role", user.role.to_string()),
+                    ("status", user.status.to_string()),
+                ],
+            )
             .ignore();
         self.publish(&mut pipe, &Invalidation::User(id.clone()));
         self.transaction(&pipe).await?;
         Ok(user)
     }
 
-    pub async fn create_project(&self, org: &OrgId, id: &ProjectId, name: &str, visibility: Visibility) -> Result<Project, StoreError> {
+    pub async fn create_project(
+        &self,
+        org: &OrgId,
+        id: &ProjectId,
+        name: &str,
+        visibility: Visibility,
+    ) -> Result<Project, StoreError> {
         self.org(org).await?;
         check_id("project", id.as_str())?;
         check_name(name)?;
         let key = self.name(format_args!("project:{org}:{id}"));
         if self.hash(key.clone()).await?.is_some() {
-            return Err(StoreError::AlreadyExists { kind: "project", id: id.to_string() });
+            return Err(StoreError::AlreadyExists {
+                kind: "project",
+                id: id.to_string(),
+            });
         }
         let project = Project {
             id: id.clone(),
@@ -160,26 +214,45 @@ impl Store {
     }
 
     /// A project that must exist.
-    pub async fn existing_project(&self, org: &OrgId, id: &ProjectId) -> Result<Project, StoreError> {
+    pub async fn existing_project(
+        &self,
+        org: &OrgId,
+        id: &ProjectId,
+    ) -> Result<Project, StoreError> {
         self.project(org, id)
             .await?
-            .ok_or_else(|| StoreError::NotFound { kind: "project", id: id.to_string() })
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "project",
+                id: id.to_string(),
+            })
     }
 
     pub async fn projects(&self, org: &OrgId) -> Result<Vec<Project>, StoreError> {
         let mut out = Vec::new();
-        for id in self.members(self.name(format_args!("org:{org}:projects"))).await? {
+        for id in self
+            .members(self.name(format_args!("org:{org}:projects")))
+            .await?
+        {
             out.push(self.existing_project(org, &ProjectId(id)).await?);
         }
         Ok(out)
     }
 
-    pub async fn set_project_visibility(&self, org: &OrgId, id: &ProjectId, visibility: Visibility) -> Result<Project, StoreError> {
+    pub async fn set_project_visibility(
+        &self,
+        org: &OrgId,
+        id: &ProjectId,
+        visibility: Visibility,
+    ) -> Result<Project, StoreError> {
         let mut project = self.existing_project(org, id).await?;
         project.visibility = visibility;
         let mut pipe = redis::pipe();
         pipe.atomic()
-            .hset(self.name(format_args!("project:{org}:{id}")), "visibility", visibility.as_str())
+            .hset(
+                self.name(format_args!("project:{org}:{id}")),
+                "visibility",
+                visibility.as_str(),
+            )
             .ignore();
         self.publish(&mut pipe, &Invalidation::Project(org.clone(), id.clone()));
         self.transaction(&pipe).await?;
@@ -187,11 +260,20 @@ impl Store {
     }
 
     /// Adds (`member = true`) or removes a user from a project's members.
-    pub async fn set_member(&self, org: &OrgId, id: &ProjectId, user: &UserId, member: bool) -> Result<Project, StoreError> {
+    pub async fn set_member(
+        &self,
+        org: &OrgId,
+        id: &ProjectId,
+        user: &UserId,
+        member: bool,
+    ) -> Result<Project, StoreError> {
         self.existing_project(org, id).await?;
         let u = self.user(user).await?;
         if &u.org_id != org {
-            return Err(StoreError::NotFound { kind: "user", id: user.to_string() });
+            return Err(StoreError::NotFound {
+                kind: "user",
+                id: user.to_string(),
+            });
         }
         let set = self.name(format_args!("project:{org}:{id}:members"));
         let mut pipe = redis::pipe();

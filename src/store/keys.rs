@@ -7,7 +7,9 @@
 //! only revoked keys can be deleted. Every write publishes `key:{hash}` in its transaction.
 
 use super::directory::new_id;
-use super::model::{KeyId, KeyRecord, KeyStatus, OrgId, ProjectId, Role, User, UserId, UserStatus, unix_now};
+use super::model::{
+    KeyId, KeyRecord, KeyStatus, OrgId, ProjectId, Role, User, UserId, UserStatus, unix_now,
+};
 use super::{Invalidation, Store, StoreError};
 use crate::credential::{KeyFormat, KeyHash, hash_legacy};
 use crate::policy::{Scope, role_allows};
@@ -38,7 +40,10 @@ impl Store {
     async fn check_new_key(&self, new: &NewKey) -> Result<User, StoreError> {
         let owner = self.user(&new.user_id).await?;
         if owner.status == UserStatus::Disabled {
-            return Err(StoreError::Rejected(format!("user `{}` is disabled", owner.id)));
+            return Err(StoreError::Rejected(format!(
+                "user `{}` is disabled",
+                owner.id
+            )));
         }
         if owner.role == Role::Guest {
             return Err(StoreError::Rejected("guests cannot have API keys".into()));
@@ -47,30 +52,47 @@ impl Store {
             return Err(StoreError::Rejected("name must be 1-200 characters".into()));
         }
         if new.scopes.is_empty() {
-            return Err(StoreError::Rejected("a key needs at least one scope".into()));
+            return Err(StoreError::Rejected(
+                "a key needs at least one scope".into(),
+            ));
         }
         for scope in &new.scopes {
             if !Scope::is_well_formed(scope.as_str()) {
-                return Err(StoreError::Rejected(format!("`{scope}` is not a scope like \"predict\" or \"models:read\"")));
+                return Err(StoreError::Rejected(format!(
+                    "`{scope}` is not a scope like \"predict\" or \"models:read\""
+                )));
             }
             if !role_allows(owner.role, scope) {
-                return Err(StoreError::Rejected(format!("scope `{scope}` is beyond what a {} may do", owner.role)));
+                return Err(StoreError::Rejected(format!(
+                    "scope `{scope}` is beyond what a {} may do",
+                    owner.role
+                )));
             }
         }
         for project in &new.project_ids {
             self.existing_project(&owner.org_id, project).await?;
         }
-        if new.expires_at.is_some_and(|at| at < unix_now() + MIN_VALIDITY_SECS) {
-            return Err(StoreError::Rejected("a key must be valid for at least 1 minute".into()));
+        if new
+            .expires_at
+            .is_some_and(|at| at < unix_now() + MIN_VALIDITY_SECS)
+        {
+            return Err(StoreError::Rejected(
+                "a key must be valid for at least 1 minute".into(),
+            ));
         }
         Ok(owner)
     }
 
     /// Creates a key and returns its secret, which is stored only as its SHA-256.
-    pub async fn create_key(&self, format: &KeyFormat, new: NewKey) -> Result<CreatedKey, StoreError> {
+    pub async fn create_key(
+        &self,
+        format: &KeyFormat,
+        new: NewKey,
+    ) -> Result<CreatedKey, StoreError> {
         let secret = format.generate();
-        let crate::credential::Credential::Key { hash, masked } =
-            format.parse(&secret).map_err(|e| StoreError::Rejected(e.to_string()))?
+        let crate::credential::Credential::Key { hash, masked } = format
+            .parse(&secret)
+            .map_err(|e| StoreError::Rejected(e.to_string()))?
         else {
             unreachable!("a generated key parses as a key")
         };
@@ -79,14 +101,33 @@ impl Store {
     }
 
     /// Imports a legacy key id + secret pair (stored hashed, like every credential).
-    pub async fn import_legacy(&self, legacy_id: &str, secret: &str, new: NewKey) -> Result<KeyRecord, StoreError> {
+    pub async fn import_legacy(
+        &self,
+        legacy_id: &str,
+        secret: &str,
+        new: NewKey,
+    ) -> Result<KeyRecord, StoreError> {
         if legacy_id.is_empty() || secret.len() < 8 {
-            return Err(StoreError::Rejected("a legacy pair needs an id and a secret of at least 8 characters".into()));
+            return Err(StoreError::Rejected(
+                "a legacy pair needs an id and a secret of at least 8 characters".into(),
+            ));
         }
-        self.insert_key(new, hash_legacy(legacy_id, secret), format!("legacy:{legacy_id}"), true).await
+        self.insert_key(
+            new,
+            hash_legacy(legacy_id, secret),
+            format!("legacy:{legacy_id}"),
+            true,
+        )
+        .await
     }
 
-    async fn insert_key(&self, mut new: NewKey, hash: KeyHash, display: String, legacy: bool) -> Result<KeyRecord, StoreError> {
+    async fn insert_key(
+        &self,
+        mut new: NewKey,
+        hash: KeyHash,
+        display: String,
+        legacy: bool,
+    ) -> Result<KeyRecord, StoreError> {
         let owner = self.check_new_key(&new).await?;
         new.scopes.sort();
         new.scopes.dedup();
@@ -106,9 +147,14 @@ impl Store {
         };
         let index = self.name(format_args!("keyhash:{}", record.hash));
         let mut c = self.conn.clone();
-        let taken: bool = self.bounded(async { Ok(redis::cmd("EXISTS").arg(&index).query_async(&mut c).await?) }).await?;
+        let taken: bool = self
+            .bounded(async { Ok(redis::cmd("EXISTS").arg(&index).query_async(&mut c).await?) })
+            .await?;
         if taken {
-            return Err(StoreError::AlreadyExists { kind: "credential", id: record.display });
+            return Err(StoreError::AlreadyExists {
+                kind: "credential",
+                id: record.display,
+            });
         }
         let id = record.id.as_str();
         let mut pipe = redis::pipe();
@@ -129,12 +175,19 @@ impl Store {
 
     pub async fn key(&self, id: &KeyId) -> Result<KeyRecord, StoreError> {
         let f = self.hash(self.name(format_args!("key:{id}"))).await?;
-        let f = f.ok_or_else(|| StoreError::NotFound { kind: "key", id: id.to_string() })?;
+        let f = f.ok_or_else(|| StoreError::NotFound {
+            kind: "key",
+            id: id.to_string(),
+        })?;
         Ok(KeyRecord::from_fields(&f)?)
     }
 
     /// Keys of an org, or of one user, newest first.
-    pub async fn keys(&self, org: &OrgId, user: Option<&UserId>) -> Result<Vec<KeyRecord>, StoreError> {
+    pub async fn keys(
+        &self,
+        org: &OrgId,
+        user: Option<&UserId>,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
         let set = match user {
             Some(u) => self.name(format_args!("user:{u}:keys")),
             None => self.name(format_args!("org:{org}:keys")),
@@ -151,18 +204,29 @@ impl Store {
     }
 
     /// Writes some fields of a key and tells every replica.
-    async fn update_key_fields(&self, key: &KeyRecord, fields: &[(&str, String)]) -> Result<(), StoreError> {
+    async fn update_key_fields(
+        &self,
+        key: &KeyRecord,
+        fields: &[(&str, String)],
+    ) -> Result<(), StoreError> {
         let mut pipe = redis::pipe();
-        pipe.atomic().hset_multiple(self.name(format_args!("key:{}", key.id)), fields).ignore();
+        pipe.atomic()
+            .hset_multiple(self.name(format_args!("key:{}", key.id)), fields)
+            .ignore();
         self.publish(&mut pipe, &Invalidation::Key(key.hash.clone()));
         self.transaction(&pipe).await
     }
 
     /// Revokes or re-activates a key.
-    pub async fn set_key_status(&self, id: &KeyId, status: KeyStatus) -> Result<KeyRecord, StoreError> {
+    pub async fn set_key_status(
+        &self,
+        id: &KeyId,
+        status: KeyStatus,
+    ) -> Result<KeyRecord, StoreError> {
         let mut key = self.key(id).await?;
         key.status = status;
-        self.update_key_fields(&key, &[("status", status.to_string())]).await?;
+        self.update_key_fields(&key, &[("status", status.to_string())])
+            .await?;
         Ok(key)
     }
 
@@ -172,7 +236,8 @@ impl Store {
         }
         let mut key = self.key(id).await?;
         key.name = name.to_owned();
-        self.update_key_fields(&key, &[("name", key.name.clone())]).await?;
+        self.update_key_fields(&key, &[("name", key.name.clone())])
+            .await?;
         Ok(key)
     }
 
@@ -188,9 +253,15 @@ impl Store {
             .ignore()
             .del(self.name(format_args!("keyhash:{}", key.hash)))
             .ignore()
-            .srem(self.name(format_args!("user:{}:keys", key.user_id)), id.as_str())
+            .srem(
+                self.name(format_args!("user:{}:keys", key.user_id)),
+                id.as_str(),
+            )
             .ignore()
-            .srem(self.name(format_args!("org:{}:keys", key.org_id)), id.as_str())
+            .srem(
+                self.name(format_args!("org:{}:keys", key.org_id)),
+                id.as_str(),
+            )
             .ignore();
         self.publish(&mut pipe, &Invalidation::Key(key.hash.clone()));
         self.transaction(&pipe).await

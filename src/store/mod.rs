@@ -98,7 +98,10 @@ impl Invalidation {
             "user" => Some(Invalidation::User(UserId(rest.to_owned()))),
             "project" => {
                 let (org, id) = rest.split_once(':')?;
-                Some(Invalidation::Project(OrgId(org.to_owned()), ProjectId(id.to_owned())))
+                Some(Invalidation::Project(
+                    OrgId(org.to_owned()),
+                    ProjectId(id.to_owned()),
+                ))
             }
             _ => None,
         }
@@ -159,14 +162,24 @@ impl Store {
     }
 
     /// Runs a store future with the command timeout as an absolute bound (reconnects included).
-    async fn bounded<T>(&self, f: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, f).await.map_err(|_| StoreError::Timeout)?
+    async fn bounded<T>(
+        &self,
+        f: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, f)
+            .await
+            .map_err(|_| StoreError::Timeout)?
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut c = self.conn.clone();
-        self.bounded(async move { Ok(redis::cmd("PING").query_async::<String>(&mut c).await.map(drop)?) })
-            .await
+        self.bounded(async move {
+            Ok(redis::cmd("PING")
+                .query_async::<String>(&mut c)
+                .await
+                .map(drop)?)
+        })
+        .await
     }
 
     /// The key with this credential hash and its owner, or `None` if no key has it.
@@ -175,7 +188,12 @@ impl Store {
         let index = self.name(format_args!("keyhash:{}", hash.to_hex()));
         let found: Option<(Vec<String>, Vec<String>, String)> = self
             .bounded(async {
-                Ok(self.resolve.key(index).arg(&self.ns).invoke_async(&mut c).await?)
+                Ok(self
+                    .resolve
+                    .key(index)
+                    .arg(&self.ns)
+                    .invoke_async(&mut c)
+                    .await?)
             })
             .await?;
         let Some((key, owner, uid)) = found else {
@@ -192,7 +210,11 @@ impl Store {
     }
 
     /// A project of an org with its members, or `None`.
-    pub async fn project(&self, org: &OrgId, id: &ProjectId) -> Result<Option<Project>, StoreError> {
+    pub async fn project(
+        &self,
+        org: &OrgId,
+        id: &ProjectId,
+    ) -> Result<Option<Project>, StoreError> {
         let mut c = self.conn.clone();
         let key = self.name(format_args!("project:{org}:{id}"));
         let (fields, mut members): (Fields, Vec<String>) = self
@@ -229,7 +251,8 @@ impl Store {
     /// Runs a transaction built by `build`, which adds its writes and publishes.
     async fn transaction(&self, pipe: &redis::Pipeline) -> Result<(), StoreError> {
         let mut c = self.conn.clone();
-        self.bounded(async { Ok(pipe.query_async::<()>(&mut c).await?) }).await
+        self.bounded(async { Ok(pipe.query_async::<()>(&mut c).await?) })
+            .await
     }
 
     /// Adds the PUBLISH of an invalidation to a transaction.
