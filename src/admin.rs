@@ -3,7 +3,7 @@
 //! | endpoint | answers |
 //! |---|---|
 //! | `GET /healthz` | 200 while the process serves at all (liveness) |
-//! | `GET /readyz`  | 200 when the config is loaded, Redis answers a PING and we are not draining; else 503 with the reason |
+//! | `GET /readyz`  | 200 when the config is loaded, Redis answers a PING and we are not draining; else 503 with the reason. The body also says whether the invalidation subscription is `live` |
 //! | `GET /metrics` | Prometheus text format (see `metrics`) |
 //!
 //! It is meant for the operators' network only: bind it to loopback or a private address.
@@ -93,8 +93,16 @@ async fn readiness(gw: &Gateway) -> Response<Full<Bytes>> {
             serde_json::json!({ "status": "draining" }),
         );
     }
+    let invalidations = if gw.cache.is_subscribed() {
+        "live"
+    } else {
+        "reconnecting"
+    };
     match gw.store.ping().await {
-        Ok(()) => json(StatusCode::OK, serde_json::json!({ "status": "ready" })),
+        Ok(()) => json(
+            StatusCode::OK,
+            serde_json::json!({ "status": "ready", "invalidations": invalidations }),
+        ),
         Err(e) => json(
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({ "status": "key_store_unavailable", "error": e.to_string() }),

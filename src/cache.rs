@@ -75,10 +75,9 @@ struct Slot<V> {
 /// A bounded read-through map in front of the store.
 pub struct ReadThrough<K, V> {
     entries: DashMap<K, Slot<V>>,
-    /// One cell per key being fetched: every concurrent miss awaits the same fetch.
+    /// One cell per key being fetched: every concurrent miss awaits the same fetch. A fetch
+    /// caches its result only if its cell is still here: invalidations remove cells first.
     inflight: DashMap<K, Arc<OnceCell<Shared<V>>>>,
-    /// Bumped by every invalidation; a fetch that started before a bump is not cached.
-    epoch: AtomicU64,
     /// Only one thread evicts at a time.
     evicting: AtomicBool,
     cfg: CacheConfig,
@@ -89,7 +88,6 @@ impl<K: Eq + Hash + Clone, V> ReadThrough<K, V> {
         ReadThrough {
             entries: DashMap::new(),
             inflight: DashMap::new(),
-            epoch: AtomicU64::new(0),
             evicting: AtomicBool::new(false),
             cfg,
         }
@@ -159,14 +157,16 @@ impl<K: Eq + Hash + Clone, V> ReadThrough<K, V> {
         Fut: Future<Output = Result<Option<V>, StoreError>>,
     {
         let cell = self.inflight.entry(key.clone()).or_default().clone();
-        let epoch = self.epoch.load(Ordering::Acquire);
         let result = cell
             .get_or_init(|| async {
                 let fetched = fetch().await.map(|v| v.map(Arc::new)).map_err(Arc::new);
-                if let Ok(value) = &fetched
-                    && self.epoch.load(Ordering::Acquire) == epoch
-                {
-                    self.insert(key.clone(), value.clone());
+                if let Ok(value) = &fetched {
+                    // Cache only if no invalidation removed our cell meanwhile. The shard guard
+                    // is held across the insert, so an invalidation runs wholly before or after.
+                    let current = self.inflight.get(key);
+                    if current.is_some_and(|c| Arc::ptr_eq(&c, &cell)) {
+                        self.insert(key.clone(), value.clone());
+                    }
                 }
                 fetched
             })
@@ -219,14 +219,16 @@ impl<K: Eq + Hash + Clone, V> ReadThrough<K, V> {
         self.evicting.store(false, Ordering::Release);
     }
 
-    fn invalidate(&self, drop: impl FnMut(&K, &mut Slot<V>) -> bool) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        let mut drop = drop;
+    /// Drops the entries `drop` selects. Fetches in flight are not cached (they may predate the
+    /// change, and we cannot tell which keys they belong to).
+    fn invalidate(&self, mut drop: impl FnMut(&K, &mut Slot<V>) -> bool) {
+        self.inflight.clear();
         self.entries.retain(|k, s| !drop(k, s));
     }
 
+    /// Drops one entry, and keeps a fetch of it in flight from being cached.
     fn remove(&self, key: &K) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.inflight.remove(key);
         self.entries.remove(key);
     }
 
@@ -414,7 +416,7 @@ async fn subscription(
                 }
             }
             _ = ping.tick() => {
-                let pong = tokio::time::timeout(SUBSCRIBER_PING_EVERY, sink.ping::<String>()).await;
+                let pong = tokio::time::timeout(SUBSCRIBER_PING_EVERY, sink.ping::<redis::Value>()).await;
                 pong.map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
             }
             _ = shutdown.changed() => return Ok(()),

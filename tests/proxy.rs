@@ -1,0 +1,463 @@
+//! The request path end to end: keygate in process, a real Redis, a real upstream.
+
+mod common;
+
+use common::*;
+use http::StatusCode;
+use keygate::store::model::*;
+
+#[tokio::test]
+async fn forwards_with_identity_and_never_leaks_credentials() {
+    let w = World::start().await;
+    let (status, headers, body) = get_with(
+        w.gw.addr,
+        "/v1/projects/p1/predict?x=1",
+        &[
+            ("apikey", &w.keys.alice),
+            ("apisecret", "not-for-upstream"),
+            ("x-keygate-user-id", "spoofed"),
+            ("x-keygate-scopes", "*"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("connection", "x-drop-me"),
+            ("x-drop-me", "hop"),
+            ("x-request-id", "req-123"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    assert_eq!(&body[..], b"{\"ok\":true}");
+    assert_eq!(headers["x-request-id"], "req-123");
+    assert!(
+        !headers.contains_key("x-hop-secret"),
+        "hop-by-hop response headers are removed"
+    );
+
+    let seen = w.upstream.last();
+    assert_eq!(
+        seen.path_and_query, "/v1/projects/p1/predict?x=1",
+        "the authorised path, unchanged"
+    );
+    let h = &seen.headers;
+    for secret_header in [
+        "apikey",
+        "apisecret",
+        "authorization",
+        "x-api-key",
+        "x-drop-me",
+    ] {
+        assert!(
+            !h.contains_key(secret_header),
+            "{secret_header} reached the upstream"
+        );
+    }
+    assert!(
+        !format!("{h:?}").contains(&w.keys.alice[3..20]),
+        "the secret is nowhere upstream"
+    );
+    assert_eq!(h["x-keygate-key-id"], w.keys.alice_id.as_str());
+    assert_eq!(h["x-keygate-user-id"], "alice");
+    assert_eq!(h["x-keygate-org-id"], "acme");
+    assert_eq!(h["x-keygate-project-id"], "p1");
+    assert_eq!(h["x-keygate-role"], "member");
+    assert_eq!(h["x-keygate-scopes"], "models:read predict");
+    assert_eq!(h["x-request-id"], "req-123");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], w.gw.addr.to_string().as_str());
+    assert_eq!(h.get_all("x-keygate-user-id").iter().count(), 1);
+}
+
+#[tokio::test]
+async fn every_credential_header_form_is_accepted() {
+    let w = World::start().await;
+    let k = &w.keys.alice;
+    let bearer = format!("Bearer {k}");
+    let key_scheme = format!("Key {k}");
+    let forms: [(&str, &str); 4] = [
+        ("apikey", k),
+        ("x-api-key", k),
+        ("authorization", &bearer),
+        ("Authorization", &key_scheme),
+    ];
+    for (name, value) in forms {
+        let (status, _, body) = get_with(w.gw.addr, "/v1/projects/p1/x", &[(name, value)]).await;
+        assert_eq!(status, StatusCode::OK, "{name}: {body:?}");
+    }
+    // Base path of the upstream URL is prepended; query-parameter projects work.
+    let (status, _, _) = get_with(w.gw.addr, "/v1/models/list", &[("apikey", k)]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(w.upstream.last().path_and_query, "/base/v1/models/list");
+    let (status, _, _) = get_with(w.gw.addr, "/inference?endpoint_id=p1", &[("apikey", k)]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(w.upstream.last().headers["x-keygate-project-id"], "p1");
+}
+
+#[tokio::test]
+async fn legacy_pairs_resolve_like_keys() {
+    let w = World::start().await;
+    let new = keygate::store::keys::NewKey {
+        user_id: UserId("alice".into()),
+        name: "old system".into(),
+        scopes: vec![keygate::policy::Scope::new("predict".into())],
+        project_ids: vec![],
+        expires_at: None,
+    };
+    let rec = w
+        .store
+        .import_legacy("LEGACY-ID-1", "legacy-secret-1", new)
+        .await
+        .unwrap();
+    let ok = get_with(
+        w.gw.addr,
+        "/v1/projects/p1/x",
+        &[("apikey", "LEGACY-ID-1"), ("apisecret", "legacy-secret-1")],
+    )
+    .await;
+    assert_eq!(ok.0, StatusCode::OK);
+    assert_eq!(
+        w.upstream.last().headers["x-keygate-key-id"],
+        rec.id.as_str()
+    );
+    let bad = get_with(
+        w.gw.addr,
+        "/v1/projects/p1/x",
+        &[("apikey", "LEGACY-ID-1"), ("apisecret", "wrong-secret")],
+    )
+    .await;
+    assert_eq!(
+        (bad.0, code(&bad.2).as_str()),
+        (StatusCode::UNAUTHORIZED, "invalid_api_key")
+    );
+}
+
+#[tokio::test]
+async fn every_refusal_has_its_status_and_code_and_reaches_no_upstream() {
+    let w = World::start().await;
+    let (disabled_key, _) = new_key(&w.store, &w.gw.config, "bob", &["predict"], &[]).await;
+    let (expired_key, expired_id) = new_key(&w.store, &w.gw.config, "bob", &["predict"], &[]).await;
+    let (revoked_key, revoked_id) = new_key(&w.store, &w.gw.config, "bob", &["predict"], &[]).await;
+    w.store
+        .set_key_status(&revoked_id, KeyStatus::Revoked)
+        .await
+        .unwrap();
+    // Expiry in the past, written straight into Redis (the API refuses to create one).
+    w.redis.cmd(&[
+        "HSET",
+        &format!("kg:key:{expired_id}"),
+        "expires_at",
+        &(unix_now() - 1).to_string(),
+    ]);
+    let (gus_to_be, _) = new_key(&w.store, &w.gw.config, "alice", &["predict"], &[]).await;
+    let malformed = format!("{}x", &w.keys.alice[..w.keys.alice.len() - 1]);
+    let unknown = w.gw.config.keys.generate();
+
+    let k = &w.keys;
+    let cases: Vec<(&str, &str, Vec<(&str, &str)>, u16, &str)> = vec![
+        (
+            "no key",
+            "/v1/projects/p1/x",
+            vec![],
+            401,
+            "missing_api_key",
+        ),
+        (
+            "malformed",
+            "/v1/projects/p1/x",
+            vec![("apikey", &malformed)],
+            401,
+            "invalid_api_key",
+        ),
+        (
+            "unknown",
+            "/v1/projects/p1/x",
+            vec![("apikey", &unknown)],
+            401,
+            "invalid_api_key",
+        ),
+        (
+            "two keys",
+            "/v1/projects/p1/x",
+            vec![("apikey", &k.alice), ("x-api-key", &k.bob)],
+            400,
+            "conflicting_credentials",
+        ),
+        (
+            "revoked",
+            "/v1/projects/pub/x",
+            vec![("apikey", &revoked_key)],
+            401,
+            "key_revoked",
+        ),
+        (
+            "expired",
+            "/v1/projects/pub/x",
+            vec![("apikey", &expired_key)],
+            401,
+            "key_expired",
+        ),
+        (
+            "other org",
+            "/v1/projects/p1/x",
+            vec![("apikey", &k.gina)],
+            403,
+            "org_mismatch",
+        ),
+        (
+            "stranger to p2",
+            "/v1/projects/p2/x",
+            vec![("apikey", &k.alice)],
+            403,
+            "project_access_denied",
+        ),
+        (
+            "restricted key",
+            "/v1/projects/pub/x",
+            vec![("apikey", &k.alice_p1_only)],
+            403,
+            "key_project_mismatch",
+        ),
+        (
+            "no such project",
+            "/v1/projects/nope/x",
+            vec![("apikey", &k.alice)],
+            404,
+            "project_not_found",
+        ),
+        (
+            "scope",
+            "/v1/models/x",
+            vec![("apikey", &k.bob)],
+            403,
+            "insufficient_scope",
+        ),
+        (
+            "member on admin route",
+            "/v1/admin/x",
+            vec![("apikey", &k.alice)],
+            403,
+            "insufficient_scope",
+        ),
+        (
+            "no route",
+            "/v2/elsewhere",
+            vec![("apikey", &k.alice)],
+            404,
+            "route_not_found",
+        ),
+        (
+            "no project id",
+            "/inference",
+            vec![("apikey", &k.alice)],
+            400,
+            "missing_project",
+        ),
+        (
+            "two project ids",
+            "/inference?endpoint_id=p1&endpoint_id=p2",
+            vec![("apikey", &k.alice)],
+            400,
+            "ambiguous_project",
+        ),
+        (
+            "upgrade",
+            "/v1/projects/p1/x",
+            vec![
+                ("apikey", &k.alice),
+                ("upgrade", "websocket"),
+                ("connection", "upgrade"),
+            ],
+            400,
+            "upgrade_not_supported",
+        ),
+    ];
+    for (name, path, headers, status, want) in &cases {
+        let (got, res_headers, body) = get_with(w.gw.addr, path, headers).await;
+        assert_eq!(
+            (got.as_u16(), code(&body).as_str()),
+            (*status, *want),
+            "{name}"
+        );
+        assert_eq!(res_headers["content-type"], "application/json", "{name}");
+        assert!(res_headers.contains_key("x-request-id"), "{name}");
+    }
+    // Disabling the owner, or demoting them to guest, stops their keys at once.
+    w.store
+        .update_user(&UserId("bob".into()), None, Some(UserStatus::Disabled))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let r = get_with(
+        w.gw.addr,
+        "/v1/projects/pub/x",
+        &[("apikey", &disabled_key)],
+    )
+    .await;
+    assert_eq!((r.0.as_u16(), code(&r.2).as_str()), (401, "user_disabled"));
+    w.store
+        .update_user(&UserId("alice".into()), Some(Role::Guest), None)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let r = get_with(w.gw.addr, "/v1/projects/p1/x", &[("apikey", &gus_to_be)]).await;
+    assert_eq!(
+        (r.0.as_u16(), code(&r.2).as_str()),
+        (403, "guest_not_allowed")
+    );
+    assert!(
+        w.upstream.requests().is_empty(),
+        "no refused request reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn malformed_keys_never_touch_redis() {
+    let w = World::start().await;
+    let before = w.redis.calls("evalsha") + w.redis.calls("eval");
+    for bad in [
+        "kg_short",
+        "kg_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "sk-something-else",
+        "",
+    ] {
+        let (status, _, _) = get_with(w.gw.addr, "/v1/projects/p1/x", &[("apikey", bad)]).await;
+        assert_eq!(status.as_u16(), 401);
+    }
+    assert_eq!(w.redis.calls("evalsha") + w.redis.calls("eval"), before);
+    // A well-formed unknown key costs one lookup, then sits in the negative cache. (The very
+    // first lookup also loads the script, so warm it with another key first.)
+    get_with(
+        w.gw.addr,
+        "/v1/projects/p1/x",
+        &[("apikey", &w.gw.config.keys.generate())],
+    )
+    .await;
+    let before = w.redis.calls("evalsha") + w.redis.calls("eval");
+    let unknown = w.gw.config.keys.generate();
+    for _ in 0..5 {
+        let (status, _, body) =
+            get_with(w.gw.addr, "/v1/projects/p1/x", &[("apikey", &unknown)]).await;
+        assert_eq!(
+            (status.as_u16(), code(&body).as_str()),
+            (401, "invalid_api_key")
+        );
+    }
+    assert_eq!(w.redis.calls("evalsha") + w.redis.calls("eval"), before + 1);
+}
+
+#[tokio::test]
+async fn path_tricks_never_reach_another_route() {
+    let w = World::start().await;
+    let key = &w.keys.alice; // allowed on p1 only
+    let tricks = [
+        "/v1/projects/p1/../p2/x",
+        "/v1/projects/p1/%2e%2e/p2/x",
+        "/v1/projects/p1/%2E%2E/p2/x",
+        "/v1/projects/p1%2f..%2fp2/x",
+        "/v1/projects//p2/x",
+        "//v1/projects/p2/x",
+        "/v1/projects/p1/..\\p2/x",
+        "/v1/projects/p1;/../p2/x",
+        "/v1/projects/p1/%252e%252e/p2",
+        "/v1/projects/./p1/x",
+    ];
+    for path in tricks {
+        let req =
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\napikey: {key}\r\nconnection: close\r\n\r\n");
+        let (status, text) = raw(w.gw.addr, &req).await;
+        assert_eq!(status, 400, "{path}: {text}");
+        assert!(text.contains("invalid_path"), "{path}: {text}");
+    }
+    assert!(w.upstream.requests().is_empty());
+}
+
+#[tokio::test]
+async fn connect_and_oversized_bodies_are_refused() {
+    let w = World::start().await;
+    let (status, text) = raw(
+        w.gw.addr,
+        "CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 405, "{text}");
+    let req = format!(
+        "POST /v1/projects/p1/x HTTP/1.1\r\nhost: x\r\napikey: {}\r\ncontent-length: 200000000\r\n\r\n",
+        w.keys.alice
+    );
+    let (status, text) = raw(w.gw.addr, &req).await;
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("payload_too_large"));
+    assert!(w.upstream.requests().is_empty());
+}
+
+#[tokio::test]
+async fn upstream_failures_map_to_502_and_504() {
+    let w = World::start().await;
+    let (status, _, body) = get_with(w.gw.addr, "/dead/x", &[("apikey", &w.keys.alice)]).await;
+    assert_eq!(
+        (status.as_u16(), code(&body).as_str()),
+        (502, "upstream_unavailable")
+    );
+    let (status, _, body) = get_with(
+        w.gw.addr,
+        "/v1/projects/p1/slow?ms=3000",
+        &[("apikey", &w.keys.alice)],
+    )
+    .await;
+    assert_eq!(
+        (status.as_u16(), code(&body).as_str()),
+        (504, "upstream_timeout")
+    );
+}
+
+#[tokio::test]
+async fn public_routes_need_no_key_and_still_strip_credentials() {
+    let w = World::start().await;
+    let (status, _, _) = get(w.gw.addr, "/status").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = get_with(w.gw.addr, "/status", &[("apikey", &w.keys.alice)]).await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = w.upstream.last();
+    assert!(!seen.headers.contains_key("apikey"));
+    assert!(!seen.headers.contains_key("x-keygate-key-id"));
+}
+
+#[tokio::test]
+async fn ops_endpoints_report_health_and_metrics() {
+    let w = World::start().await;
+    get_with(w.gw.addr, "/v1/projects/p1/x", &[("apikey", &w.keys.alice)]).await;
+    get_with(w.gw.addr, "/v1/projects/p1/x", &[("apikey", &w.keys.alice)]).await;
+    get(w.gw.addr, "/v1/projects/p1/x").await;
+    let (status, _, _) = get(w.gw.admin, "/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, body) = get(w.gw.admin, "/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    let (status, headers, body) = get(w.gw.admin, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = String::from_utf8_lossy(&body);
+    for needle in [
+        r#"keygate_requests_total{outcome="forwarded",route="projects",status_class="2xx"} 2"#,
+        r#"keygate_requests_total{outcome="missing_api_key",route="projects",status_class="4xx"} 1"#,
+        r#"keygate_key_lookups_total{result="miss"} 1"#,
+        r#"keygate_key_lookups_total{result="hit"} 1"#,
+        r#"keygate_cache_entries{kind="keys"} 1"#,
+        "keygate_request_duration_seconds_bucket",
+        "keygate_upstream_duration_seconds_bucket",
+        "keygate_open_connections",
+        "keygate_invalidations_received_total",
+        "keygate_redis_errors_total 0",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    assert!(!text.contains(&w.keys.alice[3..20]), "no secret in metrics");
+    let (status, _, body) = get(w.gw.admin, "/nope").await;
+    assert_eq!(
+        (status.as_u16(), code(&body).as_str()),
+        (404, "route_not_found")
+    );
+}
