@@ -1,0 +1,156 @@
+//! Replicas sharing one Redis: changes made anywhere are seen everywhere within 100 ms, and a
+//! Redis outage degrades to cached keys (until `max_stale`) and 503s, then recovers by itself.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use keygate::store::model::*;
+
+/// Polls until a request with `key` gets `want`; returns how long that took.
+async fn time_until(addr: SocketAddr, path: &str, key: &str, want: u16) -> Duration {
+    let started = Instant::now();
+    loop {
+        let (status, _, _) = get_with(addr, path, &[("apikey", key)]).await;
+        if status.as_u16() == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "never got {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn both_answer(addrs: [SocketAddr; 2], key: &str, want: u16) -> [Duration; 2] {
+    let (a, b) = tokio::join!(
+        time_until(addrs[0], "/v1/projects/pub/x", key, want),
+        time_until(addrs[1], "/v1/projects/pub/x", key, want)
+    );
+    [a, b]
+}
+
+#[tokio::test]
+async fn changes_on_one_replica_reach_the_other_within_100ms() {
+    let w = World::start().await;
+    let second = w.second_gateway().await;
+    second.sync_invalidations(&w.redis).await;
+    let addrs = [w.gw.addr, second.addr];
+    let (key, id) = new_key(&w.store, &w.gw.config, "bob", &["predict"], &[]).await;
+    w.gw.sync_invalidations(&w.redis).await;
+    second.sync_invalidations(&w.redis).await;
+    // Both replicas now hold the key in their hot caches.
+    both_answer(addrs, &key, 200).await;
+    both_answer(addrs, &key, 200).await;
+    assert!(
+        w.gw.metric("keygate_key_lookups_total{result=\"hit\"}")
+            .await
+            >= 1.0
+    );
+
+    w.store
+        .set_key_status(&id, KeyStatus::Revoked)
+        .await
+        .unwrap();
+    for t in both_answer(addrs, &key, 401).await {
+        assert!(t < Duration::from_millis(100), "revocation took {t:?}");
+    }
+    w.store
+        .set_key_status(&id, KeyStatus::Active)
+        .await
+        .unwrap();
+    for t in both_answer(addrs, &key, 200).await {
+        assert!(t < Duration::from_millis(100), "re-activation took {t:?}");
+    }
+    w.store
+        .update_user(&UserId("bob".into()), None, Some(UserStatus::Disabled))
+        .await
+        .unwrap();
+    for t in both_answer(addrs, &key, 401).await {
+        assert!(
+            t < Duration::from_millis(100),
+            "disabling the owner took {t:?}"
+        );
+    }
+    w.store
+        .update_user(&UserId("bob".into()), None, Some(UserStatus::Active))
+        .await
+        .unwrap();
+    both_answer(addrs, &key, 200).await;
+    // Project changes propagate too: making `pub` private locks out non-members.
+    w.store
+        .set_project_visibility(
+            &OrgId("acme".into()),
+            &ProjectId("pub".into()),
+            Visibility::Private,
+        )
+        .await
+        .unwrap();
+    let (a, b) = tokio::join!(
+        time_until(addrs[0], "/v1/projects/pub/x", &w.keys.alice, 403),
+        time_until(addrs[1], "/v1/projects/pub/x", &w.keys.alice, 403)
+    );
+    assert!(
+        a < Duration::from_millis(100) && b < Duration::from_millis(100),
+        "{a:?} {b:?}"
+    );
+    // Deleting a revoked key: unknown everywhere.
+    w.store
+        .set_key_status(&id, KeyStatus::Revoked)
+        .await
+        .unwrap();
+    w.store.delete_key(&id).await.unwrap();
+    let (_, _, body) = get_with(addrs[1], "/v1/projects/pub/x", &[("apikey", &key)]).await;
+    assert_eq!(code(&body), "invalid_api_key");
+}
+
+#[tokio::test]
+async fn redis_outage_serves_cached_keys_until_max_stale_then_recovers() {
+    let mut w = World::start().await;
+    let path = "/v1/projects/p1/x";
+    let (cold_key, _) = new_key(&w.store, &w.gw.config, "alice", &["predict"], &[]).await;
+    w.gw.sync_invalidations(&w.redis).await;
+    let (status, _, _) = get_with(w.gw.addr, path, &[("apikey", &w.keys.alice)]).await;
+    assert_eq!(status.as_u16(), 200);
+
+    w.redis.stop();
+    let outage = Instant::now();
+    // The cached key keeps working (max_stale is 3 s in the test config)...
+    let (status, _, body) = get_with(w.gw.addr, path, &[("apikey", &w.keys.alice)]).await;
+    assert_eq!(status.as_u16(), 200, "{body:?}");
+    // ...an uncached one fails closed, with Retry-After.
+    let (status, headers, body) = get_with(w.gw.addr, path, &[("apikey", &cold_key)]).await;
+    assert_eq!(
+        (status.as_u16(), code(&body).as_str()),
+        (503, "key_store_unavailable")
+    );
+    assert_eq!(headers["retry-after"], "1");
+    let (status, _, _) = get(w.gw.admin, "/readyz").await;
+    assert_eq!(status.as_u16(), 503);
+    assert!(
+        w.gw.metric("keygate_key_lookups_total{result=\"stale\"}")
+            .await
+            >= 1.0
+    );
+    assert!(w.gw.metric("keygate_redis_errors_total").await >= 1.0);
+    // Past max_stale, the cached key fails closed as well.
+    tokio::time::sleep(
+        Duration::from_secs(3).saturating_sub(outage.elapsed()) + Duration::from_millis(200),
+    )
+    .await;
+    let (status, _, body) = get_with(w.gw.addr, path, &[("apikey", &w.keys.alice)]).await;
+    assert_eq!(
+        (status.as_u16(), code(&body).as_str()),
+        (503, "key_store_unavailable")
+    );
+
+    // Redis comes back (with its data): keygate recovers without a restart.
+    w.redis.restart();
+    time_until(w.gw.addr, path, &w.keys.alice, 200).await;
+    time_until(w.gw.addr, path, &cold_key, 200).await;
+    let (status, _, _) = get(w.gw.admin, "/readyz").await;
+    assert_eq!(status.as_u16(), 200);
+}
