@@ -1,0 +1,237 @@
+//! The real `keygate` binary: check-config, the bootstrap admin CLI, and `serve` as a process
+//! that drains and exits 0 on SIGTERM (sent to its own pid).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_keygate");
+
+fn keygate(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn write_config(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "keygate-cli-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn check_config_reports_every_problem_and_exits_64() {
+    let bad = write_config(
+        "bad.toml",
+        "[admin]\naddr = \"nowhere\"\n[redis]\nurl = \"http://x\"\n[[route]]\nid = \"r\"\npath_prefix = \"v1\"\nupstreams = []\n",
+    );
+    let out = keygate(&["check-config", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "listener",
+        "admin.addr",
+        "redis.url",
+        "route[r].path_prefix",
+        "route[r].org",
+        "route[r].upstreams",
+    ] {
+        assert!(err.contains(needle), "{needle} missing from:\n{err}");
+    }
+    let typo = write_config("typo.toml", "[admin]\nadr = \"127.0.0.1:1\"\n");
+    let out = keygate(&["check-config", "--config", typo.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("adr"));
+
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/keygate.example.toml");
+    let out = keygate(&["check-config", "--config", example]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `keygate admin` with a config; returns (exit code, stdout, stderr).
+fn admin(config: &PathBuf, args: &[&str]) -> (i32, String, String) {
+    let mut full = vec!["admin", "--config", config.to_str().unwrap()];
+    full.extend_from_slice(args);
+    let out = keygate(&full);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn bootstrap_cli_and_serve_work_end_to_end() {
+    let redis = Redis::start();
+    let upstream = Upstream::start().await;
+    let (port, admin_port) = (free_port(), free_port());
+    let config = write_config(
+        "keygate.toml",
+        &format!(
+            "[[listener]]\naddr = \"127.0.0.1:{port}\"\n[admin]\naddr = \"127.0.0.1:{admin_port}\"\n[redis]\nurl = \"{}\"\n\
+             [[route]]\nid = \"p\"\npath_prefix = \"/v1/projects\"\norg = \"acme\"\nproject = {{ segment = 3 }}\n\
+             scopes = [\"inference\"]\nupstreams = [\"{}\"]\n",
+            redis.url(),
+            upstream.url()
+        ),
+    );
+    for args in [
+        &["org", "create", "acme", "--name", "Acme"][..],
+        &[
+            "user", "create", "--org", "acme", "--name", "Alice", "--id", "alice",
+        ],
+        &[
+            "user", "create", "--org", "acme", "--name", "Gus", "--id", "gus", "--role", "guest",
+        ],
+        &["project", "create", "--org", "acme", "p1"],
+        &["project", "add-member", "--org", "acme", "p1", "alice"],
+    ] {
+        let (code, _, err) = admin(&config, args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+    }
+    let (code, _, err) = admin(&config, &["org", "create", "acme"]);
+    assert_eq!(code, 65, "duplicate org: {err}");
+    assert!(err.contains("already exists"));
+    let (code, _, err) = admin(
+        &config,
+        &[
+            "key",
+            "create",
+            "--user",
+            "gus",
+            "--name",
+            "k",
+            "--scopes",
+            "inference",
+        ],
+    );
+    assert_eq!(code, 65);
+    assert!(err.contains("guests"), "{err}");
+    let (code, _, err) = admin(
+        &config,
+        &[
+            "key", "create", "--user", "alice", "--name", "k", "--scopes", "all",
+        ],
+    );
+    assert_eq!(code, 65, "a member cannot hold `*`: {err}");
+
+    let (code, out, err) = admin(
+        &config,
+        &[
+            "key",
+            "create",
+            "--user",
+            "alice",
+            "--name",
+            "laptop",
+            "--scopes",
+            "inference",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("shown only once"), "{err}");
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let key_id = created["id"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("kg_"));
+    assert_eq!(created["scopes"], serde_json::json!(["predict"]));
+
+    let (code, listing, _) = admin(&config, &["key", "list", "--org", "acme"]);
+    assert_eq!(code, 0);
+    assert!(listing.contains(&key_id) && listing.contains("laptop") && listing.contains('…'));
+    assert!(
+        !listing.contains(&secret[3..]),
+        "lists never show the secret"
+    );
+
+    // `serve` as a real process.
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let gw: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let mut ready = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(admin_addr).await.is_ok()
+            && get(admin_addr, "/readyz").await.0 == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(ready, "keygate serve never became ready");
+    let (status, _, _) = get_with(gw, "/v1/projects/p1/predict", &[("apikey", &secret)]).await;
+    assert_eq!(status.as_u16(), 200);
+    assert_eq!(upstream.last().headers["x-keygate-key-id"], key_id.as_str());
+
+    let (code, _, err) = admin(&config, &["key", "delete", &key_id]);
+    assert_eq!(code, 65, "delete needs a revoked key: {err}");
+    assert!(err.contains("revoked"));
+    assert_eq!(admin(&config, &["key", "revoke", &key_id]).0, 0);
+    let mut revoked = false;
+    for _ in 0..100 {
+        let (status, _, body) =
+            get_with(gw, "/v1/projects/p1/predict", &[("apikey", &secret)]).await;
+        if status.as_u16() == 401 {
+            assert_eq!(common::code(&body), "key_revoked");
+            revoked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        revoked,
+        "revocation through the CLI reached the running gateway"
+    );
+    assert_eq!(admin(&config, &["key", "delete", &key_id]).0, 0);
+    let (code, _, _) = admin(&config, &["key", "show", &key_id]);
+    assert_eq!(code, 65);
+
+    // SIGTERM (to this child's own pid): drain and exit 0; the access log never held the secret.
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let out = tokio::task::spawn_blocking(move || {
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        use std::io::Read;
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (status, err)
+    })
+    .await
+    .unwrap();
+    assert!(out.0.success(), "exit status {:?}", out.0);
+    assert!(
+        out.1.contains("keygate::access"),
+        "access log lines are written"
+    );
+    assert!(out.1.contains(&key_id), "access log names the key id");
+    assert!(
+        !out.1.contains(&secret[3..]),
+        "the secret never reaches a log"
+    );
+}
