@@ -152,7 +152,9 @@ async fn every_refusal_has_its_status_and_code_and_reaches_no_upstream() {
     let unknown = w.gw.config.keys.generate();
 
     let k = &w.keys;
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, u16, &str)> = vec![
+    // (what, path, headers, status, code)
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "no key",
             "/v1/projects/p1/x",
