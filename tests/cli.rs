@@ -61,7 +61,7 @@ fn check_config_reports_every_problem_and_exits_64() {
 }
 
 /// Runs `keygate admin` with a config; returns (exit code, stdout, stderr).
-fn admin(config: &PathBuf, args: &[&str]) -> (i32, String, String) {
+fn admin(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
     let mut full = vec!["admin", "--config", config.to_str().unwrap()];
     full.extend_from_slice(args);
     let out = keygate(&full);
