@@ -26,7 +26,8 @@ pub struct Metrics {
     pub upstream_duration: HistogramVec,
     /// `keygate_key_lookups_total{result}`: hit, miss, negative, stale, error.
     pub key_lookups: IntCounterVec,
-    /// `keygate_redis_errors_total`: failed store calls on the request path and the subscriber.
+    /// `keygate_redis_errors_total`: Redis failures seen by key lookups (each waiting request
+    /// counts) and by the invalidation subscriber.
     pub redis_errors: IntCounter,
     /// `keygate_cache_entries{kind}`: set at scrape time.
     pub cache_entries: IntGaugeVec,
@@ -73,8 +74,11 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
-        let redis_errors = IntCounter::new("keygate_redis_errors_total", "Failed Redis calls.")
-            .expect("valid metric");
+        let redis_errors = IntCounter::new(
+            "keygate_redis_errors_total",
+            "Redis failures seen by key lookups and by the invalidation subscriber.",
+        )
+        .expect("valid metric");
         let cache_entries = IntGaugeVec::new(
             Opts::new("keygate_cache_entries", "Entries in the hot cache by kind."),
             &["kind"],

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The test command (README "Test it"): installs what the tests need, then runs every check CI runs.
+#   bash tests/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The integration tests start their own redis-server on a free loopback port.
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "tests/run.sh: installing redis-server from Debian's packages" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+fi
+# The Debian package starts a system Redis on 6379; the tests never use it.
+
+rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo test --all-targets
