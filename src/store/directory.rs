@@ -44,12 +44,7 @@ impl Store {
         check_id("org", id.as_str())?;
         check_name(name)?;
         let key = self.name(format_args!("org:{id}"));
-        if self.hash(key.clone()).await?.is_some() {
-            return Err(StoreError::AlreadyExists {
-                kind: "org",
-                id: id.to_string(),
-            });
-        }
+        self.ensure_absent("org", id.as_str(), &key).await?;
         let org = Org {
             id: id.clone(),
             name: name.to_owned(),
@@ -72,12 +67,9 @@ impl Store {
     }
 
     pub async fn org(&self, id: &OrgId) -> Result<Org, StoreError> {
-        let f = self.hash(self.name(format_args!("org:{id}"))).await?;
-        let f = f.ok_or_else(|| StoreError::NotFound {
-            kind: "org",
-            id: id.to_string(),
-        })?;
-        Ok(Org::from_fields(id.clone(), &f)?)
+        let key = self.name(format_args!("org:{id}"));
+        self.record("org", id.as_str(), key, |f| Org::from_fields(id.clone(), f))
+            .await
     }
 
     pub async fn orgs(&self) -> Result<Vec<Org>, StoreError> {
@@ -101,12 +93,7 @@ impl Store {
         let id = id.unwrap_or_else(|| UserId(new_id("u")));
         check_id("user", id.as_str())?;
         let key = self.name(format_args!("user:{id}"));
-        if self.hash(key.clone()).await?.is_some() {
-            return Err(StoreError::AlreadyExists {
-                kind: "user",
-                id: id.to_string(),
-            });
-        }
+        self.ensure_absent("user", id.as_str(), &key).await?;
         let user = User {
             id: id.clone(),
             org_id: org.clone(),
@@ -126,12 +113,11 @@ impl Store {
     }
 
     pub async fn user(&self, id: &UserId) -> Result<User, StoreError> {
-        let f = self.hash(self.name(format_args!("user:{id}"))).await?;
-        let f = f.ok_or_else(|| StoreError::NotFound {
-            kind: "user",
-            id: id.to_string(),
-        })?;
-        Ok(User::from_fields(id.clone(), &f)?)
+        let key = self.name(format_args!("user:{id}"));
+        self.record("user", id.as_str(), key, |f| {
+            User::from_fields(id.clone(), f)
+        })
+        .await
     }
 
     pub async fn users(&self, org: &OrgId) -> Result<Vec<User>, StoreError> {
@@ -181,12 +167,7 @@ impl Store {
         check_id("project", id.as_str())?;
         check_name(name)?;
         let key = self.name(format_args!("project:{org}:{id}"));
-        if self.hash(key.clone()).await?.is_some() {
-            return Err(StoreError::AlreadyExists {
-                kind: "project",
-                id: id.to_string(),
-            });
-        }
+        self.ensure_absent("project", id.as_str(), &key).await?;
         let project = Project {
             id: id.clone(),
             org_id: org.clone(),

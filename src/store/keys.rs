@@ -146,16 +146,8 @@ impl Store {
             hash: hash.to_hex(),
         };
         let index = self.name(format_args!("keyhash:{}", record.hash));
-        let mut c = self.conn.clone();
-        let taken: bool = self
-            .bounded(async { Ok(redis::cmd("EXISTS").arg(&index).query_async(&mut c).await?) })
+        self.ensure_absent("credential", &record.display, &index)
             .await?;
-        if taken {
-            return Err(StoreError::AlreadyExists {
-                kind: "credential",
-                id: record.display,
-            });
-        }
         let id = record.id.as_str();
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -174,12 +166,9 @@ impl Store {
     }
 
     pub async fn key(&self, id: &KeyId) -> Result<KeyRecord, StoreError> {
-        let f = self.hash(self.name(format_args!("key:{id}"))).await?;
-        let f = f.ok_or_else(|| StoreError::NotFound {
-            kind: "key",
-            id: id.to_string(),
-        })?;
-        Ok(KeyRecord::from_fields(&f)?)
+        let key = self.name(format_args!("key:{id}"));
+        self.record("key", id.as_str(), key, KeyRecord::from_fields)
+            .await
     }
 
     /// Keys of an org, or of one user, newest first.

@@ -241,6 +241,41 @@ impl Store {
         Ok((!f.is_empty()).then_some(f))
     }
 
+    /// A record that must exist, parsed by `parse`.
+    async fn record<T>(
+        &self,
+        kind: &'static str,
+        id: &str,
+        key: String,
+        parse: impl FnOnce(&Fields) -> Result<T, BadRecord>,
+    ) -> Result<T, StoreError> {
+        let fields = self.hash(key).await?.ok_or_else(|| StoreError::NotFound {
+            kind,
+            id: id.to_owned(),
+        })?;
+        Ok(parse(&fields)?)
+    }
+
+    /// Refuses to create a record whose Redis key is taken.
+    async fn ensure_absent(
+        &self,
+        kind: &'static str,
+        id: &str,
+        key: &str,
+    ) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let taken: bool = self
+            .bounded(async { Ok(redis::cmd("EXISTS").arg(key).query_async(&mut c).await?) })
+            .await?;
+        if taken {
+            return Err(StoreError::AlreadyExists {
+                kind,
+                id: id.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     async fn members(&self, key: String) -> Result<Vec<String>, StoreError> {
         let mut c = self.conn.clone();
         let mut m: Vec<String> = self.bounded(async { Ok(c.smembers(key).await?) }).await?;
@@ -248,7 +283,7 @@ impl Store {
         Ok(m)
     }
 
-    /// Runs a transaction built by `build`, which adds its writes and publishes.
+    /// Runs a MULTI/EXEC pipeline (writes plus their invalidation PUBLISH).
     async fn transaction(&self, pipe: &redis::Pipeline) -> Result<(), StoreError> {
         let mut c = self.conn.clone();
         self.bounded(async { Ok(pipe.query_async::<()>(&mut c).await?) })
