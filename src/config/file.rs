@@ -1,0 +1,130 @@
+//! The config file's schema: what TOML may say. Every struct is `deny_unknown_fields`, so a
+//! typo in a security setting stops start-up. Optional fields are filled from
+//! [`super::defaults`] by the validator, so defaults live in one place.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::LogFormat;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileConfig {
+    #[serde(default, rename = "listener")]
+    pub(super) listeners: Vec<ListenerFile>,
+    pub(super) admin: AdminFile,
+    pub(super) redis: RedisFile,
+    #[serde(default)]
+    pub(super) cache: CacheFile,
+    #[serde(default)]
+    pub(super) limits: LimitsFile,
+    #[serde(default)]
+    pub(super) keys: KeysFile,
+    #[serde(default)]
+    pub(super) scopes: ScopesFile,
+    #[serde(default)]
+    pub(super) log: LogFile,
+    #[serde(default, rename = "route")]
+    pub(super) routes: Vec<RouteFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListenerFile {
+    pub(super) addr: String,
+    pub(super) tls: Option<TlsFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TlsFile {
+    pub(super) cert: PathBuf,
+    pub(super) key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AdminFile {
+    pub(super) addr: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RedisFile {
+    pub(super) url: Option<String>,
+    pub(super) url_env: Option<String>,
+    pub(super) namespace: Option<String>,
+    pub(super) connect_timeout: Option<String>,
+    pub(super) command_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CacheFile {
+    pub(super) max_entries: Option<usize>,
+    pub(super) ttl: Option<String>,
+    pub(super) negative_ttl: Option<String>,
+    pub(super) max_stale: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LimitsFile {
+    pub(super) max_header_bytes: Option<usize>,
+    pub(super) max_body_bytes: Option<u64>,
+    pub(super) header_read_timeout: Option<String>,
+    pub(super) tls_handshake_timeout: Option<String>,
+    pub(super) upstream_connect_timeout: Option<String>,
+    pub(super) upstream_response_timeout: Option<String>,
+    pub(super) upstream_idle_timeout: Option<String>,
+    pub(super) drain_timeout: Option<String>,
+    pub(super) max_connections: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct KeysFile {
+    pub(super) prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ScopesFile {
+    #[serde(default)]
+    pub(super) presets: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LogFile {
+    pub(super) format: Option<LogFormat>,
+    pub(super) level: Option<String>,
+    pub(super) access_log: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RouteFile {
+    pub(super) id: String,
+    pub(super) host: Option<String>,
+    pub(super) path_prefix: String,
+    pub(super) org: Option<String>,
+    pub(super) project: Option<ProjectFile>,
+    #[serde(default)]
+    pub(super) scopes: Vec<String>,
+    pub(super) upstreams: Vec<String>,
+    #[serde(default)]
+    pub(super) public: bool,
+    #[serde(default)]
+    pub(super) strip_prefix: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub(super) enum ProjectFile {
+    Fixed(String),
+    Segment(usize),
+    Query(String),
+}

@@ -1,0 +1,416 @@
+//! Validation: file schema → runtime config, collecting every problem (each with a hint)
+//! instead of stopping at the first.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::file::*;
+use super::*;
+use crate::proxy::route::{ProjectSource, Route, RouteTable, Upstream};
+use crate::store::model::{OrgId, ProjectId, is_valid_id};
+
+/// Collects problems instead of stopping at the first.
+pub(super) struct Validator<'a> {
+    pub(super) problems: Vec<String>,
+    pub(super) base: &'a Path,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, field: &str, msg: impl fmt::Display) {
+        self.problems.push(format!("{field}: {msg}"));
+    }
+
+    fn duration(&mut self, field: &str, value: Option<&str>, default: &str) -> Duration {
+        let text = value.unwrap_or(default);
+        match humantime::parse_duration(text) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                self.problem(
+                    field,
+                    format!("`{text}` is not a duration; write e.g. \"500ms\", \"30s\", \"5m\""),
+                );
+                humantime::parse_duration(default).unwrap_or_default()
+            }
+        }
+    }
+
+    fn addr(&mut self, field: &str, text: &str) -> SocketAddr {
+        text.parse().unwrap_or_else(|_| {
+            self.problem(
+                field,
+                format!("`{text}` is not an address; write e.g. \"127.0.0.1:8080\""),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    }
+
+    pub(super) fn config(&mut self, f: FileConfig) -> Option<Config> {
+        if f.listeners.is_empty() {
+            self.problem(
+                "listener",
+                "no data-plane listener; add a [[listener]] with addr = \"0.0.0.0:8080\"",
+            );
+        }
+        let listeners = f
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| ListenerConfig {
+                addr: self.addr(&format!("listener[{i}].addr"), &l.addr),
+                tls: l
+                    .tls
+                    .as_ref()
+                    .and_then(|t| self.tls(&format!("listener[{i}].tls"), t)),
+            })
+            .collect();
+        let admin_addr = self.addr("admin.addr", &f.admin.addr);
+        let redis = self.redis(&f.redis);
+        let cache = CacheConfig {
+            max_entries: f.cache.max_entries.unwrap_or(defaults::CACHE_MAX_ENTRIES),
+            ttl: self.duration("cache.ttl", f.cache.ttl.as_deref(), defaults::CACHE_TTL),
+            negative_ttl: self.duration(
+                "cache.negative_ttl",
+                f.cache.negative_ttl.as_deref(),
+                defaults::CACHE_NEGATIVE_TTL,
+            ),
+            max_stale: self.duration(
+                "cache.max_stale",
+                f.cache.max_stale.as_deref(),
+                defaults::CACHE_MAX_STALE,
+            ),
+        };
+        if cache.max_entries == 0 {
+            self.problem("cache.max_entries", "must be at least 1");
+        }
+        let limits = self.limits(&f.limits);
+        let prefix = f
+            .keys
+            .prefix
+            .unwrap_or_else(|| defaults::KEY_PREFIX.to_owned());
+        if prefix.is_empty()
+            || prefix.len() > 16
+            || !prefix.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            self.problem(
+                "keys.prefix",
+                format!("`{prefix}` must be 1-16 ASCII letters or digits, e.g. \"kg\""),
+            );
+        }
+        let presets = self.presets(f.scopes.presets);
+        let log = LogConfig {
+            format: f.log.format.unwrap_or(LogFormat::Human),
+            level: f
+                .log
+                .level
+                .unwrap_or_else(|| defaults::LOG_LEVEL.to_owned()),
+            access_log: f.log.access_log.unwrap_or(true),
+        };
+        if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
+            self.problem(
+                "log.level",
+                format!(
+                    "`{}` is not a level or filter; write e.g. \"info\" or \"keygate=debug\"",
+                    log.level
+                ),
+            );
+        }
+        let routes = self.routes(f.routes, &presets);
+        Some(Config {
+            listeners,
+            admin_addr,
+            redis: redis?,
+            cache,
+            limits,
+            keys: KeyFormat::new(&prefix),
+            presets,
+            log,
+            routes,
+        })
+    }
+
+    fn tls(&mut self, field: &str, t: &TlsFile) -> Option<Arc<rustls::ServerConfig>> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let cert_path = self.base.join(&t.cert);
+        let key_path = self.base.join(&t.key);
+        let certs: Result<Vec<_>, _> =
+            CertificateDer::pem_file_iter(&cert_path).and_then(Iterator::collect);
+        let key = PrivateKeyDer::from_pem_file(&key_path);
+        let (certs, key) = match (certs, key) {
+            (Ok(c), Ok(k)) if !c.is_empty() => (c, k),
+            (c, k) => {
+                if !matches!(c, Ok(ref c) if !c.is_empty()) {
+                    self.problem(
+                        &format!("{field}.cert"),
+                        format!("cannot read PEM certificates from {}", cert_path.display()),
+                    );
+                }
+                if let Err(e) = k {
+                    self.problem(
+                        &format!("{field}.key"),
+                        format!(
+                            "cannot read a PEM private key from {}: {e}",
+                            key_path.display()
+                        ),
+                    );
+                }
+                return None;
+            }
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let built = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key));
+        match built {
+            Ok(mut c) => {
+                c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+                Some(Arc::new(c))
+            }
+            Err(e) => {
+                self.problem(
+                    field,
+                    format!("certificate and key do not form a usable TLS identity: {e}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn redis(&mut self, r: &RedisFile) -> Option<RedisConfig> {
+        let url = match (&r.url, &r.url_env) {
+            (Some(url), None) => Some(url.clone()),
+            (None, Some(var)) => std::env::var(var).ok().or_else(|| {
+                self.problem(
+                    "redis.url_env",
+                    format!("environment variable {var} is not set"),
+                );
+                None
+            }),
+            _ => {
+                self.problem("redis", "set exactly one of url = \"redis://127.0.0.1:6379\" or url_env = \"KEYGATE_REDIS_URL\"");
+                None
+            }
+        };
+        if let Some(url) = &url
+            && !url.starts_with("redis://")
+        {
+            self.problem("redis.url", "must start with redis:// (TLS to Redis is not supported yet; use a local TLS tunnel)");
+        }
+        let namespace = r
+            .namespace
+            .clone()
+            .unwrap_or_else(|| defaults::REDIS_NAMESPACE.to_owned());
+        if !is_valid_id(&namespace) {
+            self.problem(
+                "redis.namespace",
+                format!("`{namespace}` must be letters, digits, '_' or '-'"),
+            );
+        }
+        let connect_timeout = self.duration(
+            "redis.connect_timeout",
+            r.connect_timeout.as_deref(),
+            defaults::REDIS_CONNECT_TIMEOUT,
+        );
+        let command_timeout = self.duration(
+            "redis.command_timeout",
+            r.command_timeout.as_deref(),
+            defaults::REDIS_COMMAND_TIMEOUT,
+        );
+        Some(RedisConfig {
+            url: Secret(url?),
+            namespace,
+            connect_timeout,
+            command_timeout,
+        })
+    }
+
+    fn limits(&mut self, l: &LimitsFile) -> Limits {
+        let limits = Limits {
+            max_header_bytes: l.max_header_bytes.unwrap_or(defaults::MAX_HEADER_BYTES),
+            max_body_bytes: l.max_body_bytes.unwrap_or(defaults::MAX_BODY_BYTES),
+            header_read_timeout: self.duration(
+                "limits.header_read_timeout",
+                l.header_read_timeout.as_deref(),
+                defaults::HEADER_READ_TIMEOUT,
+            ),
+            tls_handshake_timeout: self.duration(
+                "limits.tls_handshake_timeout",
+                l.tls_handshake_timeout.as_deref(),
+                defaults::TLS_HANDSHAKE_TIMEOUT,
+            ),
+            upstream_connect_timeout: self.duration(
+                "limits.upstream_connect_timeout",
+                l.upstream_connect_timeout.as_deref(),
+                defaults::UPSTREAM_CONNECT_TIMEOUT,
+            ),
+            upstream_response_timeout: self.duration(
+                "limits.upstream_response_timeout",
+                l.upstream_response_timeout.as_deref(),
+                defaults::UPSTREAM_RESPONSE_TIMEOUT,
+            ),
+            upstream_idle_timeout: self.duration(
+                "limits.upstream_idle_timeout",
+                l.upstream_idle_timeout.as_deref(),
+                defaults::UPSTREAM_IDLE_TIMEOUT,
+            ),
+            drain_timeout: self.duration(
+                "limits.drain_timeout",
+                l.drain_timeout.as_deref(),
+                defaults::DRAIN_TIMEOUT,
+            ),
+            max_connections: l.max_connections.unwrap_or(defaults::MAX_CONNECTIONS),
+        };
+        if limits.max_header_bytes < 8192 {
+            self.problem(
+                "limits.max_header_bytes",
+                "must be at least 8192 (HTTP/1 parsers need one 8 KiB buffer)",
+            );
+        }
+        if limits.max_connections == 0 {
+            self.problem("limits.max_connections", "must be at least 1");
+        }
+        limits
+    }
+
+    fn scopes(
+        &mut self,
+        field: &str,
+        names: &[String],
+        presets: &BTreeMap<String, Vec<Scope>>,
+    ) -> Vec<Scope> {
+        let mut out: Vec<Scope> = Vec::new();
+        for name in names {
+            if let Some(expanded) = presets.get(name) {
+                out.extend(expanded.iter().cloned());
+            } else if Scope::is_well_formed(name) {
+                out.push(Scope::new(name.clone()));
+            } else {
+                self.problem(field, format!("`{name}` is neither a preset nor a scope like \"predict\" or \"models:read\""));
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn presets(&mut self, file: BTreeMap<String, Vec<String>>) -> BTreeMap<String, Vec<Scope>> {
+        let mut presets: BTreeMap<String, Vec<Scope>> = defaults::PRESETS
+            .iter()
+            .map(|(name, scopes)| {
+                (
+                    name.to_string(),
+                    scopes.iter().map(|s| Scope::new(s.to_string())).collect(),
+                )
+            })
+            .collect();
+        for (name, scopes) in file {
+            let expanded =
+                self.scopes(&format!("scopes.presets.{name}"), &scopes, &BTreeMap::new());
+            presets.insert(name, expanded);
+        }
+        presets
+    }
+
+    fn routes(
+        &mut self,
+        files: Vec<RouteFile>,
+        presets: &BTreeMap<String, Vec<Scope>>,
+    ) -> RouteTable {
+        if files.is_empty() {
+            self.problem(
+                "route",
+                "no routes; add a [[route]] with id, path_prefix, org, scopes and upstreams",
+            );
+        }
+        let mut routes = Vec::new();
+        for f in files {
+            let field = format!("route[{}]", f.id);
+            if !is_valid_id(&f.id) {
+                self.problem(&field, "id must be letters, digits, '_' or '-'");
+            }
+            if crate::proxy::route::normalise(&f.path_prefix).is_err()
+                || f.path_prefix.ends_with('/') && f.path_prefix != "/"
+            {
+                self.problem(&format!("{field}.path_prefix"), format!("`{}` must be a plain absolute path like \"/v1/predict\" (no trailing '/', '..', '%', ';')", f.path_prefix));
+            }
+            let org = f.org.as_ref().map(|o| OrgId(o.clone()));
+            match (&org, f.public) {
+                (None, false) => self.problem(
+                    &format!("{field}.org"),
+                    "a route that needs keys must name the org whose keys it accepts",
+                ),
+                (Some(o), _) if !is_valid_id(o.as_str()) => {
+                    self.problem(&format!("{field}.org"), "must be an org id")
+                }
+                _ => {}
+            }
+            if f.public && (!f.scopes.is_empty() || f.project.is_some()) {
+                self.problem(
+                    &field,
+                    "a public route needs no key, so it cannot require scopes or a project",
+                );
+            }
+            let project = match f.project {
+                None => ProjectSource::None,
+                Some(ProjectFile::Fixed(id)) if is_valid_id(&id) => {
+                    ProjectSource::Fixed(ProjectId(id))
+                }
+                Some(ProjectFile::Segment(n)) if n >= 1 => ProjectSource::Segment(n),
+                Some(ProjectFile::Query(name))
+                    if !name.is_empty()
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') =>
+                {
+                    ProjectSource::Query(name)
+                }
+                Some(other) => {
+                    self.problem(&format!("{field}.project"), format!("{other:?} is not valid; use {{ fixed = \"proj-id\" }}, {{ segment = 3 }} (1-based) or {{ query = \"endpoint_id\" }}"));
+                    ProjectSource::None
+                }
+            };
+            let scopes = self.scopes(&format!("{field}.scopes"), &f.scopes, presets);
+            if f.upstreams.is_empty() {
+                self.problem(
+                    &format!("{field}.upstreams"),
+                    "needs at least one upstream URL like \"http://10.0.0.5:8000\"",
+                );
+            }
+            let upstreams = f
+                .upstreams
+                .iter()
+                .filter_map(|u| {
+                    Upstream::parse(u)
+                        .map_err(|e| {
+                            self.problem(&format!("{field}.upstreams"), format!("`{u}`: {e}"))
+                        })
+                        .ok()
+                })
+                .collect();
+            let host = f.host.map(|h| h.to_ascii_lowercase());
+            routes.push(Route::new(
+                f.id,
+                host,
+                f.path_prefix,
+                org,
+                project,
+                scopes,
+                upstreams,
+                f.public,
+                f.strip_prefix,
+            ));
+        }
+        let table = RouteTable::new(routes);
+        for dup in table.duplicates() {
+            self.problem(
+                "route",
+                format!("two routes share host and path_prefix: {dup}"),
+            );
+        }
+        table
+    }
+}
