@@ -25,6 +25,9 @@ use validate::Validator;
 
 /// Every default, with its unit and why it is what it is.
 pub mod defaults {
+    /// Data-plane workers; 0 means one per CPU core (thread-per-core: no work stealing, no
+    /// cross-core handoff on the hot path).
+    pub const WORKERS: usize = 0;
     /// Hot-cache entries (keys + projects); ~1 KiB each, so ~100 MiB at most.
     pub const CACHE_MAX_ENTRIES: usize = 100_000;
     /// Safety net only: invalidations normally drop entries within milliseconds.
@@ -71,6 +74,8 @@ pub mod defaults {
 /// The validated configuration keygate runs with.
 #[derive(Debug)]
 pub struct Config {
+    /// Data-plane worker threads, each with its own runtime, accept loop and upstream pool.
+    pub workers: usize,
     pub listeners: Vec<ListenerConfig>,
     pub admin_addr: SocketAddr,
     pub redis: RedisConfig,

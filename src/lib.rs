@@ -8,7 +8,8 @@
 //! # Layout
 //! - `main.rs` + [`cli`]: the CLI (`serve`, `check-config`, `admin …`, `demo-upstream`).
 //! - [`config`]: TOML file → validated runtime config and compiled route table.
-//! - [`server`]: accept loops, TLS, HTTP/1.1 + HTTP/2, connection limits, graceful drain.
+//! - [`server`]: accept loops, TLS, HTTP/1.1 + HTTP/2, connection limits, graceful drain;
+//!   `run()` here starts one single-threaded runtime per worker (thread-per-core).
 //! - [`proxy`]: `handle()`, the request path; [`proxy::route`] matching on the normalised path;
 //!   [`proxy::forward`] the pooled client, header rewrite and streaming.
 //! - [`credential`]: key format (generate, parse, checksum, hash, mask) and header extraction.
@@ -43,11 +44,11 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::cache::Cache;
 use crate::config::Config;
@@ -56,83 +57,182 @@ use crate::proxy::Gateway;
 use crate::proxy::forward::Upstreams;
 use crate::store::{Store, StoreError};
 
-/// Listeners bound by the caller: one per configured data-plane listener (same order), and the
-/// admin listener. Tests bind `127.0.0.1:0`.
+/// Why a replica could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot open the key store")]
+    Store(#[from] StoreError),
+    #[error("cannot use a listener")]
+    Listener(#[from] std::io::Error),
+}
+
+/// Kernel accept queue per socket.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Sockets bound by the caller before `run()` (tests bind `127.0.0.1:0`).
 pub struct Listeners {
-    pub data: Vec<TcpListener>,
-    pub admin: TcpListener,
+    /// Per configured data-plane listener (same order): one socket per worker, all bound to the
+    /// same address with `SO_REUSEPORT`, so the kernel spreads connections over the workers.
+    pub data: Vec<Vec<std::net::TcpListener>>,
+    pub admin: std::net::TcpListener,
 }
 
 impl Listeners {
-    /// Binds every address in the config.
-    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
-        let mut data = Vec::new();
-        for l in &config.listeners {
-            data.push(TcpListener::bind(l.addr).await?);
-        }
-        Ok(Listeners {
-            data,
-            admin: TcpListener::bind(config.admin_addr).await?,
-        })
+    /// Binds every address in the config (port 0 picks one port shared by all workers).
+    /// Must be called inside a tokio runtime.
+    pub fn bind(config: &Config) -> std::io::Result<Listeners> {
+        let data = config
+            .listeners
+            .iter()
+            .map(|l| bind_shared(l.addr, config.workers))
+            .collect::<Result<_, _>>()?;
+        let admin = std::net::TcpListener::bind(config.admin_addr)?;
+        admin.set_nonblocking(true)?;
+        Ok(Listeners { data, admin })
     }
+
+    /// The bound address of each data-plane listener.
+    pub fn data_addrs(&self) -> Vec<SocketAddr> {
+        self.data
+            .iter()
+            .map(|socks| {
+                socks[0]
+                    .local_addr()
+                    .expect("a bound socket has an address")
+            })
+            .collect()
+    }
+}
+
+fn bind_shared(
+    mut addr: SocketAddr,
+    workers: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut sockets = Vec::with_capacity(workers);
+    for _ in 0..workers.max(1) {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(LISTEN_BACKLOG)?;
+        addr = listener.local_addr()?;
+        sockets.push(listener.into_std()?);
+    }
+    Ok(sockets)
 }
 
 /// Runs a keygate replica on bound listeners until `shutdown` resolves, then drains: `/readyz`
 /// turns 503, listeners close, in-flight requests get `limits.drain_timeout` to finish.
+///
+/// The data plane runs on `config.workers` threads, each a current-thread runtime with its own
+/// accept loops and upstream pool (thread-per-core); they share the config, the hot cache, the
+/// store handle and the metrics. The admin listener and the invalidation subscriber run on the
+/// caller's runtime.
 pub async fn run(
     config: Arc<Config>,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), StoreError> {
+) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new());
     let store = Store::open(&config.redis)?;
     let cache = Arc::new(Cache::new(config.cache));
-    let gw = Arc::new(Gateway {
-        upstreams: Upstreams::new(&config.limits),
-        config: config.clone(),
-        store: store.clone(),
-        cache: cache.clone(),
-        metrics: metrics.clone(),
-        draining: AtomicBool::new(false),
-    });
+    let draining = Arc::new(AtomicBool::new(false));
+    let gateway = || {
+        Arc::new(Gateway {
+            upstreams: Upstreams::new(&config.limits),
+            config: config.clone(),
+            store: store.clone(),
+            cache: cache.clone(),
+            metrics: metrics.clone(),
+            draining: draining.clone(),
+        })
+    };
     let (stop_data, data_stopped) = watch::channel(false);
     let (stop_admin, admin_stopped) = watch::channel(false);
     // The subscriber stops last: requests still draining must see revocations.
     let subscriber = tokio::spawn(cache::subscribe(
-        cache,
-        store,
-        metrics,
+        cache.clone(),
+        store.clone(),
+        metrics.clone(),
         admin_stopped.clone(),
     ));
-    let mut servers = tokio::task::JoinSet::new();
-    for (listener, cfg) in listeners.data.into_iter().zip(&config.listeners) {
-        tracing::info!(addr = %cfg.addr, tls = cfg.tls.is_some(), "data plane listening");
-        let tls = cfg.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-        servers.spawn(server::serve_data(
-            gw.clone(),
-            listener,
-            tls,
-            data_stopped.clone(),
-        ));
-    }
+    let admin_listener = tokio::net::TcpListener::from_std(listeners.admin)?;
     tracing::info!(addr = %config.admin_addr, "admin listening");
-    let admin = tokio::spawn(admin::serve(gw.clone(), listeners.admin, admin_stopped));
+    let admin = tokio::spawn(admin::serve(gateway(), admin_listener, admin_stopped));
+
+    let mut per_worker: Vec<Vec<_>> = (0..config.workers).map(|_| Vec::new()).collect();
+    for (sockets, cfg) in listeners.data.into_iter().zip(&config.listeners) {
+        tracing::info!(addr = %cfg.addr, tls = cfg.tls.is_some(), workers = config.workers, "data plane listening");
+        let tls = cfg.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+        for (worker, socket) in per_worker.iter_mut().zip(sockets) {
+            worker.push((socket, tls.clone()));
+        }
+    }
+    let (abort, aborted) = watch::channel(false);
+    let workers: Vec<oneshot::Receiver<()>> = per_worker
+        .into_iter()
+        .enumerate()
+        .map(|(i, sockets)| {
+            spawn_worker(i, gateway(), sockets, data_stopped.clone(), aborted.clone())
+        })
+        .collect();
 
     shutdown.await;
     tracing::info!(deadline = ?config.limits.drain_timeout, "draining");
-    gw.draining.store(true, Ordering::Release);
+    draining.store(true, Ordering::Release);
     let _ = stop_data.send(true);
-    let drained = tokio::time::timeout(config.limits.drain_timeout, async {
-        while servers.join_next().await.is_some() {}
-    })
+    let drained = tokio::time::timeout(
+        config.limits.drain_timeout,
+        futures_util::future::join_all(workers),
+    )
     .await;
     if drained.is_err() {
         tracing::warn!("drain deadline passed; closing remaining connections");
-        servers.abort_all();
+        let _ = abort.send(true);
     }
     let _ = stop_admin.send(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), admin).await;
     let _ = subscriber.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+type WorkerSocket = (std::net::TcpListener, Option<tokio_rustls::TlsAcceptor>);
+
+/// Starts one data-plane worker thread; the receiver resolves when it has drained.
+fn spawn_worker(
+    index: usize,
+    gw: Arc<Gateway>,
+    sockets: Vec<WorkerSocket>,
+    stop: watch::Receiver<bool>,
+    mut abort: watch::Receiver<bool>,
+) -> oneshot::Receiver<()> {
+    let (done, finished) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("keygate-worker-{index}"))
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a worker runtime");
+            runtime.block_on(async move {
+                let mut servers = tokio::task::JoinSet::new();
+                for (socket, tls) in sockets {
+                    let listener = tokio::net::TcpListener::from_std(socket)
+                        .expect("a bound, non-blocking socket");
+                    servers.spawn(server::serve_data(gw.clone(), listener, tls, stop.clone()));
+                }
+                tokio::select! {
+                    _ = async { while servers.join_next().await.is_some() {} } => {}
+                    _ = server::stopped(&mut abort) => {}
+                }
+            });
+            let _ = done.send(());
+        })
+        .expect("spawn a worker thread");
+    finished
 }

@@ -83,7 +83,7 @@ fn main() -> ExitCode {
                     Err(code) => return code,
                 };
                 keygate::telemetry::init(&config.log);
-                let listeners = match keygate::Listeners::bind(&config).await {
+                let listeners = match keygate::Listeners::bind(&config) {
                     Ok(l) => l,
                     Err(e) => {
                         tracing::error!(error = %e, "cannot bind listeners");

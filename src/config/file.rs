@@ -14,6 +14,8 @@ use super::LogFormat;
 pub(super) struct FileConfig {
     #[serde(default, rename = "listener")]
     pub(super) listeners: Vec<ListenerFile>,
+    #[serde(default)]
+    pub(super) server: ServerFile,
     pub(super) admin: AdminFile,
     pub(super) redis: RedisFile,
     #[serde(default)]
@@ -42,6 +44,12 @@ pub(super) struct ListenerFile {
 pub(super) struct TlsFile {
     pub(super) cert: PathBuf,
     pub(super) key: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ServerFile {
+    pub(super) workers: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

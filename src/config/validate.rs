@@ -119,7 +119,12 @@ impl Validator<'_> {
             );
         }
         let routes = self.routes(f.routes, &presets);
+        let workers = match f.server.workers.unwrap_or(defaults::WORKERS) {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
         Some(Config {
+            workers,
             listeners,
             admin_addr,
             redis: redis?,

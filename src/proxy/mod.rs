@@ -39,17 +39,17 @@ use route::Route;
 /// A response body: the upstream's, streamed, or one of ours.
 pub type ResponseBody = Either<Incoming, Full<Bytes>>;
 
-/// Everything the request path needs, shared by every connection of a replica.
+/// Everything the request path needs: one per worker, sharing config, store, cache, metrics.
 pub struct Gateway {
     pub config: Arc<Config>,
     pub store: Store,
     /// Hot entries in front of `store`.
     pub cache: Arc<Cache>,
     pub metrics: Arc<Metrics>,
-    /// The pooled keep-alive client to every upstream.
+    /// The pooled keep-alive client to every upstream (one per worker).
     pub upstreams: Upstreams,
     /// Set on SIGTERM: `/readyz` turns 503 so balancers stop sending new connections.
-    pub draining: AtomicBool,
+    pub draining: Arc<AtomicBool>,
 }
 
 impl Gateway {

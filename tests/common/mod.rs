@@ -288,14 +288,12 @@ impl Gateway {
             .with_env_filter("warn")
             .try_init();
         let config = Arc::new(Config::parse(toml, base).unwrap_or_else(|e| panic!("{e}")));
-        let data = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (addr, admin_addr) = (data.local_addr().unwrap(), admin.local_addr().unwrap());
+        let listeners = keygate::Listeners::bind(&config).unwrap();
+        let (addr, admin_addr) = (
+            listeners.data_addrs()[0],
+            listeners.admin.local_addr().unwrap(),
+        );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let listeners = keygate::Listeners {
-            data: vec![data],
-            admin,
-        };
         let cfg = config.clone();
         let task = tokio::spawn(async move {
             keygate::run(cfg, listeners, async move {
@@ -465,6 +463,8 @@ pub fn config_toml(redis: &Redis, upstream: &Upstream, extra: &str) -> String {
     let dead = format!("http://127.0.0.1:{}", free_port());
     format!(
         r#"
+[server]
+workers = 2
 [[listener]]
 addr = "127.0.0.1:0"
 {extra}
