@@ -141,6 +141,20 @@ pub enum KeyCommand {
         #[arg(long)]
         no_expiry: bool,
     },
+    /// Create many keys at once (benchmarks, migrations); secrets go to FILE, one per line.
+    CreateMany {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        #[arg(long, default_value = "90d")]
+        expires_in: humantime::Duration,
+        /// Where to write the secrets (mode 0600).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Import a legacy key id + secret pair; the secret is read from standard input.
     ImportLegacy {
         #[arg(long)]
@@ -340,6 +354,22 @@ async fn project(store: &Store, command: ProjectCommand, json: bool) -> Result<(
     Ok(())
 }
 
+fn write_secrets(path: &std::path::Path, secrets: &[String]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    let mut w = std::io::BufWriter::new(file);
+    for s in secrets {
+        writeln!(w, "{s}")?;
+    }
+    w.flush()
+}
+
 fn key_row(k: &crate::store::model::KeyRecord) -> String {
     let expires = k.expires_at.map_or("never".to_owned(), |at| {
         humantime::format_rfc3339_seconds(
@@ -389,6 +419,31 @@ async fn key(
                 println!("{}", created.secret);
                 eprint!("{}", key_row(&created.record));
             }
+            return Ok(());
+        }
+        KeyCommand::CreateMany {
+            user,
+            count,
+            scopes: names,
+            expires_in,
+            out,
+        } => {
+            let new = NewKey {
+                user_id: UserId(user),
+                name: "bulk".into(),
+                scopes: scopes(config, &names)?,
+                project_ids: Vec::new(),
+                expires_at: Some(unix_now() + expires_in.as_secs()),
+            };
+            let secrets = store.create_keys(&config.keys, new, count).await?;
+            write_secrets(&out, &secrets).map_err(|e| {
+                StoreError::Rejected(format!("cannot write {}: {e}", out.display()))
+            })?;
+            print(
+                json,
+                &serde_json::json!({ "created": count, "out": out }),
+                |_| format!("created {count} keys; secrets in {}\n", out.display()),
+            );
             return Ok(());
         }
         KeyCommand::ImportLegacy {

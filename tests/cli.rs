@@ -157,6 +157,40 @@ async fn bootstrap_cli_and_serve_work_end_to_end() {
         "lists never show the secret"
     );
 
+    // Bulk creation for seeding: 1,500 keys in pipelined batches, secrets in a 0600 file.
+    let secrets_file = config.with_file_name("secrets.txt");
+    let (code, _, err) = admin(
+        &config,
+        &[
+            "key",
+            "create-many",
+            "--user",
+            "alice",
+            "--count",
+            "1500",
+            "--scopes",
+            "inference",
+            "--out",
+            secrets_file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let bulk: Vec<String> = std::fs::read_to_string(&secrets_file)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(bulk.len(), 1500);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&secrets_file)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+
     // `serve` as a real process.
     let mut child = Command::new(BIN)
         .args(["serve", "--config", config.to_str().unwrap()])
@@ -180,6 +214,10 @@ async fn bootstrap_cli_and_serve_work_end_to_end() {
     let (status, _, _) = get_with(gw, "/v1/projects/p1/predict", &[("apikey", &secret)]).await;
     assert_eq!(status.as_u16(), 200);
     assert_eq!(upstream.last().headers["x-keygate-key-id"], key_id.as_str());
+    for bulk_key in [&bulk[0], &bulk[1499]] {
+        let (status, _, _) = get_with(gw, "/v1/projects/p1/predict", &[("apikey", bulk_key)]).await;
+        assert_eq!(status.as_u16(), 200);
+    }
 
     let (code, _, err) = admin(&config, &["key", "delete", &key_id]);
     assert_eq!(code, 65, "delete needs a revoked key: {err}");

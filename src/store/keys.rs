@@ -35,6 +35,32 @@ pub struct CreatedKey {
     pub secret: String,
 }
 
+/// The record of a new, active key of `owner`.
+fn key_record(
+    owner: &User,
+    mut new: NewKey,
+    hash: KeyHash,
+    display: String,
+    legacy: bool,
+) -> KeyRecord {
+    new.scopes.sort();
+    new.scopes.dedup();
+    KeyRecord {
+        id: KeyId(new_id("key")),
+        org_id: owner.org_id.clone(),
+        user_id: owner.id.clone(),
+        name: new.name,
+        scopes: new.scopes,
+        project_ids: new.project_ids,
+        status: KeyStatus::Active,
+        created_at: unix_now(),
+        expires_at: new.expires_at,
+        display,
+        legacy,
+        hash: hash.to_hex(),
+    }
+}
+
 impl Store {
     /// Checks a new key's owner, scopes, projects and expiry; returns the owner.
     async fn check_new_key(&self, new: &NewKey) -> Result<User, StoreError> {
@@ -123,46 +149,63 @@ impl Store {
 
     async fn insert_key(
         &self,
-        mut new: NewKey,
+        new: NewKey,
         hash: KeyHash,
         display: String,
         legacy: bool,
     ) -> Result<KeyRecord, StoreError> {
         let owner = self.check_new_key(&new).await?;
-        new.scopes.sort();
-        new.scopes.dedup();
-        let record = KeyRecord {
-            id: KeyId(new_id("key")),
-            org_id: owner.org_id.clone(),
-            user_id: owner.id.clone(),
-            name: new.name,
-            scopes: new.scopes,
-            project_ids: new.project_ids,
-            status: KeyStatus::Active,
-            created_at: unix_now(),
-            expires_at: new.expires_at,
-            display,
-            legacy,
-            hash: hash.to_hex(),
-        };
+        let record = key_record(&owner, new, hash, display, legacy);
         let index = self.name(format_args!("keyhash:{}", record.hash));
         self.ensure_absent("credential", &record.display, &index)
             .await?;
-        let id = record.id.as_str();
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hset_multiple(self.name(format_args!("key:{id}")), &record.to_fields())
-            .ignore()
-            .set(index, id)
-            .ignore()
-            .sadd(self.name(format_args!("user:{}:keys", owner.id)), id)
-            .ignore()
-            .sadd(self.name(format_args!("org:{}:keys", owner.org_id)), id)
-            .ignore();
+        pipe.atomic();
+        self.add_key_writes(&mut pipe, &record);
         // A replica may hold a negative entry for this credential.
         self.publish(&mut pipe, &Invalidation::Key(record.hash.clone()));
         self.transaction(&pipe).await?;
         Ok(record)
+    }
+
+    /// Adds the writes that store a new key to a transaction.
+    fn add_key_writes(&self, pipe: &mut redis::Pipeline, record: &KeyRecord) {
+        let id = record.id.as_str();
+        pipe.hset_multiple(self.name(format_args!("key:{id}")), &record.to_fields())
+            .ignore()
+            .set(self.name(format_args!("keyhash:{}", record.hash)), id)
+            .ignore()
+            .sadd(self.name(format_args!("user:{}:keys", record.user_id)), id)
+            .ignore()
+            .sadd(self.name(format_args!("org:{}:keys", record.org_id)), id)
+            .ignore();
+    }
+
+    /// Creates `count` keys like `new` (for seeding benchmarks and migrations): the rules are
+    /// checked once, and keys are written in pipelined transactions of 1,000. No invalidation is
+    /// published: no replica can hold an entry for a credential that was just generated.
+    pub async fn create_keys(
+        &self,
+        format: &KeyFormat,
+        new: NewKey,
+        count: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        const BATCH: usize = 1_000;
+        let owner = self.check_new_key(&new).await?;
+        let mut secrets = Vec::with_capacity(count);
+        while secrets.len() < count {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for _ in 0..BATCH.min(count - secrets.len()) {
+                let secret = format.generate();
+                let hash = crate::credential::hash_key(&secret);
+                let record = key_record(&owner, new.clone(), hash, format.mask(&secret), false);
+                self.add_key_writes(&mut pipe, &record);
+                secrets.push(secret);
+            }
+            self.transaction(&pipe).await?;
+        }
+        Ok(secrets)
     }
 
     pub async fn key(&self, id: &KeyId) -> Result<KeyRecord, StoreError> {
