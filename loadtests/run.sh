@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One command for the benchmarks (see loadtests/README.md):
+#   bash loadtests/run.sh             # full run: appends to loadtests/RESULTS.md, draws latency.png
+#   bash loadtests/run.sh --smoke     # a few seconds with the debug build: checks the harness works
+# Installs what it needs from Debian's packages (wrk, nginx, gnuplot, redis-server).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v gnuplot >/dev/null 2>&1 || need+=(gnuplot-nox)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "loadtests: installing ${need[*]} from Debian's packages" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+export PATH="$PATH:/usr/sbin"
+
+if [[ " $* " == *" --smoke "* ]]; then
+  cargo build --quiet
+  exec python3 loadtests/bench.py --bin target/debug/keygate "$@"
+fi
+cargo build --release --quiet
+exec python3 loadtests/bench.py "$@"
