@@ -289,7 +289,7 @@ http {{
         data = os.path.join(self.dir, "latency.dat")
         with open(data, "w") as f:
             for r in rows:
-                f.write(f'"{r["scenario"]}\\n{r["config"]}" {r["p50_ms"][0]} {r["p99_ms"][0]} {r["p999_ms"][0]}\n')
+                f.write(f'"{r["scenario"]} {r["config"]}" {r["p50_ms"][0]} {r["p99_ms"][0]} {r["p999_ms"][0]}\n')
         png = os.path.join(HERE, "latency.png")
         script = f"""
 set terminal pngcairo size 1000,520
