@@ -240,13 +240,55 @@ http {{
         self.malformed_redis_calls = self.script_calls() - before
         self.record("reject", "unknown", self.wrk(self.kg_port, os.path.join(self.dir, "unknown.txt")))
 
+    def cold(self, run):
+        a = self.args
+        if not hasattr(self, "cold_file"):
+            self.cold_file = os.path.join(self.dir, "cold.txt")
+            started = time.time()
+            self.admin("key", "create-many", "--user", "loadtest", "--count", str(a.cold_keys), "--scopes", "predict",
+                       "--out", self.cold_file)
+            self.seed_seconds = time.time() - started
+            print(f"  seeded {a.cold_keys} keys in {self.seed_seconds:.1f} s", flush=True)
+        # Each run starts at its own offset, so no key is requested twice across runs.
+        offset = run * (a.cold_keys // a.runs)
+        self.record("cold", "keygate", self.wrk(self.kg_port, self.cold_file, offset))
+
+    def flood(self):
+        """Distinct unknown keys until every one was sent once: RSS must stay within the cache bound."""
+        a = self.args
+        path = os.path.join(self.dir, "flood.txt")
+        with open(path, "w") as f:
+            for _ in range(a.flood_keys):
+                f.write(fake_key() + "\n")
+        rss0 = self.rss_mb(self.kg.pid)
+        r = self.wrk(self.kg_port, path, duration=a.flood_duration)
+        self.record("flood", "keygate", r)
+        entries = self.metric(self.kg_admin, 'keygate_cache_entries{kind="keys"}')
+        self.flood_result = {"keys_sent": min(r["requests"], a.flood_keys), "rss_before_mb": rss0,
+                             "rss_after_mb": self.rss_mb(self.kg.pid), "peak_rss_mb": self.rss_mb(self.kg.pid, "VmHWM"),
+                             "cache_entries": entries, "cache_bound": a.cache_entries}
+        print(f"  flood: {self.flood_result}", flush=True)
+
+    def metric(self, port, name):
+        with socket.create_connection(("127.0.0.1", port)) as c:
+            c.sendall(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            text = b""
+            while chunk := c.recv(65536):
+                text += chunk
+        for line in text.decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+        return 0.0
+
     def run(self):
         self.setup()
-        scenarios = [s for s in ["hot", "reject"] if s in self.args.scenarios]
+        scenarios = [s for s in ["hot", "reject", "cold"] if s in self.args.scenarios]
         for run in range(self.args.runs):
             print(f"run {run + 1}/{self.args.runs}", flush=True)
             for s in scenarios:
                 getattr(self, s)(run)
+        if "flood" in self.args.scenarios:
+            self.flood()
         self.report()
 
     # ------------------------------------------------------------------ reporting
@@ -268,11 +310,15 @@ http {{
             ratios["hot keygate p99 / nginx p99"] = self.median("hot", "keygate", "p99_ms")[0] / self.median("hot", "nginx", "p99_ms")[0]
         if hot_kg and hot_direct:
             ratios["hot keygate / direct (req/s)"] = hot_kg[0] / hot_direct[0]
+        cold = self.median("cold", "keygate", "rps")
+        if cold and hot_kg:
+            ratios["cold keygate / hot keygate (req/s)"] = cold[0] / hot_kg[0]
         for cfg in ["malformed", "unknown"]:
             rej = self.median("reject", cfg, "rps")
             if rej and hot_kg:
                 ratios[f"reject {cfg} / hot keygate (req/s)"] = rej[0] / hot_kg[0]
-        summary = {"rows": rows, "ratios": ratios, "malformed_redis_calls": getattr(self, "malformed_redis_calls", None)}
+        summary = {"rows": rows, "ratios": ratios, "malformed_redis_calls": getattr(self, "malformed_redis_calls", None),
+                   "seed_seconds": getattr(self, "seed_seconds", None), "flood": getattr(self, "flood_result", None)}
         with open(os.path.join(self.dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         print(json.dumps(ratios, indent=2))
@@ -280,6 +326,8 @@ http {{
             assert hot_kg and hot_kg[0] > 0, "keygate served no requests"
             assert self.median("hot", "keygate", "non2xx")[0] == 0, "keygate refused valid keys"
             assert summary["malformed_redis_calls"] == 0, "malformed keys reached Redis"
+            assert self.median("cold", "keygate", "non2xx")[0] == 0, "cold keys were refused"
+            assert summary["flood"]["cache_entries"] <= a.cache_entries, "the cache outgrew its bound"
             print(f"smoke ok: harness works ({self.dir})")
             return
         self.chart(rows)
@@ -326,6 +374,13 @@ plot '{data}' using 2:xtic(1) title 'p50', '' using 3 title 'p99', '' using 4 ti
             rss_col = fmt(r["keygate_rss_mb"]) if r["config"] not in ("direct", "nginx") else "—"
             lines.append(f"| {r['scenario']} | {r['config']} | {fmt(r['rps'])} | {fmt(r['p50_ms'], prec=3)} | "
                          f"{fmt(r['p99_ms'], prec=3)} | {fmt(r['p999_ms'], prec=3)} | {cpu_col} | {rss_col} |")
+        if summary["seed_seconds"] is not None:
+            lines.append(f"\n- cold: {a.cold_keys} keys seeded in {summary['seed_seconds']:.1f} s (pipelined `admin key create-many`)")
+        if summary["flood"]:
+            fl = summary["flood"]
+            lines.append(f"- flood: {fl['keys_sent']} distinct unknown keys sent; keygate RSS {fl['rss_before_mb']:.0f} MB before, "
+                         f"{fl['rss_after_mb']:.0f} MB after (peak {fl['peak_rss_mb']:.0f} MB); cache entries "
+                         f"{fl['cache_entries']:.0f} of a bound of {fl['cache_bound']}")
         lines.append("\n| ratio (same run) | value |\n|---|---|")
         lines += [f"| {k} | {v:.2f} |" for k, v in ratios.items()]
         lines.append("\n![latency percentiles](latency.png)\n")
@@ -344,13 +399,17 @@ def main():
     p.add_argument("--wrk-core", default=str(os.cpu_count() - 1))
     p.add_argument("--hot-keys", type=int, default=1000)
     p.add_argument("--cache-entries", type=int, default=100000)
-    p.add_argument("--scenarios", default="hot,reject")
+    p.add_argument("--cold-keys", type=int, default=1_000_000)
+    p.add_argument("--flood-keys", type=int, default=1_000_000)
+    p.add_argument("--flood-duration", type=int, default=40, help="seconds; long enough to send every flood key once")
+    p.add_argument("--scenarios", default="hot,reject,cold,flood")
     p.add_argument("--no-nginx", dest="with_nginx", action="store_false")
     p.add_argument("--smoke", action="store_true", help="a few seconds: checks the harness works; writes no results")
     a = p.parse_args()
     a.scenarios = a.scenarios.split(",")
     if a.smoke:
         a.duration, a.runs, a.connections, a.hot_keys = 1, 1, 8, 50
+        a.cold_keys, a.flood_keys, a.flood_duration, a.cache_entries = 2000, 3000, 1, 1000
     b = Bench(a)
     try:
         b.run()
