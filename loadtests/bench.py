@@ -15,6 +15,8 @@ and a 100 MB upload. Each figure is the median of the runs, with min-max spread.
 
 import argparse
 import datetime
+import hashlib
+import http.client
 import json
 import os
 import platform
@@ -60,6 +62,19 @@ def fake_key(prefix="kg", valid_checksum=True):
     if not valid_checksum:
         sum_ = sum_[:-1] + ("A" if sum_[-1] != "A" else "B")
     return f"{prefix}_{body}{sum_}"
+
+
+class HttpClient:
+    """One keep-alive connection for polling a key's status."""
+
+    def __init__(self, port):
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+
+    def status(self, key):
+        self.conn.request("GET", "/v1/predict", headers={"apikey": key})
+        res = self.conn.getresponse()
+        res.read()
+        return res.status
 
 
 class Bench:
@@ -269,6 +284,65 @@ http {{
                              "cache_entries": entries, "cache_bound": a.cache_entries}
         print(f"  flood: {self.flood_result}", flush=True)
 
+    def revocation(self):
+        """Two instances under hot load; revoke keys one by one; time until each instance answers 401."""
+        a = self.args
+        port2, admin2 = free_port(), free_port()
+        self.keygate("keygate2", port2, admin2)
+        path = os.path.join(self.dir, "revoke.txt")
+        self.admin("key", "create-many", "--user", "loadtest", "--count", str(a.revocations), "--scopes", "predict", "--out", path)
+        with open(path) as f:
+            keys = [l.strip() for l in f]
+        load = subprocess.Popen(["taskset", "-c", a.wrk_core, "wrk", "-t1", f"-c{a.connections}", f"-d{a.duration * 6}s",
+                                 "-s", os.path.join(HERE, "keys.lua"), f"http://127.0.0.1:{self.kg_port}/v1/predict", "--",
+                                 self.hot_keys, "0"], stdout=subprocess.DEVNULL)
+        conns = [HttpClient(self.kg_port), HttpClient(port2)]
+        times = {0: [], 1: []}
+        try:
+            time.sleep(1)
+            for key in keys:
+                assert all(c.status(key) == 200 for c in conns), "key not usable before revocation"
+                hexhash = hashlib.sha256(key.encode()).hexdigest()
+                key_id = self.redis("GET", f"kg:keyhash:{hexhash}").strip()
+                self.admin("key", "revoke", key_id)
+                committed = time.perf_counter()
+                for i, c in enumerate(conns):
+                    while c.status(key) != 401:
+                        if time.perf_counter() - committed > 5:
+                            raise SystemExit("a revocation never arrived")
+                    times[i].append((time.perf_counter() - committed) * 1000)
+        finally:
+            load.terminate()
+            load.wait()
+        q = lambda v, p: sorted(v)[min(len(v) - 1, int(len(v) * p))]
+        self.revocation_result = {f"instance {i + 1}": {"p50_ms": q(v, 0.5), "p99_ms": q(v, 0.99), "max_ms": max(v)}
+                                  for i, v in times.items()}
+        print(f"  revocation: {self.revocation_result}", flush=True)
+
+    def upload(self):
+        """A 100 MB multipart upload through keygate: RSS growth must stay well below the body size."""
+        a = self.args
+        path = os.path.join(self.dir, "upload.bin")
+        with open(path, "wb") as f:
+            f.truncate(a.upload_mb * 1024 * 1024)
+        peak, stop = [self.rss_mb(self.kg.pid)], []
+        def sample():
+            while not stop:
+                peak.append(self.rss_mb(self.kg.pid))
+                time.sleep(0.005)
+        import threading
+        rss0 = self.rss_mb(self.kg.pid)
+        t = threading.Thread(target=sample)
+        t.start()
+        out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total}", "-X", "POST",
+                              f"http://127.0.0.1:{self.kg_port}/v1/predict", "-H", f"apikey: {self.hot_list[0]}",
+                              "-F", f"file=@{path}"], capture_output=True, text=True, check=True).stdout.split()
+        stop.append(True)
+        t.join()
+        self.upload_result = {"status": int(out[0]), "seconds": float(out[1]), "size_mb": a.upload_mb,
+                              "rss_before_mb": rss0, "rss_peak_growth_mb": max(peak) - rss0}
+        print(f"  upload: {self.upload_result}", flush=True)
+
     def metric(self, port, name):
         with socket.create_connection(("127.0.0.1", port)) as c:
             c.sendall(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
@@ -287,8 +361,9 @@ http {{
             print(f"run {run + 1}/{self.args.runs}", flush=True)
             for s in scenarios:
                 getattr(self, s)(run)
-        if "flood" in self.args.scenarios:
-            self.flood()
+        for once in ["flood", "revocation", "upload"]:
+            if once in self.args.scenarios:
+                getattr(self, once)()
         self.report()
 
     # ------------------------------------------------------------------ reporting
@@ -318,7 +393,8 @@ http {{
             if rej and hot_kg:
                 ratios[f"reject {cfg} / hot keygate (req/s)"] = rej[0] / hot_kg[0]
         summary = {"rows": rows, "ratios": ratios, "malformed_redis_calls": getattr(self, "malformed_redis_calls", None),
-                   "seed_seconds": getattr(self, "seed_seconds", None), "flood": getattr(self, "flood_result", None)}
+                   "seed_seconds": getattr(self, "seed_seconds", None), "flood": getattr(self, "flood_result", None),
+                   "revocation": getattr(self, "revocation_result", None), "upload": getattr(self, "upload_result", None)}
         with open(os.path.join(self.dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         print(json.dumps(ratios, indent=2))
@@ -328,6 +404,8 @@ http {{
             assert summary["malformed_redis_calls"] == 0, "malformed keys reached Redis"
             assert self.median("cold", "keygate", "non2xx")[0] == 0, "cold keys were refused"
             assert summary["flood"]["cache_entries"] <= a.cache_entries, "the cache outgrew its bound"
+            assert summary["upload"]["status"] == 200, "the upload failed"
+            assert all(v["max_ms"] < 5000 for v in summary["revocation"].values())
             print(f"smoke ok: harness works ({self.dir})")
             return
         self.chart(rows)
@@ -381,6 +459,16 @@ plot '{data}' using 2:xtic(1) title 'p50', '' using 3 title 'p99', '' using 4 ti
             lines.append(f"- flood: {fl['keys_sent']} distinct unknown keys sent; keygate RSS {fl['rss_before_mb']:.0f} MB before, "
                          f"{fl['rss_after_mb']:.0f} MB after (peak {fl['peak_rss_mb']:.0f} MB); cache entries "
                          f"{fl['cache_entries']:.0f} of a bound of {fl['cache_bound']}")
+        if summary["revocation"]:
+            rv = summary["revocation"]
+            lines.append(f"- revocation under hot load, {a.revocations} keys revoked one by one (time from the revoke "
+                         "command's commit until the instance answers 401): "
+                         + "; ".join(f"{k}: p50 {v['p50_ms']:.1f} ms, p99 {v['p99_ms']:.1f} ms, max {v['max_ms']:.1f} ms"
+                                     for k, v in rv.items()))
+        if summary["upload"]:
+            up = summary["upload"]
+            lines.append(f"- upload: {up['size_mb']} MB multipart through keygate in {up['seconds']:.2f} s (status "
+                         f"{up['status']}); keygate RSS grew by at most {up['rss_peak_growth_mb']:.1f} MB")
         lines.append("\n| ratio (same run) | value |\n|---|---|")
         lines += [f"| {k} | {v:.2f} |" for k, v in ratios.items()]
         lines.append("\n![latency percentiles](latency.png)\n")
@@ -402,7 +490,9 @@ def main():
     p.add_argument("--cold-keys", type=int, default=1_000_000)
     p.add_argument("--flood-keys", type=int, default=1_000_000)
     p.add_argument("--flood-duration", type=int, default=40, help="seconds; long enough to send every flood key once")
-    p.add_argument("--scenarios", default="hot,reject,cold,flood")
+    p.add_argument("--revocations", type=int, default=100)
+    p.add_argument("--upload-mb", type=int, default=100)
+    p.add_argument("--scenarios", default="hot,reject,cold,flood,revocation,upload")
     p.add_argument("--no-nginx", dest="with_nginx", action="store_false")
     p.add_argument("--smoke", action="store_true", help="a few seconds: checks the harness works; writes no results")
     a = p.parse_args()
@@ -410,6 +500,7 @@ def main():
     if a.smoke:
         a.duration, a.runs, a.connections, a.hot_keys = 1, 1, 8, 50
         a.cold_keys, a.flood_keys, a.flood_duration, a.cache_entries = 2000, 3000, 1, 1000
+        a.revocations, a.upload_mb = 5, 5
     b = Bench(a)
     try:
         b.run()

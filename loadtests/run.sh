@@ -12,6 +12,8 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light
 command -v gnuplot >/dev/null 2>&1 || need+=(gnuplot-nox)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 if [ ${#need[@]} -gt 0 ]; then
   echo "loadtests: installing ${need[*]} from Debian's packages" >&2
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
