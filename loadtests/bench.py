@@ -489,7 +489,7 @@ def main():
     p.add_argument("--cache-entries", type=int, default=100000)
     p.add_argument("--cold-keys", type=int, default=1_000_000)
     p.add_argument("--flood-keys", type=int, default=1_000_000)
-    p.add_argument("--flood-duration", type=int, default=40, help="seconds; long enough to send every flood key once")
+    p.add_argument("--flood-duration", type=int, default=60, help="seconds; long enough to send every flood key once")
     p.add_argument("--revocations", type=int, default=100)
     p.add_argument("--upload-mb", type=int, default=100)
     p.add_argument("--scenarios", default="hot,reject,cold,flood,revocation,upload")
