@@ -267,8 +267,8 @@ impl Cache {
 
     fn recently_failed(&self) -> bool {
         let at = self.last_failure_ms.load(Ordering::Relaxed);
-        at != 0
-            && self.started.elapsed().as_millis() as u64 - at < STALE_RETRY_AFTER.as_millis() as u64
+        let now = self.started.elapsed().as_millis() as u64;
+        at != 0 && now.saturating_sub(at) < STALE_RETRY_AFTER.as_millis() as u64
     }
 
     fn note(&self, result: &Result<impl Sized, Arc<StoreError>>) {

@@ -217,3 +217,19 @@ async fn invalidations_drop_the_right_entries() {
     );
     assert_eq!(parse_hash("zz"), None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_is_recent_for_the_retry_pause_only() {
+    let cache = Cache::new(cfg(10));
+    assert!(!cache.recently_failed());
+    // Checked within the same millisecond as the failure (this once underflowed).
+    cache.note(&Err::<(), _>(Arc::new(down())));
+    assert!(cache.recently_failed());
+    tokio::time::advance(STALE_RETRY_AFTER + Duration::from_millis(5)).await;
+    assert!(!cache.recently_failed());
+    // Failures that are not Redis being unavailable do not pause lookups.
+    let corrupt = StoreError::Corrupt(crate::store::model::BadRecord("x"));
+    let fresh = Cache::new(cfg(10));
+    fresh.note(&Err::<(), _>(Arc::new(corrupt)));
+    assert!(!fresh.recently_failed());
+}
