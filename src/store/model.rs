@@ -196,10 +196,25 @@ fn parsed<T: std::str::FromStr>(f: &Fields, name: &'static str) -> Result<T, Bad
     field(f, name)?.parse().map_err(|_| BadRecord(name))
 }
 
-fn list<T>(f: &Fields, name: &'static str, make: fn(String) -> T) -> Vec<T> {
-    f.get(name)
-        .map(|s| s.split_whitespace().map(|x| make(x.to_owned())).collect())
-        .unwrap_or_default()
+/// An id field: must be a slug, so it is safe in headers and key names whoever wrote Redis.
+fn slug<T>(f: &Fields, name: &'static str, make: fn(String) -> T) -> Result<T, BadRecord> {
+    let value = field(f, name)?;
+    is_valid_id(value)
+        .then(|| make(value.to_owned()))
+        .ok_or(BadRecord(name))
+}
+
+/// A space-separated list whose every item passes `valid`.
+fn list<T>(
+    f: &Fields,
+    name: &'static str,
+    valid: fn(&str) -> bool,
+    make: fn(String) -> T,
+) -> Result<Vec<T>, BadRecord> {
+    let items = f.get(name).map_or("", String::as_str).split_whitespace();
+    items
+        .map(|x| valid(x).then(|| make(x.to_owned())).ok_or(BadRecord(name)))
+        .collect()
 }
 
 /// Joins a list of ids or scopes the way records store them (space-separated).
@@ -225,7 +240,7 @@ impl User {
     pub fn from_fields(id: UserId, f: &Fields) -> Result<Self, BadRecord> {
         Ok(User {
             id,
-            org_id: OrgId(field(f, "org_id")?.to_owned()),
+            org_id: slug(f, "org_id", OrgId)?,
             name: field(f, "name")?.to_owned(),
             role: parsed(f, "role")?,
             status: parsed(f, "status")?,
@@ -248,7 +263,7 @@ impl Project {
     pub fn from_fields(id: ProjectId, f: &Fields, members: Vec<UserId>) -> Result<Self, BadRecord> {
         Ok(Project {
             id,
-            org_id: OrgId(field(f, "org_id")?.to_owned()),
+            org_id: slug(f, "org_id", OrgId)?,
             name: field(f, "name")?.to_owned(),
             visibility: parsed(f, "visibility")?,
             members,
@@ -261,12 +276,12 @@ impl KeyRecord {
     pub fn from_fields(f: &Fields) -> Result<Self, BadRecord> {
         let expires_at: u64 = parsed(f, "expires_at")?;
         Ok(KeyRecord {
-            id: KeyId(field(f, "id")?.to_owned()),
-            org_id: OrgId(field(f, "org_id")?.to_owned()),
-            user_id: UserId(field(f, "user_id")?.to_owned()),
+            id: slug(f, "id", KeyId)?,
+            org_id: slug(f, "org_id", OrgId)?,
+            user_id: slug(f, "user_id", UserId)?,
             name: field(f, "name")?.to_owned(),
-            scopes: list(f, "scopes", Scope::new),
-            project_ids: list(f, "project_ids", ProjectId),
+            scopes: list(f, "scopes", Scope::is_well_formed, Scope::new)?,
+            project_ids: list(f, "project_ids", is_valid_id, ProjectId)?,
             status: parsed(f, "status")?,
             created_at: parsed(f, "created_at")?,
             expires_at: (expires_at != 0).then_some(expires_at),
@@ -330,6 +345,38 @@ mod tests {
             .map(|(k, v)| (k.to_owned(), v))
             .collect();
         assert_eq!(KeyRecord::from_fields(&fields).unwrap(), key);
+    }
+
+    #[test]
+    fn records_from_redis_must_be_header_safe() {
+        let good: Fields = [
+            ("id", "key_1"),
+            ("org_id", "acme"),
+            ("user_id", "u1"),
+            ("name", "n"),
+            ("scopes", "predict"),
+            ("project_ids", ""),
+            ("status", "active"),
+            ("created_at", "1"),
+            ("expires_at", "0"),
+            ("display", "kg_…"),
+            ("legacy", "0"),
+            ("hash", "ab"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert!(KeyRecord::from_fields(&good).is_ok());
+        for (field, bad) in [
+            ("user_id", "u1\r\nx-evil: 1"),
+            ("org_id", "a b"),
+            ("scopes", "predict Bad\u{7f}"),
+            ("project_ids", "p/1"),
+        ] {
+            let mut f = good.clone();
+            f.insert(field.to_owned(), bad.to_owned());
+            assert_eq!(KeyRecord::from_fields(&f).unwrap_err().0, field);
+        }
     }
 
     #[test]
