@@ -57,6 +57,10 @@ pub mod defaults {
     /// Open downstream connections per listener; more wait in the kernel's accept queue.
     pub const MAX_CONNECTIONS: usize = 10_000;
     pub const KEY_PREFIX: &str = "kg";
+    /// Longest key validity over the API (like the platforms keygate fronts).
+    pub const MAX_VALIDITY: &str = "25weeks";
+    /// Environment variable holding the management API's bootstrap token.
+    pub const ADMIN_TOKEN_ENV: &str = "KEYGATE_ADMIN_TOKEN";
     pub const LOG_LEVEL: &str = "info";
     /// Scope presets every deployment has (a config may add or override).
     pub const PRESETS: [(&str, &[&str]); 3] = [
@@ -78,10 +82,16 @@ pub struct Config {
     pub workers: usize,
     pub listeners: Vec<ListenerConfig>,
     pub admin_addr: SocketAddr,
+    /// Bootstrap token for the management API (from the environment); `None` disables it.
+    pub admin_token: Option<Secret>,
     pub redis: RedisConfig,
     pub cache: CacheConfig,
     pub limits: Limits,
     pub keys: KeyFormat,
+    /// Longest validity a key may be created with over the API.
+    pub max_validity: Duration,
+    /// Whether the API may create keys that never expire.
+    pub allow_no_expiry: bool,
     /// Preset name → scopes; used when creating keys.
     pub presets: BTreeMap<String, Vec<Scope>>,
     pub log: LogConfig,

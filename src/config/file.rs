@@ -56,6 +56,7 @@ pub(super) struct ServerFile {
 #[serde(deny_unknown_fields)]
 pub(super) struct AdminFile {
     pub(super) addr: String,
+    pub(super) token_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,6 +96,8 @@ pub(super) struct LimitsFile {
 #[serde(deny_unknown_fields)]
 pub(super) struct KeysFile {
     pub(super) prefix: Option<String>,
+    pub(super) max_validity: Option<String>,
+    pub(super) allow_no_expiry: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -68,6 +68,26 @@ impl Validator<'_> {
             })
             .collect();
         let admin_addr = self.addr("admin.addr", &f.admin.addr);
+        let token_env = f
+            .admin
+            .token_env
+            .as_deref()
+            .unwrap_or(defaults::ADMIN_TOKEN_ENV);
+        let admin_token = std::env::var(token_env)
+            .ok()
+            .filter(|t| !t.is_empty())
+            .map(Secret);
+        if admin_token.as_ref().is_some_and(|t| t.0.len() < 16) {
+            self.problem(
+                "admin.token_env",
+                format!("{token_env} must hold at least 16 characters (use a random token)"),
+            );
+        }
+        let max_validity = self.duration(
+            "keys.max_validity",
+            f.keys.max_validity.as_deref(),
+            defaults::MAX_VALIDITY,
+        );
         let redis = self.redis(&f.redis);
         let cache = CacheConfig {
             max_entries: f.cache.max_entries.unwrap_or(defaults::CACHE_MAX_ENTRIES),
@@ -127,10 +147,13 @@ impl Validator<'_> {
             workers,
             listeners,
             admin_addr,
+            admin_token,
             redis: redis?,
             cache,
             limits,
             keys: KeyFormat::new(&prefix),
+            max_validity,
+            allow_no_expiry: f.keys.allow_no_expiry.unwrap_or(false),
             presets,
             log,
             routes,

@@ -35,6 +35,29 @@ pub struct CreatedKey {
     pub secret: String,
 }
 
+/// A key's scopes: at least one, each well formed and within the owner's role ceiling.
+fn check_scopes(owner: &User, scopes: &[Scope]) -> Result<(), StoreError> {
+    if scopes.is_empty() {
+        return Err(StoreError::Rejected(
+            "a key needs at least one scope".into(),
+        ));
+    }
+    for scope in scopes {
+        if !Scope::is_well_formed(scope.as_str()) {
+            return Err(StoreError::Rejected(format!(
+                "`{scope}` is not a scope like \"predict\" or \"models:read\""
+            )));
+        }
+        if !role_allows(owner.role, scope) {
+            return Err(StoreError::Rejected(format!(
+                "scope `{scope}` is beyond what a {} may do",
+                owner.role
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The record of a new, active key of `owner`.
 fn key_record(
     owner: &User,
@@ -77,24 +100,7 @@ impl Store {
         if new.name.trim().is_empty() || new.name.len() > 200 {
             return Err(StoreError::Rejected("name must be 1-200 characters".into()));
         }
-        if new.scopes.is_empty() {
-            return Err(StoreError::Rejected(
-                "a key needs at least one scope".into(),
-            ));
-        }
-        for scope in &new.scopes {
-            if !Scope::is_well_formed(scope.as_str()) {
-                return Err(StoreError::Rejected(format!(
-                    "`{scope}` is not a scope like \"predict\" or \"models:read\""
-                )));
-            }
-            if !role_allows(owner.role, scope) {
-                return Err(StoreError::Rejected(format!(
-                    "scope `{scope}` is beyond what a {} may do",
-                    owner.role
-                )));
-            }
-        }
+        check_scopes(&owner, &new.scopes)?;
         for project in &new.project_ids {
             self.existing_project(&owner.org_id, project).await?;
         }
@@ -269,6 +275,23 @@ impl Store {
         let mut key = self.key(id).await?;
         key.name = name.to_owned();
         self.update_key_fields(&key, &[("name", key.name.clone())])
+            .await?;
+        Ok(key)
+    }
+
+    /// Replaces a key's scopes; they must stay within its owner's role ceiling.
+    pub async fn set_key_scopes(
+        &self,
+        id: &KeyId,
+        mut scopes: Vec<Scope>,
+    ) -> Result<KeyRecord, StoreError> {
+        let mut key = self.key(id).await?;
+        let owner = self.user(&key.user_id).await?;
+        check_scopes(&owner, &scopes)?;
+        scopes.sort();
+        scopes.dedup();
+        key.scopes = scopes;
+        self.update_key_fields(&key, &[("scopes", super::model::join(&key.scopes))])
             .await?;
         Ok(key)
     }
