@@ -5,9 +5,9 @@
 //! | `GET /healthz` | 200 while the process serves at all (liveness) |
 //! | `GET /readyz`  | 200 when the config is loaded, Redis answers a PING and we are not draining; else 503 with the reason. The body also says whether the invalidation subscription is `live` |
 //! | `GET /metrics` | Prometheus text format (see `metrics`) |
+//! | `/v1/…` | the management API (`api`) |
 //!
 //! It is meant for the operators' network only: bind it to loopback or a private address.
-//! (The management API of a later issue mounts here too.)
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -59,6 +59,9 @@ pub async fn handle(
     gw: Arc<Gateway>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    if req.uri().path().starts_with("/v1/") {
+        return Ok(crate::api::handle(&gw, req).await.map(Either::Right));
+    }
     let res = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({ "status": "ok" })),
         (&Method::GET, "/readyz") => readiness(&gw).await,

@@ -17,7 +17,7 @@
 //! - [`cache`]: hot entries (bounded, TTL, negative entries, one fetch in flight per key,
 //!   stale-if-error) and the invalidation subscriber.
 //! - [`policy`]: pure: may this key do this on this route and project, now?
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`; [`api`]: the management API under `/v1`.
 //! - [`metrics`], [`telemetry`], [`error`]: as named.
 //! - [`demo`]: a tiny upstream for the demo and benchmarks.
 //!
@@ -31,6 +31,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod api;
 pub mod cache;
 pub mod cli;
 pub mod config;

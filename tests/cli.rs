@@ -192,8 +192,10 @@ async fn bootstrap_cli_and_serve_work_end_to_end() {
     );
 
     // `serve` as a real process.
+    let bootstrap = "bootstrap-token-0123456789abcdef";
     let mut child = Command::new(BIN)
         .args(["serve", "--config", config.to_str().unwrap()])
+        .env("KEYGATE_ADMIN_TOKEN", bootstrap)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -214,6 +216,24 @@ async fn bootstrap_cli_and_serve_work_end_to_end() {
     let (status, _, _) = get_with(gw, "/v1/projects/p1/predict", &[("apikey", &secret)]).await;
     assert_eq!(status.as_u16(), 200);
     assert_eq!(upstream.last().headers["x-keygate-key-id"], key_id.as_str());
+    // The bootstrap token (from the environment) may create a key for any user over the API.
+    let req = http::Request::post(format!("http://{admin_addr}/v1/keys"))
+        .header("authorization", format!("Bearer {bootstrap}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            r#"{"name": "from bootstrap", "scopes": ["inference"], "user_id": "alice", "expires_in": "1h"}"#,
+        )))
+        .unwrap();
+    let (status, _, body) = send(req).await;
+    assert_eq!(status.as_u16(), 201, "{body:?}");
+    let created: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let via_api = created["secret"].as_str().unwrap();
+    let (status, _, _) = get_with(gw, "/v1/projects/p1/predict", &[("apikey", via_api)]).await;
+    assert_eq!(status.as_u16(), 200);
+    let wrong = http::Request::get(format!("http://{admin_addr}/v1/keys?org_id=acme"))
+        .header("authorization", "Bearer bootstrap-token-0123456789abcdeX")
+        .body(http_body_util::Full::default())
+        .unwrap();
+    assert_eq!(send(wrong).await.0.as_u16(), 401);
     for bulk_key in [&bulk[0], &bulk[1499]] {
         let (status, _, _) = get_with(gw, "/v1/projects/p1/predict", &[("apikey", bulk_key)]).await;
         assert_eq!(status.as_u16(), 200);

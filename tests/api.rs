@@ -1,0 +1,310 @@
+//! The management API's key endpoints and their rules, end to end through the data plane.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http_body_util::Full;
+use serde_json::{Value, json};
+
+async fn api(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{admin}{path}"));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let body = body.map_or_else(Full::default, |b| Full::new(Bytes::from(b.to_string())));
+    let (status, _, bytes) = send(req.body(body).unwrap()).await;
+    let value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    (status.as_u16(), value)
+}
+
+/// Polls the data plane until a key gets `want` (an error code, or "ok" for 200); changes reach
+/// replicas through pub/sub, within milliseconds but not synchronously.
+async fn eventually(w: &World, key: &str, want: &str) {
+    for _ in 0..200 {
+        let (status, _, body) = get_with(w.gw.addr, "/v1/projects/p1/x", &[("apikey", key)]).await;
+        let got = if status == 200 {
+            "ok".to_owned()
+        } else {
+            code(&body)
+        };
+        if got == want {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("the data plane never answered {want}");
+}
+
+/// A member's key that may manage their own keys.
+async fn manager(w: &World, user: &str) -> String {
+    new_key(
+        &w.store,
+        &w.gw.config,
+        user,
+        &["keys:manage", "predict"],
+        &[],
+    )
+    .await
+    .0
+}
+
+#[tokio::test]
+async fn callers_must_present_a_management_key() {
+    let w = World::start().await;
+    let a = w.gw.admin;
+    let (s, v) = api(a, "GET", "/v1/keys", None, None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("unauthenticated"))
+    );
+    let (s, _) = api(a, "GET", "/v1/keys", Some("kg_not-a-key"), None).await;
+    assert_eq!(s, 401);
+    let (s, v) = api(a, "GET", "/v1/keys", Some(&w.keys.alice), None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "a data-plane key cannot manage"
+    );
+    let (s, _) = api(
+        a,
+        "GET",
+        "/v1/nothing",
+        Some(&manager(&w, "alice").await),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn a_member_manages_their_own_keys_through_the_whole_lifecycle() {
+    let w = World::start().await;
+    let (a, me) = (w.gw.admin, manager(&w, "alice").await);
+    let t = Some(me.as_str());
+
+    let (s, created) = api(
+        a,
+        "POST",
+        "/v1/keys",
+        t,
+        Some(json!({"name": "laptop", "scopes": ["inference"], "expires_in": "30d"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{created}");
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["scopes"], json!(["predict"]));
+    assert_eq!(created["user_id"], "alice");
+    eventually(&w, &secret, "ok").await;
+
+    // Shown masked afterwards, never the secret.
+    let (s, shown) = api(a, "GET", &format!("/v1/keys/{id}"), t, None).await;
+    assert_eq!(s, 200);
+    assert!(shown.get("secret").is_none() && !shown.to_string().contains(&secret[3..]));
+    assert!(shown["display"].as_str().unwrap().contains('…'));
+    let (s, listed) = api(a, "GET", "/v1/keys", t, None).await;
+    assert_eq!(s, 200);
+    assert!(
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["id"] == id.as_str())
+    );
+    assert!(
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["user_id"] == "alice"),
+        "only own keys"
+    );
+
+    let (s, renamed) = api(
+        a,
+        "PATCH",
+        &format!("/v1/keys/{id}"),
+        t,
+        Some(json!({"name": "old laptop", "scopes": ["predict", "models:read"]})),
+    )
+    .await;
+    assert_eq!((s, renamed["name"].as_str()), (200, Some("old laptop")));
+    assert_eq!(renamed["scopes"], json!(["models:read", "predict"]));
+
+    let (s, v) = api(a, "DELETE", &format!("/v1/keys/{id}"), t, None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("key_not_revoked"))
+    );
+    assert_eq!(
+        api(a, "POST", &format!("/v1/keys/{id}/revoke"), t, None)
+            .await
+            .0,
+        200
+    );
+    eventually(&w, &secret, "key_revoked").await;
+    assert_eq!(
+        api(a, "POST", &format!("/v1/keys/{id}/activate"), t, None)
+            .await
+            .0,
+        200
+    );
+    eventually(&w, &secret, "ok").await;
+    assert_eq!(
+        api(a, "POST", &format!("/v1/keys/{id}/revoke"), t, None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        api(a, "DELETE", &format!("/v1/keys/{id}"), t, None).await.0,
+        204
+    );
+    assert_eq!(
+        api(a, "GET", &format!("/v1/keys/{id}"), t, None).await.0,
+        404
+    );
+    eventually(&w, &secret, "invalid_api_key").await;
+}
+
+#[tokio::test]
+async fn refusals_name_the_rule_or_field() {
+    let w = World::start().await;
+    let (a, me) = (w.gw.admin, manager(&w, "alice").await);
+    let t = Some(me.as_str());
+    let create = |body: Value| api(a, "POST", "/v1/keys", t, Some(body));
+    let (s, v) = create(json!({"name": "x", "scopes": ["admin"]})).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "keys:manage cannot mint admin: {v}"
+    );
+    let (s, v) = create(json!({"name": "x", "scopes": ["predict"], "expires_in": "30s"})).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (422, Some("invalid_field"))
+    );
+    assert!(v["message"].as_str().unwrap().contains("expires_in"));
+    let (s, v) = create(json!({"name": "x", "scopes": ["predict"], "expires_in": "30weeks"})).await;
+    assert_eq!(s, 422, "beyond the 25-week maximum: {v}");
+    let (s, v) = create(json!({"name": "x", "scopes": ["Not A Scope"]})).await;
+    assert_eq!(s, 422);
+    assert!(v["message"].as_str().unwrap().contains("scopes"));
+    let (s, v) = create(json!({"name": "x", "scopes": ["predict"], "colour": "red"})).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid_json"))
+    );
+    assert!(v["message"].as_str().unwrap().contains("colour"));
+    let (s, _) = create(json!({"name": "x", "scopes": ["predict"], "user_id": "bob"})).await;
+    assert_eq!(s, 404, "a member cannot create keys for others");
+    let (s, _) = create(json!({"name": "x", "scopes": ["predict"], "user_id": "gina"})).await;
+    assert_eq!(s, 404, "nor see other orgs' users");
+    // Other people's keys are not found, in the org and across orgs.
+    let (_, bob_id) = new_key(&w.store, &w.gw.config, "bob", &["predict"], &[]).await;
+    assert_eq!(
+        api(a, "GET", &format!("/v1/keys/{bob_id}"), t, None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        api(a, "POST", &format!("/v1/keys/{bob_id}/revoke"), t, None)
+            .await
+            .0,
+        404
+    );
+    let gina = manager(&w, "gina").await;
+    assert_eq!(
+        api(
+            a,
+            "GET",
+            &format!("/v1/keys/{}", w.keys.alice_id),
+            Some(&gina),
+            None
+        )
+        .await
+        .0,
+        404
+    );
+    // Guests can do nothing, even with an old management key.
+    w.store
+        .update_user(
+            &keygate::store::model::UserId("alice".into()),
+            Some(keygate::store::model::Role::Guest),
+            None,
+        )
+        .await
+        .unwrap();
+    let (s, _) = api(a, "GET", "/v1/keys", t, None).await;
+    assert_eq!(s, 403);
+}
+
+#[tokio::test]
+async fn an_admin_manages_every_key_of_the_org() {
+    let w = World::start().await;
+    let (a, ada) = (w.gw.admin, w.keys.ada.clone());
+    let t = Some(ada.as_str());
+    let (s, v) = api(
+        a,
+        "POST",
+        "/v1/keys",
+        t,
+        Some(json!({"name": "for bob", "scopes": ["inference"], "user_id": "bob"})),
+    )
+    .await;
+    assert_eq!((s, v["user_id"].as_str()), (201, Some("bob")), "{v}");
+    let (s, v) = api(
+        a,
+        "POST",
+        "/v1/keys",
+        t,
+        Some(json!({"name": "too much", "scopes": ["all"], "user_id": "bob"})),
+    )
+    .await;
+    assert_eq!(
+        s, 422,
+        "a member's key cannot exceed the member ceiling: {v}"
+    );
+    let (s, all) = api(a, "GET", "/v1/keys?limit=2", t, None).await;
+    assert_eq!(s, 200);
+    assert_eq!(all["items"].as_array().unwrap().len(), 2);
+    assert_eq!(all["next_offset"], 2);
+    assert!(all["total"].as_u64().unwrap() >= 5, "every acme key: {all}");
+    let (_, bobs) = api(a, "GET", "/v1/keys?user_id=bob&status=active", t, None).await;
+    assert!(
+        bobs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["user_id"] == "bob" && k["status"] == "active")
+    );
+    let (s, _) = api(
+        a,
+        "POST",
+        &format!("/v1/keys/{}/revoke", w.keys.alice_id),
+        t,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    eventually(&w, &w.keys.alice, "key_revoked").await;
+    let (s, _) = api(a, "GET", "/v1/keys?status=lost", t, None).await;
+    assert_eq!(s, 422);
+}
