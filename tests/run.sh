@@ -16,6 +16,11 @@ fi
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
-cargo test --all-targets
+log=$(mktemp)
+cargo test --all-targets 2>&1 | tee "$log"
 # The benchmark harness, in smoke mode (a few seconds; installs wrk, nginx, gnuplot if missing).
 bash loadtests/run.sh --smoke
+
+# One closing line with the totals of every cargo test binary.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+rm -f "$log"
