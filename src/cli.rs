@@ -222,19 +222,7 @@ fn print<T: Serialize>(json: bool, value: &T, table: impl FnOnce(&T) -> String) 
 
 /// Expands presets and checks scope syntax.
 fn scopes(config: &Config, names: &[String]) -> Result<Vec<Scope>, StoreError> {
-    let mut out = Vec::new();
-    for name in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
-        match config.presets.get(name) {
-            Some(expanded) => out.extend(expanded.iter().cloned()),
-            None if Scope::is_well_formed(name) => out.push(Scope::new(name.to_owned())),
-            None => {
-                return Err(StoreError::Rejected(format!(
-                    "`{name}` is neither a preset nor a scope"
-                )));
-            }
-        }
-    }
-    Ok(out)
+    config.scopes(names).map_err(StoreError::Rejected)
 }
 
 fn row(cells: &[&str]) -> String {

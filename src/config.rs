@@ -169,6 +169,36 @@ pub struct LogConfig {
     pub access_log: bool,
 }
 
+/// Scope names → scopes: presets expanded, syntax checked, sorted, duplicates removed. The
+/// error names the first name that is neither a preset nor a scope.
+pub fn expand_scopes(
+    presets: &BTreeMap<String, Vec<Scope>>,
+    names: &[String],
+) -> Result<Vec<Scope>, String> {
+    let mut out: Vec<Scope> = Vec::new();
+    for name in names.iter().map(|n| n.trim()) {
+        match presets.get(name) {
+            Some(expanded) => out.extend(expanded.iter().cloned()),
+            None if Scope::is_well_formed(name) => out.push(Scope::new(name.to_owned())),
+            None => {
+                return Err(format!(
+                    "`{name}` is neither a preset nor a scope like \"predict\" or \"models:read\""
+                ));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+impl Config {
+    /// Scope names or presets (from the CLI or the API) → scopes.
+    pub fn scopes(&self, names: &[String]) -> Result<Vec<Scope>, String> {
+        expand_scopes(&self.presets, names)
+    }
+}
+
 /// Why a config cannot be used: all problems at once, each with a hint.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

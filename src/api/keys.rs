@@ -42,20 +42,12 @@ pub struct UpdateKey {
 }
 
 fn scopes(gw: &Gateway, names: &[String]) -> Result<Vec<Scope>, ApiError> {
-    let mut out = Vec::new();
-    for name in names {
-        match gw.config.presets.get(name) {
-            Some(expanded) => out.extend(expanded.iter().cloned()),
-            None if Scope::is_well_formed(name) => out.push(Scope::new(name.clone())),
-            None => {
-                return Err(ApiError::Invalid {
-                    field: "scopes",
-                    message: format!("`{name}` is neither a preset nor a scope"),
-                });
-            }
-        }
-    }
-    Ok(out)
+    gw.config
+        .scopes(names)
+        .map_err(|message| ApiError::Invalid {
+            field: "scopes",
+            message,
+        })
 }
 
 /// The expiry a request asks for, within the configured bounds.

@@ -310,19 +310,10 @@ impl Validator<'_> {
         names: &[String],
         presets: &BTreeMap<String, Vec<Scope>>,
     ) -> Vec<Scope> {
-        let mut out: Vec<Scope> = Vec::new();
-        for name in names {
-            if let Some(expanded) = presets.get(name) {
-                out.extend(expanded.iter().cloned());
-            } else if Scope::is_well_formed(name) {
-                out.push(Scope::new(name.clone()));
-            } else {
-                self.problem(field, format!("`{name}` is neither a preset nor a scope like \"predict\" or \"models:read\""));
-            }
-        }
-        out.sort();
-        out.dedup();
-        out
+        expand_scopes(presets, names).unwrap_or_else(|e| {
+            self.problem(field, e);
+            Vec::new()
+        })
     }
 
     fn presets(&mut self, file: BTreeMap<String, Vec<String>>) -> BTreeMap<String, Vec<Scope>> {
