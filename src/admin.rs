@@ -20,6 +20,7 @@ use hyper::service::service_fn;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::api::json;
 use crate::error::json_error;
 use crate::proxy::{Gateway, ResponseBody};
 use crate::server::{serve_connection, stopped};
@@ -63,7 +64,7 @@ pub async fn handle(
         return Ok(crate::api::handle(&gw, req).await.map(Either::Right));
     }
     let res = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({ "status": "ok" })),
+        (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
         (&Method::GET, "/readyz") => readiness(&gw).await,
         (&Method::GET, "/metrics") => {
             let m = &gw.metrics;
@@ -93,7 +94,7 @@ async fn readiness(gw: &Gateway) -> Response<Full<Bytes>> {
     if gw.is_draining() {
         return json(
             StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({ "status": "draining" }),
+            &serde_json::json!({ "status": "draining" }),
         );
     }
     let invalidations = if gw.cache.is_subscribed() {
@@ -104,21 +105,11 @@ async fn readiness(gw: &Gateway) -> Response<Full<Bytes>> {
     match gw.store.ping().await {
         Ok(()) => json(
             StatusCode::OK,
-            serde_json::json!({ "status": "ready", "invalidations": invalidations }),
+            &serde_json::json!({ "status": "ready", "invalidations": invalidations }),
         ),
         Err(e) => json(
             StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({ "status": "key_store_unavailable", "error": e.to_string() }),
+            &serde_json::json!({ "status": "key_store_unavailable", "error": e.to_string() }),
         ),
     }
-}
-
-fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
-    let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
-    *res.status_mut() = status;
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    res
 }

@@ -196,7 +196,8 @@ async fn json_body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Api
     serde_json::from_slice(&body).map_err(|e| ApiError::BadJson(e.to_string()))
 }
 
-fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+/// A JSON response (also used by the admin endpoints).
+pub(crate) fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec(value).expect("API values serialize");
     let mut res = Response::new(Full::new(Bytes::from(body)));
     *res.status_mut() = status;

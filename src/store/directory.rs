@@ -20,7 +20,8 @@ fn check_id(kind: &str, id: &str) -> Result<(), StoreError> {
     }
 }
 
-fn check_name(name: &str) -> Result<(), StoreError> {
+/// Names (of orgs, users, projects, keys) are 1-200 characters and not blank.
+pub(crate) fn check_name(name: &str) -> Result<(), StoreError> {
     if name.trim().is_empty() || name.len() > 200 {
         Err(StoreError::Rejected("name must be 1-200 characters".into()))
     } else {

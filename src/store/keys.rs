@@ -6,7 +6,7 @@
 //! ceiling; restricted projects exist in the owner's org; an expiry is at least a minute away;
 //! only revoked keys can be deleted. Every write publishes `key:{hash}` in its transaction.
 
-use super::directory::new_id;
+use super::directory::{check_name, new_id};
 use super::model::{
     KeyId, KeyRecord, KeyStatus, OrgId, ProjectId, Role, User, UserId, UserStatus, unix_now,
 };
@@ -97,9 +97,7 @@ impl Store {
         if owner.role == Role::Guest {
             return Err(StoreError::Rejected("guests cannot have API keys".into()));
         }
-        if new.name.trim().is_empty() || new.name.len() > 200 {
-            return Err(StoreError::Rejected("name must be 1-200 characters".into()));
-        }
+        check_name(&new.name)?;
         check_scopes(&owner, &new.scopes)?;
         for project in &new.project_ids {
             self.existing_project(&owner.org_id, project).await?;
@@ -269,9 +267,7 @@ impl Store {
     }
 
     pub async fn rename_key(&self, id: &KeyId, name: &str) -> Result<KeyRecord, StoreError> {
-        if name.trim().is_empty() || name.len() > 200 {
-            return Err(StoreError::Rejected("name must be 1-200 characters".into()));
-        }
+        check_name(name)?;
         let mut key = self.key(id).await?;
         key.name = name.to_owned();
         self.update_key_fields(&key, &[("name", key.name.clone())])
