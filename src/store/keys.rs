@@ -120,12 +120,7 @@ impl Store {
         new: NewKey,
     ) -> Result<CreatedKey, StoreError> {
         let secret = format.generate();
-        let crate::credential::Credential::Key { hash, masked } = format
-            .parse(&secret)
-            .map_err(|e| StoreError::Rejected(e.to_string()))?
-        else {
-            unreachable!("a generated key parses as a key")
-        };
+        let (hash, masked) = (crate::credential::hash_key(&secret), format.mask(&secret));
         let record = self.insert_key(new, hash, masked, false).await?;
         Ok(CreatedKey { record, secret })
     }
