@@ -321,10 +321,7 @@ impl Cache {
     /// Applies one invalidation message.
     pub fn apply(&self, inv: &Invalidation) {
         match inv {
-            Invalidation::Key(hex) => match parse_hash(hex) {
-                Some(hash) => self.keys.remove(&hash),
-                None => self.clear(),
-            },
+            Invalidation::Key(hash) => self.keys.remove(hash),
             Invalidation::User(user) => self
                 .keys
                 .invalidate(|_, s| s.value.as_ref().is_some_and(|p| &p.owner.id == user)),
@@ -345,18 +342,6 @@ impl Cache {
     pub fn is_subscribed(&self) -> bool {
         self.subscribed.load(Ordering::Acquire)
     }
-}
-
-fn parse_hash(hex: &str) -> Option<KeyHash> {
-    let bytes = hex.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in bytes.chunks(2).enumerate() {
-        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-    }
-    Some(KeyHash(out))
 }
 
 /// How often the subscriber pings Redis to notice a dead subscription.

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::policy::Scope;
+use crate::store::audit::Actor;
 use crate::store::keys::NewKey;
 use crate::store::model::{
     KeyId, KeyStatus, OrgId, ProjectId, Role, UserId, UserStatus, Visibility, unix_now,
@@ -194,6 +195,9 @@ pub async fn run(config: &Config, args: AdminArgs) -> u8 {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
+    // Audited as the operator's login name, as far as the environment tells it.
+    let login = std::env::var("USER").unwrap_or_default();
+    let store = store.acting_as(Actor::named(format!("cli:{login}")));
     match execute(config, &store, args.command, args.json).await {
         Ok(()) => 0,
         Err(e) => fail(&e),

@@ -59,6 +59,9 @@ pub mod defaults {
     pub const KEY_PREFIX: &str = "kg";
     /// Longest key validity over the API (like the platforms keygate fronts).
     pub const MAX_VALIDITY: &str = "25weeks";
+    /// Key usage (last_used_at, request counts) is written to Redis this often, off the
+    /// request path: one pipelined round trip per interval and replica.
+    pub const USAGE_FLUSH_INTERVAL: &str = "10s";
     /// Environment variable holding the management API's bootstrap token.
     pub const ADMIN_TOKEN_ENV: &str = "KEYGATE_ADMIN_TOKEN";
     pub const LOG_LEVEL: &str = "info";
@@ -92,6 +95,11 @@ pub struct Config {
     pub max_validity: Duration,
     /// Whether the API may create keys that never expire.
     pub allow_no_expiry: bool,
+    /// How often each replica writes key usage to Redis.
+    pub usage_flush_interval: Duration,
+    /// When legacy key id + secret pairs stop working; until then their responses carry
+    /// `Deprecation` and `Sunset`.
+    pub legacy_sunset: Option<Sunset>,
     /// Preset name → scopes; used when creating keys.
     pub presets: BTreeMap<String, Vec<Scope>>,
     pub log: LogConfig,
@@ -113,6 +121,15 @@ impl fmt::Debug for ListenerConfig {
             if self.tls.is_some() { "tls" } else { "plain" }
         )
     }
+}
+
+/// The end of legacy credentials.
+#[derive(Clone, Debug)]
+pub struct Sunset {
+    /// Unix seconds.
+    pub at: u64,
+    /// The `Sunset` header value (an HTTP-date, RFC 8594).
+    pub header: http::HeaderValue,
 }
 
 /// A string that may hold a password: never printed.

@@ -30,11 +30,27 @@ pub struct KeyHash(pub [u8; 32]);
 
 impl KeyHash {
     pub fn to_hex(&self) -> String {
-        use std::fmt::Write;
-        self.0.iter().fold(String::with_capacity(64), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+        self.to_string()
+    }
+
+    /// Parses the 64 lower- or upper-case hex digits `to_hex` writes.
+    pub fn from_hex(hex: &str) -> Option<KeyHash> {
+        let bytes = hex.as_bytes();
+        if bytes.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (slot, pair) in out.iter_mut().zip(bytes.chunks(2)) {
+            *slot = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+        }
+        Some(KeyHash(out))
+    }
+}
+
+/// Hex: the form Redis key names and invalidation messages use (a hash is not a secret).
+impl fmt::Display for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
     }
 }
 
@@ -249,6 +265,17 @@ mod tests {
         assert_eq!(a.len(), 3 + RANDOM_LEN + CHECKSUM_LEN);
         assert_eq!(f.parse(&a), Ok(Credential::Key { hash: hash_key(&a) }));
         assert_eq!(f.mask(&a), format!("kg_{}…{}", &a[3..7], &a[a.len() - 4..]));
+    }
+
+    #[test]
+    fn hashes_round_trip_through_hex() {
+        let h = hash_key("kg_x");
+        assert_eq!(h.to_hex().len(), 64);
+        assert_eq!(KeyHash::from_hex(&h.to_hex()), Some(h));
+        assert_eq!(KeyHash::from_hex(&h.to_hex().to_uppercase()), Some(h));
+        for bad in ["", "zz", &"a".repeat(63), &"g".repeat(64), &"é".repeat(32)] {
+            assert_eq!(KeyHash::from_hex(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -122,6 +122,16 @@ impl GatewayError {
                 "key_expired",
                 "This API key has expired; create a new one.",
             ),
+            E::KeyRejected(KeyRejection::Rotated) => (
+                StatusCode::UNAUTHORIZED,
+                "key_rotated",
+                "This secret was replaced when its key was rotated; use the new secret.",
+            ),
+            E::KeyRejected(KeyRejection::LegacySunset) => (
+                StatusCode::UNAUTHORIZED,
+                "legacy_key_sunset",
+                "Legacy key and secret pairs are no longer accepted (see the Sunset header sent before); create an API key.",
+            ),
             E::KeyRejected(KeyRejection::OwnerDisabled) => (
                 StatusCode::UNAUTHORIZED,
                 "user_disabled",

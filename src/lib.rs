@@ -56,6 +56,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::proxy::forward::Upstreams;
+use crate::store::usage::Usage;
 use crate::store::{Store, StoreError};
 
 /// Why a replica could not start.
@@ -141,6 +142,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let store = Store::open(&config.redis)?;
     let cache = Arc::new(Cache::new(config.cache));
+    let usage = Arc::new(Usage::default());
     let draining = Arc::new(AtomicBool::new(false));
     let gateway = || {
         Arc::new(Gateway {
@@ -149,6 +151,7 @@ pub async fn run(
             store: store.clone(),
             cache: cache.clone(),
             metrics: metrics.clone(),
+            usage: usage.clone(),
             draining: draining.clone(),
         })
     };
@@ -159,6 +162,14 @@ pub async fn run(
         cache.clone(),
         store.clone(),
         metrics.clone(),
+        admin_stopped.clone(),
+    ));
+    // Usage is written one last time once the data plane has drained.
+    let usage_writer = tokio::spawn(store::usage::flush_every(
+        usage.clone(),
+        store.clone(),
+        metrics.clone(),
+        config.usage_flush_interval,
         admin_stopped.clone(),
     ));
     let admin_listener = tokio::net::TcpListener::from_std(listeners.admin)?;
@@ -198,6 +209,7 @@ pub async fn run(
     let _ = stop_admin.send(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), admin).await;
     let _ = subscriber.await;
+    let _ = usage_writer.await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -4,7 +4,9 @@
 //! DESIGN.md "Who may do what". Does not own: where the inputs come from (`cache`, `route`).
 //!
 //! Rules, in the order they are checked:
-//! 1. [`check_key`]: the key is active, not expired at `now`, and its owner is active.
+//! 1. [`check_key`]: the key is active and not expired at `now`; the presented secret is the
+//!    key's current one, or a rotated-out one within its grace period; a legacy pair is presented
+//!    before the legacy sunset; the owner is active.
 //! 2. [`authorize`]: the key's org is the route's org; the owner is not a guest; a project the
 //!    route names exists in that org; the owner is a member of it, or it is public, or the owner is
 //!    an org admin (who manages every project of the org anyway); the key is not
@@ -15,6 +17,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::credential::Credential;
 use crate::store::model::{KeyStatus, OrgId, Principal, Project, Role, UserStatus, Visibility};
 
 /// A permission: `resource:action`, `resource`, `resource:*` or `*`.
@@ -98,6 +101,10 @@ pub enum KeyRejection {
     Revoked,
     #[error("the API key has expired")]
     Expired,
+    #[error("the secret was replaced by a rotation and its grace period is over")]
+    Rotated,
+    #[error("legacy key id + secret pairs are past their sunset date")]
+    LegacySunset,
     #[error("the key's owner is disabled")]
     OwnerDisabled,
 }
@@ -119,13 +126,29 @@ pub enum Denial {
     InsufficientScope,
 }
 
-/// Rule 1: the key itself is usable at `now` (seconds since the Unix epoch).
-pub fn check_key(p: &Principal, now: u64) -> Result<(), KeyRejection> {
+/// Rule 1: the key, as presented, is usable at `now` (seconds since the Unix epoch).
+/// `legacy_sunset`: when legacy pairs stop, if they do.
+pub fn check_key(
+    p: &Principal,
+    presented: &Credential,
+    now: u64,
+    legacy_sunset: Option<u64>,
+) -> Result<(), KeyRejection> {
     if p.key.status == KeyStatus::Revoked {
         return Err(KeyRejection::Revoked);
     }
     if p.key.expires_at.is_some_and(|at| now >= at) {
         return Err(KeyRejection::Expired);
+    }
+    if p.key.hash != *presented.hash() {
+        let in_grace = p.key.previous_hash.as_ref() == Some(presented.hash())
+            && p.key.previous_expires_at.is_some_and(|until| now < until);
+        if !in_grace {
+            return Err(KeyRejection::Rotated);
+        }
+    }
+    if matches!(presented, Credential::Legacy { .. }) && legacy_sunset.is_some_and(|at| now >= at) {
+        return Err(KeyRejection::LegacySunset);
     }
     if p.owner.status == UserStatus::Disabled {
         return Err(KeyRejection::OwnerDisabled);
@@ -182,6 +205,7 @@ pub fn authorize(p: &Principal, access: &Access<'_>) -> Result<(), Denial> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::credential::KeyHash;
     use crate::store::model::{KeyId, KeyRecord, ProjectId, User, UserId};
 
     fn s(x: &str) -> Scope {
@@ -269,7 +293,11 @@ mod tests {
                 expires_at: Some(100),
                 display: "kg_…".into(),
                 legacy: false,
-                hash: String::new(),
+                hash: KeyHash([1; 32]),
+                previous_hash: Some(KeyHash([2; 32])),
+                previous_expires_at: Some(50),
+                last_used_at: None,
+                request_count: 0,
             },
             owner: User {
                 id: UserId("u1".into()),
@@ -296,33 +324,132 @@ mod tests {
     #[test]
     fn key_state_table() {
         type Edit = fn(&mut Principal);
-        let rows: [(&str, Edit, u64, Result<(), KeyRejection>); 6] = [
-            ("active", |_| {}, 99, Ok(())),
+        let current = Credential::Key {
+            hash: KeyHash([1; 32]),
+        };
+        let previous = Credential::Key {
+            hash: KeyHash([2; 32]),
+        };
+        let legacy = Credential::Legacy {
+            hash: KeyHash([1; 32]),
+            id: "old".into(),
+        };
+        let stranger = Credential::Key {
+            hash: KeyHash([3; 32]),
+        };
+        let none: Option<u64> = None;
+        // (case, change to the principal, presented credential, now, legacy sunset, verdict)
+        type Row<'a> = (
+            &'a str,
+            Edit,
+            &'a Credential,
+            u64,
+            Option<u64>,
+            Result<(), KeyRejection>,
+        );
+        let rows: [Row; 13] = [
+            ("active", |_| {}, &current, 99, none, Ok(())),
             (
                 "expires exactly now",
                 |_| {},
+                &current,
                 100,
+                none,
                 Err(KeyRejection::Expired),
             ),
-            ("expired", |_| {}, 1000, Err(KeyRejection::Expired)),
-            ("no expiry", |p| p.key.expires_at = None, u64::MAX, Ok(())),
+            (
+                "expired",
+                |_| {},
+                &current,
+                1000,
+                none,
+                Err(KeyRejection::Expired),
+            ),
+            (
+                "no expiry",
+                |p| p.key.expires_at = None,
+                &current,
+                u64::MAX,
+                none,
+                Ok(()),
+            ),
             (
                 "revoked",
                 |p| p.key.status = KeyStatus::Revoked,
+                &current,
                 1,
+                none,
                 Err(KeyRejection::Revoked),
             ),
             (
                 "owner disabled",
                 |p| p.owner.status = UserStatus::Disabled,
+                &current,
                 1,
+                none,
                 Err(KeyRejection::OwnerDisabled),
             ),
+            (
+                "rotated-out secret in its grace",
+                |_| {},
+                &previous,
+                49,
+                none,
+                Ok(()),
+            ),
+            (
+                "rotated-out secret at the end of its grace",
+                |_| {},
+                &previous,
+                50,
+                none,
+                Err(KeyRejection::Rotated),
+            ),
+            (
+                "a secret the key no longer knows",
+                |_| {},
+                &stranger,
+                1,
+                none,
+                Err(KeyRejection::Rotated),
+            ),
+            (
+                "revoked beats grace",
+                |p| p.key.status = KeyStatus::Revoked,
+                &previous,
+                1,
+                none,
+                Err(KeyRejection::Revoked),
+            ),
+            (
+                "legacy pair before its sunset",
+                |_| {},
+                &legacy,
+                10,
+                Some(11),
+                Ok(()),
+            ),
+            (
+                "legacy pair at its sunset",
+                |_| {},
+                &legacy,
+                11,
+                Some(11),
+                Err(KeyRejection::LegacySunset),
+            ),
+            (
+                "the sunset is for legacy pairs only",
+                |_| {},
+                &current,
+                11,
+                Some(11),
+                Ok(()),
+            ),
         ];
-        for (name, edit, now, want) in rows {
+        for (name, edit, presented, now, sunset, want) in rows {
             let mut p = principal();
             edit(&mut p);
-            assert_eq!(check_key(&p, now), want, "{name}");
+            assert_eq!(check_key(&p, presented, now, sunset), want, "{name}");
         }
     }
 

@@ -1,23 +1,21 @@
-//! `/v1/keys`: create (the secret is returned once), list (paginated), show, rename and change
-//! scopes, revoke, activate, delete (only once revoked).
+//! `/v1/keys` and `/v1/legacy-credentials`: create (the secret is returned once), list
+//! (paginated), show, rename and change scopes, revoke, activate, rotate (a new secret once; the
+//! old one works for a grace period), delete (only once revoked), import a legacy pair.
 //!
 //! On top of the store's rules: a user manages their own keys, an org admin every key of the org;
-//! a `keys:manage` key cannot mint keys covering `admin`; validity is 1 minute to
-//! `keys.max_validity`, and a key without expiry only where `keys.allow_no_expiry` says so.
+//! a `keys:manage` key cannot mint or grant scopes covering `admin`; validity is 1 minute to
+//! `keys.max_validity`, and a key without expiry only where `keys.allow_no_expiry` says so;
+//! legacy pairs are imported by admins and end at `keys.legacy_sunset`, not by expiry.
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use serde::Deserialize;
 
-use super::{ApiError, Caller, json};
+use super::{ApiError, Ctx, json, no_content, page};
 use crate::policy::Scope;
-use crate::proxy::Gateway;
-use crate::store::keys::NewKey;
-use crate::store::model::{KeyId, KeyRecord, KeyStatus, OrgId, ProjectId, UserId, unix_now};
-
-const PAGE_DEFAULT: usize = 50;
-const PAGE_MAX: usize = 200;
+use crate::store::keys::{CreatedKey, NewKey};
+use crate::store::model::{KeyId, KeyRecord, KeyStatus, ProjectId, UserId, unix_now};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,60 +39,85 @@ pub struct UpdateKey {
     scopes: Option<Vec<String>>,
 }
 
-fn scopes(gw: &Gateway, names: &[String]) -> Result<Vec<Scope>, ApiError> {
-    gw.config
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKey {
+    /// How long the old secret keeps working, like "24h"; default: it stops at once.
+    grace_period: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportLegacy {
+    /// The id clients send in `apikey`.
+    legacy_id: String,
+    /// The secret clients send in `apisecret` (stored hashed, never returned).
+    secret: String,
+    name: String,
+    scopes: Vec<String>,
+    #[serde(default)]
+    project_ids: Vec<String>,
+    user_id: Option<String>,
+}
+
+/// Scope names or presets → scopes; a caller who is not an admin may not hand out `admin`.
+fn scopes(ctx: &Ctx<'_>, names: &[String]) -> Result<Vec<Scope>, ApiError> {
+    let scopes = ctx
+        .gw
+        .config
         .scopes(names)
         .map_err(|message| ApiError::Invalid {
             field: "scopes",
             message,
-        })
+        })?;
+    let admin = Scope::new("admin".into());
+    if !ctx.caller.admin && scopes.iter().any(|s| s.covers(&admin)) {
+        return Err(ApiError::Forbidden(
+            "a keys:manage key cannot give keys the admin scope",
+        ));
+    }
+    Ok(scopes)
+}
+
+fn duration(field: &'static str, text: &str) -> Result<std::time::Duration, ApiError> {
+    humantime::parse_duration(text).map_err(|_| ApiError::Invalid {
+        field,
+        message: format!("`{text}` is not a duration like \"30d\" or \"12h\""),
+    })
 }
 
 /// The expiry a request asks for, within the configured bounds.
-fn expiry(gw: &Gateway, body: &CreateKey) -> Result<Option<u64>, ApiError> {
+fn expiry(ctx: &Ctx<'_>, body: &CreateKey) -> Result<Option<u64>, ApiError> {
+    let cfg = &ctx.gw.config;
     let now = unix_now();
+    let invalid = |message: String| ApiError::Invalid {
+        field: "expires_in",
+        message,
+    };
     let at = match (&body.expires_in, body.expires_at) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::Invalid {
-                field: "expires_in",
-                message: "give expires_in or expires_at, not both".into(),
-            });
+            return Err(invalid("give expires_in or expires_at, not both".into()));
         }
-        (Some(text), None) => {
-            let d = humantime::parse_duration(text).map_err(|_| ApiError::Invalid {
-                field: "expires_in",
-                message: format!("`{text}` is not a duration like \"30d\""),
-            })?;
-            Some(now + d.as_secs())
-        }
+        (Some(text), None) => Some(now + duration("expires_in", text)?.as_secs()),
         (None, Some(at)) => Some(at),
-        (None, None) if gw.config.allow_no_expiry => None,
-        (None, None) => Some(now + gw.config.max_validity.as_secs()),
+        (None, None) if cfg.allow_no_expiry => None,
+        (None, None) => Some(now + cfg.max_validity.as_secs()),
     };
     if let Some(at) = at {
         if at < now + crate::store::keys::MIN_VALIDITY_SECS {
-            return Err(ApiError::Invalid {
-                field: "expires_in",
-                message: "a key must be valid for at least 1 minute".into(),
-            });
+            return Err(invalid("a key must be valid for at least 1 minute".into()));
         }
-        if at > now + gw.config.max_validity.as_secs() {
-            let max = humantime::format_duration(gw.config.max_validity);
-            return Err(ApiError::Invalid {
-                field: "expires_in",
-                message: format!("a key may be valid for at most {max}"),
-            });
+        if at > now + cfg.max_validity.as_secs() {
+            let max = humantime::format_duration(cfg.max_validity);
+            return Err(invalid(format!("a key may be valid for at most {max}")));
         }
     }
     Ok(at)
 }
 
-pub async fn create(
-    gw: &Gateway,
-    caller: &Caller,
-    body: CreateKey,
-) -> Result<Response<Full<Bytes>>, ApiError> {
-    let user_id = match (&body.user_id, &caller.user) {
+/// The owner a new key is for: `user_id` (admins: anyone in their org) or the caller.
+async fn owner(ctx: &Ctx<'_>, user_id: Option<&String>) -> Result<UserId, ApiError> {
+    let id = match (user_id, &ctx.caller.user) {
         (Some(id), _) => UserId(id.clone()),
         (None, Some(me)) => me.id.clone(),
         (None, None) => {
@@ -104,83 +127,77 @@ pub async fn create(
             });
         }
     };
-    let owner = gw
+    let owner = ctx
         .store
-        .user(&user_id)
+        .user(&id)
         .await
-        .map_err(|_| ApiError::NotFound("user"))?;
-    if !caller.may_touch(&owner.org_id, &owner.id) {
+        .map_err(ApiError::not_found("user"))?;
+    if !ctx.caller.may_touch(&owner.org_id, &owner.id) {
         return Err(ApiError::NotFound("user"));
     }
-    let scopes = scopes(gw, &body.scopes)?;
-    let admin = Scope::new("admin".into());
-    if !caller.admin && scopes.iter().any(|s| s.covers(&admin)) {
-        return Err(ApiError::Forbidden(
-            "a keys:manage key cannot create keys with the admin scope",
-        ));
-    }
-    let new = NewKey {
-        user_id,
-        name: body.name.clone(),
-        scopes,
-        project_ids: body.project_ids.iter().cloned().map(ProjectId).collect(),
-        expires_at: expiry(gw, &body)?,
-    };
-    let created = gw.store.create_key(&gw.config.keys, new).await?;
+    Ok(owner.id)
+}
+
+/// A new key's record with its secret: the only response that ever carries it.
+fn with_secret(created: CreatedKey, status: StatusCode) -> Response<Full<Bytes>> {
     let mut v = serde_json::to_value(&created.record).expect("records serialize");
     v["secret"] = serde_json::Value::String(created.secret);
-    Ok(json(StatusCode::CREATED, &v))
+    json(status, &v)
+}
+
+pub async fn create(ctx: &Ctx<'_>, body: CreateKey) -> Result<Response<Full<Bytes>>, ApiError> {
+    let new = NewKey {
+        user_id: owner(ctx, body.user_id.as_ref()).await?,
+        name: body.name.clone(),
+        scopes: scopes(ctx, &body.scopes)?,
+        project_ids: body.project_ids.iter().cloned().map(ProjectId).collect(),
+        expires_at: expiry(ctx, &body)?,
+    };
+    let created = ctx.store.create_key(&ctx.gw.config.keys, new).await?;
+    Ok(with_secret(created, StatusCode::CREATED))
+}
+
+pub async fn import_legacy(
+    ctx: &Ctx<'_>,
+    body: ImportLegacy,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    ctx.caller.require_admin()?;
+    let new = NewKey {
+        user_id: owner(ctx, body.user_id.as_ref()).await?,
+        name: body.name,
+        scopes: scopes(ctx, &body.scopes)?,
+        project_ids: body.project_ids.into_iter().map(ProjectId).collect(),
+        expires_at: None,
+    };
+    let record = ctx
+        .store
+        .import_legacy(&body.legacy_id, &body.secret, new)
+        .await?;
+    Ok(json(StatusCode::CREATED, &record))
 }
 
 /// A key the caller may see, or not found.
-async fn visible_key(gw: &Gateway, caller: &Caller, id: &str) -> Result<KeyRecord, ApiError> {
-    let key = gw
+async fn visible_key(ctx: &Ctx<'_>, id: &str) -> Result<KeyRecord, ApiError> {
+    let key = ctx
         .store
         .key(&KeyId(id.to_owned()))
         .await
-        .map_err(|e| match e {
-            crate::store::StoreError::NotFound { .. } => ApiError::NotFound("key"),
-            other => other.into(),
-        })?;
-    if caller.may_touch(&key.org_id, &key.user_id) {
+        .map_err(ApiError::not_found("key"))?;
+    if ctx.caller.may_touch(&key.org_id, &key.user_id) {
         Ok(key)
     } else {
         Err(ApiError::NotFound("key"))
     }
 }
 
-pub async fn show(
-    gw: &Gateway,
-    caller: &Caller,
-    id: &str,
-) -> Result<Response<Full<Bytes>>, ApiError> {
-    Ok(json(StatusCode::OK, &visible_key(gw, caller, id).await?))
+pub async fn show(ctx: &Ctx<'_>, id: &str) -> Result<Response<Full<Bytes>>, ApiError> {
+    Ok(json(StatusCode::OK, &visible_key(ctx, id).await?))
 }
 
-pub async fn list(
-    gw: &Gateway,
-    caller: &Caller,
-    query: Option<&str>,
-) -> Result<Response<Full<Bytes>>, ApiError> {
-    let param = |name: &str| {
-        query
-            .unwrap_or("")
-            .split('&')
-            .filter_map(|p| p.split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.to_owned())
-    };
-    let org = match (caller.org(), param("org_id")) {
-        (Some(org), _) => org.clone(),
-        (None, Some(org)) => OrgId(org),
-        (None, None) => {
-            return Err(ApiError::Invalid {
-                field: "org_id",
-                message: "the bootstrap token must name an org".into(),
-            });
-        }
-    };
-    let user = match (param("user_id"), &caller.user) {
+pub async fn list(ctx: &Ctx<'_>) -> Result<Response<Full<Bytes>>, ApiError> {
+    let org = ctx.org(None).await?;
+    let caller = &ctx.caller;
+    let user = match (ctx.param("user_id"), &caller.user) {
         (Some(u), Some(me)) if !caller.admin && u != me.id.as_str() => {
             return Err(ApiError::NotFound("user"));
         }
@@ -188,69 +205,45 @@ pub async fn list(
         (None, Some(me)) if !caller.admin => Some(me.id.clone()),
         (None, _) => None,
     };
-    let status = match param("status") {
+    let status = match ctx.param("status") {
         Some(s) => Some(s.parse::<KeyStatus>().map_err(|m| ApiError::Invalid {
             field: "status",
             message: m,
         })?),
         None => None,
     };
-    let number = |name: &'static str, default: usize| -> Result<usize, ApiError> {
-        param(name).map_or(Ok(default), |v| {
-            v.parse().map_err(|_| ApiError::Invalid {
-                field: name,
-                message: "must be a whole number".into(),
-            })
-        })
-    };
-    let (limit, offset) = (
-        number("limit", PAGE_DEFAULT)?.clamp(1, PAGE_MAX),
-        number("offset", 0)?,
-    );
-    let keys: Vec<KeyRecord> = gw
+    let keys: Vec<KeyRecord> = ctx
         .store
         .keys(&org, user.as_ref())
         .await?
         .into_iter()
         .filter(|k| status.is_none_or(|s| k.status == s))
         .collect();
-    let next = (offset + limit < keys.len()).then_some(offset + limit);
-    let page: Vec<&KeyRecord> = keys.iter().skip(offset).take(limit).collect();
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({ "items": page, "next_offset": next, "total": keys.len() }),
-    ))
+    page(ctx, &keys)
 }
 
 pub async fn update(
-    gw: &Gateway,
-    caller: &Caller,
+    ctx: &Ctx<'_>,
     id: &str,
     body: UpdateKey,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let mut key = visible_key(gw, caller, id).await?;
+    let mut key = visible_key(ctx, id).await?;
+    let scopes = body.scopes.as_deref().map(|n| scopes(ctx, n)).transpose()?;
     if let Some(name) = &body.name {
-        key = gw.store.rename_key(&key.id, name).await?;
+        key = ctx.store.rename_key(&key.id, name).await?;
     }
-    if let Some(names) = &body.scopes {
-        let scopes = scopes(gw, names)?;
-        if !caller.admin && scopes.iter().any(|s| s.covers(&Scope::new("admin".into()))) {
-            return Err(ApiError::Forbidden(
-                "a keys:manage key cannot grant the admin scope",
-            ));
-        }
-        key = gw.store.set_key_scopes(&key.id, scopes).await?;
+    if let Some(scopes) = scopes {
+        key = ctx.store.set_key_scopes(&key.id, scopes).await?;
     }
     Ok(json(StatusCode::OK, &key))
 }
 
 pub async fn set_status(
-    gw: &Gateway,
-    caller: &Caller,
+    ctx: &Ctx<'_>,
     id: &str,
     active: bool,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let key = visible_key(gw, caller, id).await?;
+    let key = visible_key(ctx, id).await?;
     let status = if active {
         KeyStatus::Active
     } else {
@@ -258,18 +251,29 @@ pub async fn set_status(
     };
     Ok(json(
         StatusCode::OK,
-        &gw.store.set_key_status(&key.id, status).await?,
+        &ctx.store.set_key_status(&key.id, status).await?,
     ))
 }
 
-pub async fn delete(
-    gw: &Gateway,
-    caller: &Caller,
+pub async fn rotate(
+    ctx: &Ctx<'_>,
     id: &str,
+    body: RotateKey,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let key = visible_key(gw, caller, id).await?;
-    gw.store.delete_key(&key.id).await?;
-    let mut res = Response::new(Full::default());
-    *res.status_mut() = StatusCode::NO_CONTENT;
-    Ok(res)
+    let key = visible_key(ctx, id).await?;
+    let grace = match &body.grace_period {
+        Some(text) => duration("grace_period", text)?,
+        None => std::time::Duration::ZERO,
+    };
+    let created = ctx
+        .store
+        .rotate_key(&ctx.gw.config.keys, &key.id, grace)
+        .await?;
+    Ok(with_secret(created, StatusCode::OK))
+}
+
+pub async fn delete(ctx: &Ctx<'_>, id: &str) -> Result<Response<Full<Bytes>>, ApiError> {
+    let key = visible_key(ctx, id).await?;
+    ctx.store.delete_key(&key.id).await?;
+    Ok(no_content())
 }

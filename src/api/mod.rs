@@ -1,18 +1,22 @@
 //! The management API: JSON under `/v1` on the admin listener.
 //!
 //! Owns: who is calling ([`Caller`]: the bootstrap token from the environment, compared in
-//! constant time, or a key with `keys:manage`, or an org admin's key with `admin`), routing, the
-//! API's errors (one enum, one exhaustive `match` to status and code), and JSON in and out.
-//! Does not own: the rules on keys, users and projects — those are the store functions the CLI
-//! uses too; this module only adds who may call them.
+//! constant time, or a key with `keys:manage`, or an org admin's key with `admin`), routing (one
+//! `match`, mirrored by `openapi.json`, which a test walks), the API's errors (one enum, one
+//! exhaustive `match` to status and code), and JSON in and out. Does not own: the rules on keys,
+//! users and projects — those are the store functions the CLI uses too; this module only adds
+//! who may call them. Every write goes through a store handle acting as the caller, so the audit
+//! log names them and the request id.
 //!
 //! Visibility: nobody sees another org's resources (404, not 403), and a non-admin sees only their
-//! own keys (others' are 404 as well).
+//! own keys (others' are 404 as well). Users, projects, legacy imports and the audit log are for
+//! org admins (403 for members).
 
+mod directory;
 mod keys;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
@@ -21,11 +25,14 @@ use sha2::{Digest, Sha256};
 use crate::error::json_error;
 use crate::policy::{self, Scope, grants};
 use crate::proxy::Gateway;
-use crate::store::StoreError;
-use crate::store::model::{OrgId, Role, User, unix_now};
+use crate::store::audit::Actor;
+use crate::store::model::{KeyId, OrgId, Role, User, UserId, unix_now};
+use crate::store::{Store, StoreError};
 
 /// Request bodies of the management API are small JSON documents.
 const MAX_BODY_BYTES: usize = 64 * 1024;
+/// The OpenAPI 3 description of this module's endpoints.
+pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Why a management request failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +50,7 @@ pub enum ApiError {
         field: &'static str,
         message: String,
     },
-    #[error("no such endpoint")]
+    #[error("no such endpoint; see GET /v1/openapi.json")]
     NoRoute,
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -65,6 +72,7 @@ impl ApiError {
                 StoreError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
                 StoreError::AlreadyExists { .. } => (StatusCode::CONFLICT, "already_exists"),
                 StoreError::KeyNotRevoked => (StatusCode::CONFLICT, "key_not_revoked"),
+                StoreError::KeyRevoked => (StatusCode::CONFLICT, "key_revoked"),
                 StoreError::Rejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
             },
         }
@@ -73,6 +81,14 @@ impl ApiError {
     fn to_response(&self) -> Response<Full<Bytes>> {
         let (status, code) = self.parts();
         json_error(status, code, &self.to_string())
+    }
+
+    /// A store "not found" as this API's 404 for `kind`; other store errors unchanged.
+    fn not_found(kind: &'static str) -> impl Fn(StoreError) -> ApiError {
+        move |e| match e {
+            StoreError::NotFound { .. } => ApiError::NotFound(kind),
+            other => other.into(),
+        }
     }
 }
 
@@ -83,53 +99,169 @@ pub struct Caller {
     pub user: Option<User>,
     /// May manage every key, user and project of its org.
     pub admin: bool,
+    /// The key the caller authenticated with.
+    pub key_id: Option<KeyId>,
 }
 
 impl Caller {
     /// Whether the caller may see and act on something of `org` owned by `owner`. Everything
     /// else is reported as not found.
-    fn may_touch(&self, org: &OrgId, owner: &crate::store::model::UserId) -> bool {
+    fn may_touch(&self, org: &OrgId, owner: &UserId) -> bool {
         match &self.user {
             None => true,
             Some(u) => &u.org_id == org && (self.admin || &u.id == owner),
         }
     }
 
-    fn org(&self) -> Option<&OrgId> {
-        self.user.as_ref().map(|u| &u.org_id)
+    /// Whether `org`'s resources are visible to the caller at all.
+    fn sees_org(&self, org: &OrgId) -> bool {
+        self.user.as_ref().is_none_or(|u| &u.org_id == org)
+    }
+
+    fn require_admin(&self) -> Result<(), ApiError> {
+        if self.admin {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(
+                "only org admins manage users, projects, legacy credentials and the audit log",
+            ))
+        }
+    }
+}
+
+/// One management request's context.
+pub struct Ctx<'a> {
+    gw: &'a Gateway,
+    caller: Caller,
+    /// The store, acting as the caller (every write is audited as theirs).
+    store: Store,
+    query: String,
+}
+
+impl Ctx<'_> {
+    /// A query parameter (ids, words and numbers: nothing here needs percent-decoding).
+    fn param(&self, name: &str) -> Option<String> {
+        self.query
+            .split('&')
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_owned())
+    }
+
+    /// A whole-number query parameter.
+    fn number(&self, name: &'static str, default: usize) -> Result<usize, ApiError> {
+        self.param(name).map_or(Ok(default), |v| {
+            v.parse().map_err(|_| ApiError::Invalid {
+                field: name,
+                message: "must be a whole number".into(),
+            })
+        })
+    }
+
+    /// The org a request acts on: the caller's own; the bootstrap token names it (`org_id` in
+    /// the query, or `given` from the body). Another org than the caller's is not found.
+    async fn org(&self, given: Option<&str>) -> Result<OrgId, ApiError> {
+        let named = given.map(str::to_owned).or_else(|| self.param("org_id"));
+        let org = match (&self.caller.user, named) {
+            (Some(me), None) => return Ok(me.org_id.clone()),
+            (Some(me), Some(o)) if o == me.org_id.as_str() => return Ok(me.org_id.clone()),
+            (Some(_), Some(_)) => return Err(ApiError::NotFound("org")),
+            (None, Some(o)) => OrgId(o),
+            (None, None) => {
+                return Err(ApiError::Invalid {
+                    field: "org_id",
+                    message: "the bootstrap token must name an org".into(),
+                });
+            }
+        };
+        self.store
+            .org(&org)
+            .await
+            .map_err(ApiError::not_found("org"))?;
+        Ok(org)
     }
 }
 
 /// Serves one `/v1/…` request.
 pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let result = async {
-        let caller = authenticate(gw, req.headers()).await?;
-        route(gw, &caller, req).await
-    }
-    .await;
-    result.unwrap_or_else(|e| {
-        if e.parts().0.is_server_error() {
-            tracing::warn!(error = %e, "management request failed");
+    let request_id = crate::proxy::request_id(req.headers());
+    let mut res = if (req.method(), req.uri().path()) == (&Method::GET, "/v1/openapi.json") {
+        let mut res = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        res
+    } else {
+        let result = async {
+            let caller = authenticate(gw, req.headers()).await?;
+            let actor = Actor {
+                who: caller
+                    .user
+                    .as_ref()
+                    .map_or("bootstrap".to_owned(), |u| format!("user:{}", u.id)),
+                key_id: caller.key_id.clone(),
+                request_id: request_id.to_str().ok().map(str::to_owned),
+            };
+            let ctx = Ctx {
+                gw,
+                store: gw.store.acting_as(actor),
+                query: req.uri().query().unwrap_or("").to_owned(),
+                caller,
+            };
+            route(&ctx, req).await
         }
-        e.to_response()
-    })
+        .await;
+        result.unwrap_or_else(|e| {
+            if e.parts().0.is_server_error() {
+                tracing::warn!(error = %e, "management request failed");
+            }
+            e.to_response()
+        })
+    };
+    res.headers_mut().insert("x-request-id", request_id);
+    res
 }
 
-async fn route(
-    gw: &Gateway,
-    caller: &Caller,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, ApiError> {
+async fn route(ctx: &Ctx<'_>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let segments: Vec<&str> = path.split('/').skip(2).collect(); // "", "v1", …
-    match (req.method().clone(), segments.as_slice()) {
-        (Method::POST, ["keys"]) => keys::create(gw, caller, json_body(req).await?).await,
-        (Method::GET, ["keys"]) => keys::list(gw, caller, req.uri().query()).await,
-        (Method::GET, ["keys", id]) => keys::show(gw, caller, id).await,
-        (Method::PATCH, ["keys", id]) => keys::update(gw, caller, id, json_body(req).await?).await,
-        (Method::POST, ["keys", id, "revoke"]) => keys::set_status(gw, caller, id, false).await,
-        (Method::POST, ["keys", id, "activate"]) => keys::set_status(gw, caller, id, true).await,
-        (Method::DELETE, ["keys", id]) => keys::delete(gw, caller, id).await,
+    let method = req.method().clone();
+    match (method, segments.as_slice()) {
+        (Method::POST, ["keys"]) => keys::create(ctx, json_body(req).await?).await,
+        (Method::GET, ["keys"]) => keys::list(ctx).await,
+        (Method::GET, ["keys", id]) => keys::show(ctx, id).await,
+        (Method::PATCH, ["keys", id]) => keys::update(ctx, id, json_body(req).await?).await,
+        (Method::POST, ["keys", id, "revoke"]) => keys::set_status(ctx, id, false).await,
+        (Method::POST, ["keys", id, "activate"]) => keys::set_status(ctx, id, true).await,
+        (Method::POST, ["keys", id, "rotate"]) => {
+            keys::rotate(ctx, id, optional_json_body(req).await?).await
+        }
+        (Method::DELETE, ["keys", id]) => keys::delete(ctx, id).await,
+        (Method::POST, ["legacy-credentials"]) => {
+            keys::import_legacy(ctx, json_body(req).await?).await
+        }
+        (Method::POST, ["orgs"]) => directory::create_org(ctx, json_body(req).await?).await,
+        (Method::GET, ["orgs"]) => directory::list_orgs(ctx).await,
+        (Method::POST, ["users"]) => directory::create_user(ctx, json_body(req).await?).await,
+        (Method::GET, ["users"]) => directory::list_users(ctx).await,
+        (Method::GET, ["users", id]) => directory::show_user(ctx, id).await,
+        (Method::PATCH, ["users", id]) => {
+            directory::update_user(ctx, id, json_body(req).await?).await
+        }
+        (Method::POST, ["projects"]) => directory::create_project(ctx, json_body(req).await?).await,
+        (Method::GET, ["projects"]) => directory::list_projects(ctx).await,
+        (Method::GET, ["projects", id]) => directory::show_project(ctx, id).await,
+        (Method::PATCH, ["projects", id]) => {
+            directory::update_project(ctx, id, json_body(req).await?).await
+        }
+        (Method::PUT, ["projects", id, "members", user]) => {
+            directory::set_member(ctx, id, user, true).await
+        }
+        (Method::DELETE, ["projects", id, "members", user]) => {
+            directory::set_member(ctx, id, user, false).await
+        }
+        (Method::GET, ["audit"]) => directory::audit(ctx).await,
         _ => Err(ApiError::NoRoute),
     }
 }
@@ -158,6 +290,7 @@ async fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<Caller, ApiEr
         return Ok(Caller {
             user: None,
             admin: true,
+            key_id: None,
         });
     }
     let credential = gw
@@ -171,7 +304,9 @@ async fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<Caller, ApiEr
         .resolve_key(credential.hash())
         .await?
         .ok_or(ApiError::Unauthenticated)?;
-    policy::check_key(&principal, unix_now()).map_err(|_| ApiError::Unauthenticated)?;
+    let sunset = gw.config.legacy_sunset.as_ref().map(|s| s.at);
+    policy::check_key(&principal, &credential, unix_now(), sunset)
+        .map_err(|_| ApiError::Unauthenticated)?;
     let (key, owner) = (&principal.key, &principal.owner);
     if owner.role == Role::Guest {
         return Err(ApiError::Forbidden("guests cannot manage keys"));
@@ -181,6 +316,7 @@ async fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<Caller, ApiEr
         return Err(ApiError::Forbidden("this key lacks the keys:manage scope"));
     }
     Ok(Caller {
+        key_id: Some(principal.key.id),
         user: Some(principal.owner),
         admin,
     })
@@ -188,12 +324,27 @@ async fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<Caller, ApiEr
 
 /// Reads and parses a JSON body (unknown fields are errors).
 async fn json_body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
-    let body = Limited::new(req.into_body(), MAX_BODY_BYTES)
+    let body = read_body(req).await?;
+    serde_json::from_slice(&body).map_err(|e| ApiError::BadJson(e.to_string()))
+}
+
+/// A JSON body that may be left out entirely (every field has a default).
+async fn optional_json_body<T: DeserializeOwned + Default>(
+    req: Request<Incoming>,
+) -> Result<T, ApiError> {
+    let body = read_body(req).await?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&body).map_err(|e| ApiError::BadJson(e.to_string()))
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    Ok(Limited::new(req.into_body(), MAX_BODY_BYTES)
         .collect()
         .await
         .map_err(|e| ApiError::BadJson(e.to_string()))?
-        .to_bytes();
-    serde_json::from_slice(&body).map_err(|e| ApiError::BadJson(e.to_string()))
+        .to_bytes())
 }
 
 /// A JSON response (also used by the admin endpoints).
@@ -203,8 +354,29 @@ pub(crate) fn json(status: StatusCode, value: &impl serde::Serialize) -> Respons
     *res.status_mut() = status;
     res.headers_mut().insert(
         header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
+        HeaderValue::from_static("application/json"),
     );
+    res
+}
+
+/// `{items, next_offset, total}`: one page of `all` at the caller's `offset` and `limit`.
+fn page<T: serde::Serialize>(ctx: &Ctx<'_>, all: &[T]) -> Result<Response<Full<Bytes>>, ApiError> {
+    const PAGE_DEFAULT: usize = 50;
+    const PAGE_MAX: usize = 200;
+    let limit = ctx.number("limit", PAGE_DEFAULT)?.clamp(1, PAGE_MAX);
+    let offset = ctx.number("offset", 0)?;
+    let next = (offset + limit < all.len()).then_some(offset + limit);
+    let items: Vec<&T> = all.iter().skip(offset).take(limit).collect();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "items": items, "next_offset": next, "total": all.len() }),
+    ))
+}
+
+/// `204 No Content`.
+fn no_content() -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::default());
+    *res.status_mut() = StatusCode::NO_CONTENT;
     res
 }
 
@@ -233,5 +405,14 @@ mod tests {
         assert_eq!(bearer(&h), Some("tok"));
         h.insert(header::AUTHORIZATION, "Basic tok".parse().unwrap());
         assert_eq!(bearer(&h), None);
+    }
+
+    #[test]
+    fn the_openapi_document_is_json_with_every_path_under_v1() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        let paths = doc["paths"].as_object().unwrap();
+        assert!(paths.len() >= 12, "{}", paths.len());
+        assert!(paths.keys().all(|p| p.starts_with("/v1/")));
     }
 }

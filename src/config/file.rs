@@ -98,6 +98,8 @@ pub(super) struct KeysFile {
     pub(super) prefix: Option<String>,
     pub(super) max_validity: Option<String>,
     pub(super) allow_no_expiry: Option<bool>,
+    pub(super) usage_flush_interval: Option<String>,
+    pub(super) legacy_sunset: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

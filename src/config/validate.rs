@@ -38,6 +38,22 @@ impl Validator<'_> {
         }
     }
 
+    fn sunset(&mut self, text: &str) -> Option<Sunset> {
+        let Ok(at) = humantime::parse_rfc3339_weak(text) else {
+            self.problem(
+                "keys.legacy_sunset",
+                format!("`{text}` is not a date; write e.g. \"2027-06-30T00:00:00Z\""),
+            );
+            return None;
+        };
+        let secs = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let header = http::HeaderValue::from_str(&httpdate::fmt_http_date(at))
+            .expect("an HTTP-date is a valid header value");
+        Some(Sunset { at: secs, header })
+    }
+
     fn addr(&mut self, field: &str, text: &str) -> SocketAddr {
         text.parse().unwrap_or_else(|_| {
             self.problem(
@@ -88,6 +104,12 @@ impl Validator<'_> {
             f.keys.max_validity.as_deref(),
             defaults::MAX_VALIDITY,
         );
+        let usage_flush_interval = self.duration(
+            "keys.usage_flush_interval",
+            f.keys.usage_flush_interval.as_deref(),
+            defaults::USAGE_FLUSH_INTERVAL,
+        );
+        let legacy_sunset = f.keys.legacy_sunset.as_deref().and_then(|t| self.sunset(t));
         let redis = self.redis(&f.redis);
         let cache = CacheConfig {
             max_entries: f.cache.max_entries.unwrap_or(defaults::CACHE_MAX_ENTRIES),
@@ -154,6 +176,8 @@ impl Validator<'_> {
             keys: KeyFormat::new(&prefix),
             max_validity,
             allow_no_expiry: f.keys.allow_no_expiry.unwrap_or(false),
+            usage_flush_interval,
+            legacy_sunset,
             presets,
             log,
             routes,

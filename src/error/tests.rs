@@ -41,6 +41,8 @@ async fn every_variant_has_its_status_and_code() {
         (GatewayError::UnknownKey, 401, "invalid_api_key"),
         (KeyRejection::Revoked.into(), 401, "key_revoked"),
         (KeyRejection::Expired.into(), 401, "key_expired"),
+        (KeyRejection::Rotated.into(), 401, "key_rotated"),
+        (KeyRejection::LegacySunset.into(), 401, "legacy_key_sunset"),
         (KeyRejection::OwnerDisabled.into(), 401, "user_disabled"),
         (Denial::OrgMismatch.into(), 403, "org_mismatch"),
         (Denial::GuestNotAllowed.into(), 403, "guest_not_allowed"),

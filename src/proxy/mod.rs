@@ -8,9 +8,12 @@
 //! 4. Extract the credential (format and checksum; no store access).
 //! 5. Resolve the key (hot cache, Redis on a miss).
 //! 6. Check the key's state against the clock.
-//! 7. Authorize (pure policy).
+//! 7. Authorize (pure policy); count the key's use (written to Redis in batches, off the path).
 //! 8. Check the body size.
 //! 9. Rewrite and forward (`forward`).
+//!
+//! A response to a request made with a legacy key id + secret pair carries `Deprecation` (since
+//! the pair's import) and, when a sunset is configured, `Sunset` (RFC 9745, RFC 8594).
 
 pub mod forward;
 pub mod route;
@@ -33,6 +36,7 @@ use crate::metrics::Metrics;
 use crate::policy::{self, Access};
 use crate::store::Store;
 use crate::store::model::{KeyId, Principal, ProjectId, unix_now};
+use crate::store::usage::Usage;
 use forward::Upstreams;
 use route::Route;
 
@@ -46,6 +50,8 @@ pub struct Gateway {
     /// Hot entries in front of `store`.
     pub cache: Arc<Cache>,
     pub metrics: Arc<Metrics>,
+    /// Key uses counted since the last flush to Redis.
+    pub usage: Arc<Usage>,
     /// The pooled keep-alive client to every upstream (one per worker).
     pub upstreams: Upstreams,
     /// Set on SIGTERM: `/readyz` turns 503 so balancers stop sending new connections.
@@ -71,12 +77,14 @@ pub struct Identity {
     pub project: Option<ProjectId>,
 }
 
-/// What the access log and metrics record of a request.
+/// What the access log, metrics and response headers record of a request.
 #[derive(Default)]
 struct Record {
     route: Option<Arc<Route>>,
     key_id: Option<KeyId>,
     upstream_seconds: Option<f64>,
+    /// The request used a legacy pair imported at this time (Unix seconds).
+    legacy_since: Option<u64>,
 }
 
 /// Serves one data-plane request. Never fails: errors become JSON responses here.
@@ -94,9 +102,14 @@ pub async fn handle(
         Ok(response) => (response, None),
         Err(e) => (e.to_response().map(Either::Right), Some(e)),
     };
-    response
-        .headers_mut()
-        .insert("x-request-id", request_id.clone());
+    let headers = response.headers_mut();
+    headers.insert("x-request-id", request_id.clone());
+    if let Some(since) = record.legacy_since {
+        headers.insert("deprecation", deprecation(since));
+        if let Some(sunset) = &gw.config.legacy_sunset {
+            headers.insert("sunset", sunset.header.clone());
+        }
+    }
 
     let route = record.route.as_ref().map_or("none", |r| r.id.as_str());
     let status = response.status();
@@ -155,9 +168,7 @@ async fn proxy(
         None
     } else {
         let project = route.project_of(path, req.uri().query())?;
-        let identity = authenticate(gw, &route, req.headers(), project).await?;
-        record.key_id = Some(identity.principal.key.id.clone());
-        Some(identity)
+        Some(authenticate(gw, &route, req.headers(), project, record).await?)
     };
     check_body_size(req.headers(), gw.config.limits.max_body_bytes)?;
     forward::forward(
@@ -178,6 +189,7 @@ async fn authenticate(
     route: &Route,
     headers: &HeaderMap,
     project: Option<ProjectId>,
+    record: &mut Record,
 ) -> Result<Identity, GatewayError> {
     let credential = credential::extract(headers, &gw.config.keys)?;
     let lookup = gw.cache.principal(&gw.store, credential.hash()).await;
@@ -187,7 +199,13 @@ async fn authenticate(
         .inspect_err(|_| gw.metrics.redis_errors.inc())?
         .value
         .ok_or(GatewayError::UnknownKey)?;
-    policy::check_key(&principal, unix_now())?;
+    record.key_id = Some(principal.key.id.clone());
+    if matches!(credential, credential::Credential::Legacy { .. }) {
+        record.legacy_since = Some(principal.key.created_at);
+    }
+    let now = unix_now();
+    let sunset = gw.config.legacy_sunset.as_ref().map(|s| s.at);
+    policy::check_key(&principal, &credential, now, sunset)?;
 
     let org = route
         .org
@@ -206,6 +224,7 @@ async fn authenticate(
         project: found.as_ref().map(|p| p.as_deref()),
     };
     policy::authorize(&principal, &access)?;
+    gw.usage.record(&principal.key.id, now);
     Ok(Identity { principal, project })
 }
 
@@ -242,7 +261,7 @@ fn host(req: &Request<Incoming>) -> Option<&str> {
 }
 
 /// The client's `x-request-id` when it is sane (1–128 visible ASCII), else a new random one.
-fn request_id(headers: &HeaderMap) -> HeaderValue {
+pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get("x-request-id")
         && (1..=128).contains(&v.len())
         && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
@@ -251,6 +270,11 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     }
     let id: u128 = rand::random();
     HeaderValue::from_str(&format!("{id:032x}")).expect("hex is a valid header value")
+}
+
+/// `Deprecation: @<unix seconds>` (RFC 9745).
+fn deprecation(since: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("@{since}")).expect("digits are a valid header value")
 }
 
 fn status_class(status: u16) -> &'static str {

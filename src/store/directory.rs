@@ -4,6 +4,9 @@
 //! ids are slugs, names are non-empty, a user or project belongs to exactly one org, and every
 //! change that can alter what a key may do publishes its invalidation in the same transaction.
 
+use serde_json::json;
+
+use super::audit::Change;
 use super::model::{
     Org, OrgId, Project, ProjectId, Role, User, UserId, UserStatus, Visibility, is_valid_id,
     unix_now,
@@ -52,18 +55,24 @@ impl Store {
             created_at: unix_now(),
         };
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hset_multiple(
-                &key,
-                &[
-                    ("name", org.name.clone()),
-                    ("created_at", org.created_at.to_string()),
-                ],
-            )
-            .ignore()
-            .sadd(self.name(format_args!("orgs")), id.as_str())
-            .ignore();
-        self.transaction(&pipe).await?;
+        pipe.hset_multiple(
+            &key,
+            &[
+                ("name", org.name.clone()),
+                ("created_at", org.created_at.to_string()),
+            ],
+        )
+        .ignore()
+        .sadd(self.name(format_args!("orgs")), id.as_str())
+        .ignore();
+        let change = Change {
+            org: id,
+            action: "org.create",
+            target: format!("org:{id}"),
+            details: json!({ "name": org.name }),
+            invalidations: Vec::new(),
+        };
+        self.commit(pipe, change).await?;
         Ok(org)
     }
 
@@ -75,7 +84,8 @@ impl Store {
 
     pub async fn orgs(&self) -> Result<Vec<Org>, StoreError> {
         let mut out = Vec::new();
-        for id in self.members(self.name(format_args!("orgs"))).await? {
+        let set = self.name(format_args!("orgs"));
+        for id in self.members(set).await? {
             out.push(self.org(&OrgId(id)).await?);
         }
         Ok(out)
@@ -104,12 +114,18 @@ impl Store {
             created_at: unix_now(),
         };
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hset_multiple(&key, &user.to_fields())
+        pipe.hset_multiple(&key, &user.to_fields())
             .ignore()
             .sadd(self.name(format_args!("org:{org}:users")), id.as_str())
             .ignore();
-        self.transaction(&pipe).await?;
+        let change = Change {
+            org,
+            action: "user.create",
+            target: format!("user:{id}"),
+            details: json!({ "name": user.name, "role": user.role }),
+            invalidations: Vec::new(),
+        };
+        self.commit(pipe, change).await?;
         Ok(user)
     }
 
@@ -123,10 +139,8 @@ impl Store {
 
     pub async fn users(&self, org: &OrgId) -> Result<Vec<User>, StoreError> {
         let mut out = Vec::new();
-        for id in self
-            .members(self.name(format_args!("org:{org}:users")))
-            .await?
-        {
+        let set = self.name(format_args!("org:{org}:users"));
+        for id in self.members(set).await? {
             out.push(self.user(&UserId(id)).await?);
         }
         Ok(out)
@@ -143,17 +157,22 @@ impl Store {
         user.role = role.unwrap_or(user.role);
         user.status = status.unwrap_or(user.status);
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hset_multiple(
-                self.name(format_args!("user:{id}")),
-                &[
-                    ("role", user.role.to_string()),
-                    ("status", user.status.to_string()),
-                ],
-            )
-            .ignore();
-        self.publish(&mut pipe, &Invalidation::User(id.clone()));
-        self.transaction(&pipe).await?;
+        pipe.hset_multiple(
+            self.name(format_args!("user:{id}")),
+            &[
+                ("role", user.role.to_string()),
+                ("status", user.status.to_string()),
+            ],
+        )
+        .ignore();
+        let change = Change {
+            org: &user.org_id,
+            action: "user.update",
+            target: format!("user:{id}"),
+            details: json!({ "role": role, "status": status }),
+            invalidations: vec![Invalidation::User(id.clone())],
+        };
+        self.commit(pipe, change).await?;
         Ok(user)
     }
 
@@ -184,14 +203,19 @@ impl Store {
             ("created_at", project.created_at.to_string()),
         ];
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hset_multiple(&key, &fields)
+        pipe.hset_multiple(&key, &fields)
             .ignore()
             .sadd(self.name(format_args!("org:{org}:projects")), id.as_str())
             .ignore();
-        // A negative cache entry for this project may exist on some replica.
-        self.publish(&mut pipe, &Invalidation::Project(org.clone(), id.clone()));
-        self.transaction(&pipe).await?;
+        let change = Change {
+            org,
+            action: "project.create",
+            target: format!("project:{id}"),
+            details: json!({ "name": project.name, "visibility": visibility }),
+            // A negative cache entry for this project may exist on some replica.
+            invalidations: vec![Invalidation::Project(org.clone(), id.clone())],
+        };
+        self.commit(pipe, change).await?;
         Ok(project)
     }
 
@@ -211,10 +235,8 @@ impl Store {
 
     pub async fn projects(&self, org: &OrgId) -> Result<Vec<Project>, StoreError> {
         let mut out = Vec::new();
-        for id in self
-            .members(self.name(format_args!("org:{org}:projects")))
-            .await?
-        {
+        let set = self.name(format_args!("org:{org}:projects"));
+        for id in self.members(set).await? {
             out.push(self.existing_project(org, &ProjectId(id)).await?);
         }
         Ok(out)
@@ -229,15 +251,20 @@ impl Store {
         let mut project = self.existing_project(org, id).await?;
         project.visibility = visibility;
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hset(
-                self.name(format_args!("project:{org}:{id}")),
-                "visibility",
-                visibility.as_str(),
-            )
-            .ignore();
-        self.publish(&mut pipe, &Invalidation::Project(org.clone(), id.clone()));
-        self.transaction(&pipe).await?;
+        pipe.hset(
+            self.name(format_args!("project:{org}:{id}")),
+            "visibility",
+            visibility.as_str(),
+        )
+        .ignore();
+        let change = Change {
+            org,
+            action: "project.update",
+            target: format!("project:{id}"),
+            details: json!({ "visibility": visibility }),
+            invalidations: vec![Invalidation::Project(org.clone(), id.clone())],
+        };
+        self.commit(pipe, change).await?;
         Ok(project)
     }
 
@@ -259,14 +286,23 @@ impl Store {
         }
         let set = self.name(format_args!("project:{org}:{id}:members"));
         let mut pipe = redis::pipe();
-        pipe.atomic();
         if member {
             pipe.sadd(set, user.as_str()).ignore();
         } else {
             pipe.srem(set, user.as_str()).ignore();
         }
-        self.publish(&mut pipe, &Invalidation::Project(org.clone(), id.clone()));
-        self.transaction(&pipe).await?;
+        let change = Change {
+            org,
+            action: if member {
+                "project.member.add"
+            } else {
+                "project.member.remove"
+            },
+            target: format!("project:{id}"),
+            details: json!({ "user_id": user }),
+            invalidations: vec![Invalidation::Project(org.clone(), id.clone())],
+        };
+        self.commit(pipe, change).await?;
         self.existing_project(org, id).await
     }
 }

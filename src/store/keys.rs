@@ -1,21 +1,32 @@
 //! Keys: create (secret returned once), import legacy pairs, list, revoke/activate, rename,
-//! change scopes, delete.
+//! change scopes, rotate (new secret once; the old one works for a grace period), delete.
 //!
 //! Shared by the bootstrap CLI and the HTTP management API. Rules enforced here, once: the owner
 //! exists, is active and is not a guest; scopes are well formed and within the owner's role
 //! ceiling; restricted projects exist in the owner's org; an expiry is at least a minute away;
-//! only revoked keys can be deleted. Every write publishes `key:{hash}` in its transaction.
+//! revoked keys cannot be rotated; only revoked keys can be deleted. Every write invalidates
+//! `key:{hash}` for each credential of the key (current and rotated-out) in its transaction.
 
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::audit::Change;
 use super::directory::{check_name, new_id};
 use super::model::{
-    KeyId, KeyRecord, KeyStatus, OrgId, ProjectId, Role, User, UserId, UserStatus, unix_now,
+    Fields, KeyId, KeyRecord, KeyStatus, OrgId, ProjectId, Role, User, UserId, UserStatus, unix_now,
 };
 use super::{Invalidation, Store, StoreError};
-use crate::credential::{KeyFormat, KeyHash, hash_legacy};
+use crate::credential::{KeyFormat, KeyHash, hash_key, hash_legacy};
 use crate::policy::{Scope, role_allows};
 
 /// Shortest validity a key may be created with, in seconds.
 pub const MIN_VALIDITY_SECS: u64 = 60;
+/// Longest grace period of a rotation: enough to roll a secret through any deployment, short
+/// enough that a leaked secret does not live on for long.
+pub const MAX_ROTATION_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Key records read per round trip when listing.
+const LIST_BATCH: usize = 500;
 
 /// What a caller asks for when creating a key.
 #[derive(Clone, Debug)]
@@ -80,7 +91,34 @@ fn key_record(
         expires_at: new.expires_at,
         display,
         legacy,
-        hash: hash.to_hex(),
+        hash,
+        previous_hash: None,
+        previous_expires_at: None,
+        last_used_at: None,
+        request_count: 0,
+    }
+}
+
+/// Every replica must drop what it cached under any credential of `key`.
+fn invalidations(key: &KeyRecord) -> Vec<Invalidation> {
+    std::iter::once(key.hash)
+        .chain(key.previous_hash)
+        .map(Invalidation::Key)
+        .collect()
+}
+
+/// What the audit log says a key change was about.
+fn key_change<'a>(
+    key: &'a KeyRecord,
+    action: &'static str,
+    details: serde_json::Value,
+) -> Change<'a> {
+    Change {
+        org: &key.org_id,
+        action,
+        target: format!("key:{}", key.id),
+        details,
+        invalidations: invalidations(key),
     }
 }
 
@@ -120,7 +158,7 @@ impl Store {
         new: NewKey,
     ) -> Result<CreatedKey, StoreError> {
         let secret = format.generate();
-        let (hash, masked) = (crate::credential::hash_key(&secret), format.mask(&secret));
+        let (hash, masked) = (hash_key(&secret), format.mask(&secret));
         let record = self.insert_key(new, hash, masked, false).await?;
         Ok(CreatedKey { record, secret })
     }
@@ -132,9 +170,15 @@ impl Store {
         secret: &str,
         new: NewKey,
     ) -> Result<KeyRecord, StoreError> {
-        if legacy_id.is_empty() || secret.len() < 8 {
+        let printable = |s: &str| s.bytes().all(|b| b.is_ascii_graphic());
+        if legacy_id.is_empty() || legacy_id.len() > 128 || !printable(legacy_id) {
             return Err(StoreError::Rejected(
-                "a legacy pair needs an id and a secret of at least 8 characters".into(),
+                "a legacy key id is 1-128 visible ASCII characters".into(),
+            ));
+        }
+        if secret.len() < 8 || secret.len() > 256 || !printable(secret) {
+            return Err(StoreError::Rejected(
+                "a legacy secret is 8-256 visible ASCII characters".into(),
             ));
         }
         self.insert_key(
@@ -155,15 +199,23 @@ impl Store {
     ) -> Result<KeyRecord, StoreError> {
         let owner = self.check_new_key(&new).await?;
         let record = key_record(&owner, new, hash, display, legacy);
-        let index = self.name(format_args!("keyhash:{}", record.hash));
+        let index = self.name(format_args!("keyhash:{hash}"));
         self.ensure_absent("credential", &record.display, &index)
             .await?;
         let mut pipe = redis::pipe();
-        pipe.atomic();
         self.add_key_writes(&mut pipe, &record);
+        let details = json!({
+            "user_id": record.user_id, "name": record.name, "scopes": record.scopes,
+            "project_ids": record.project_ids, "expires_at": record.expires_at, "legacy": legacy,
+        });
         // A replica may hold a negative entry for this credential.
-        self.publish(&mut pipe, &Invalidation::Key(record.hash.clone()));
-        self.transaction(&pipe).await?;
+        let action = if legacy {
+            "key.import_legacy"
+        } else {
+            "key.create"
+        };
+        self.commit(pipe, key_change(&record, action, details))
+            .await?;
         Ok(record)
     }
 
@@ -181,8 +233,9 @@ impl Store {
     }
 
     /// Creates `count` keys like `new` (for seeding benchmarks and migrations): the rules are
-    /// checked once, and keys are written in pipelined transactions of 1,000. No invalidation is
-    /// published: no replica can hold an entry for a credential that was just generated.
+    /// checked once, and keys are written in pipelined transactions of 1,000, each audited as
+    /// one `key.create_many`. No invalidation is published: no replica can hold an entry for a
+    /// credential that was just generated.
     pub async fn create_keys(
         &self,
         format: &KeyFormat,
@@ -194,15 +247,27 @@ impl Store {
         let mut secrets = Vec::with_capacity(count);
         while secrets.len() < count {
             let mut pipe = redis::pipe();
-            pipe.atomic();
-            for _ in 0..BATCH.min(count - secrets.len()) {
+            let batch = BATCH.min(count - secrets.len());
+            for _ in 0..batch {
                 let secret = format.generate();
-                let hash = crate::credential::hash_key(&secret);
-                let record = key_record(&owner, new.clone(), hash, format.mask(&secret), false);
+                let record = key_record(
+                    &owner,
+                    new.clone(),
+                    hash_key(&secret),
+                    format.mask(&secret),
+                    false,
+                );
                 self.add_key_writes(&mut pipe, &record);
                 secrets.push(secret);
             }
-            self.transaction(&pipe).await?;
+            let change = Change {
+                org: &owner.org_id,
+                action: "key.create_many",
+                target: format!("user:{}", owner.id),
+                details: json!({ "count": batch, "name": new.name, "scopes": new.scopes }),
+                invalidations: Vec::new(),
+            };
+            self.commit(pipe, change).await?;
         }
         Ok(secrets)
     }
@@ -224,28 +289,42 @@ impl Store {
             None => self.name(format_args!("org:{org}:keys")),
         };
         let mut out = Vec::new();
-        for id in self.members(set).await? {
-            let key = self.key(&KeyId(id)).await?;
-            if &key.org_id == org {
-                out.push(key);
+        for ids in self.members(set).await?.chunks(LIST_BATCH) {
+            let mut pipe = redis::pipe();
+            for id in ids {
+                pipe.hgetall(self.name(format_args!("key:{id}")));
+            }
+            let mut c = self.conn.clone();
+            let records: Vec<Fields> = self
+                .bounded(async { Ok(pipe.query_async(&mut c).await?) })
+                .await?;
+            for fields in records.iter().filter(|f| !f.is_empty()) {
+                let key = KeyRecord::from_fields(fields)?;
+                if &key.org_id == org {
+                    out.push(key);
+                }
             }
         }
         out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
         Ok(out)
     }
 
-    /// Writes some fields of a key and tells every replica.
+    /// Writes some fields of a key, audited as `action`, and tells every replica.
     async fn update_key_fields(
         &self,
         key: &KeyRecord,
         fields: &[(&str, String)],
+        action: &'static str,
     ) -> Result<(), StoreError> {
+        let details: serde_json::Map<String, serde_json::Value> = fields
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), json!(v)))
+            .collect();
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hset_multiple(self.name(format_args!("key:{}", key.id)), fields)
+        pipe.hset_multiple(self.name(format_args!("key:{}", key.id)), fields)
             .ignore();
-        self.publish(&mut pipe, &Invalidation::Key(key.hash.clone()));
-        self.transaction(&pipe).await
+        self.commit(pipe, key_change(key, action, details.into()))
+            .await
     }
 
     /// Revokes or re-activates a key.
@@ -256,7 +335,11 @@ impl Store {
     ) -> Result<KeyRecord, StoreError> {
         let mut key = self.key(id).await?;
         key.status = status;
-        self.update_key_fields(&key, &[("status", status.to_string())])
+        let action = match status {
+            KeyStatus::Active => "key.activate",
+            KeyStatus::Revoked => "key.revoke",
+        };
+        self.update_key_fields(&key, &[("status", status.to_string())], action)
             .await?;
         Ok(key)
     }
@@ -265,7 +348,7 @@ impl Store {
         check_name(name)?;
         let mut key = self.key(id).await?;
         key.name = name.to_owned();
-        self.update_key_fields(&key, &[("name", key.name.clone())])
+        self.update_key_fields(&key, &[("name", key.name.clone())], "key.rename")
             .await?;
         Ok(key)
     }
@@ -282,9 +365,66 @@ impl Store {
         scopes.sort();
         scopes.dedup();
         key.scopes = scopes;
-        self.update_key_fields(&key, &[("scopes", super::model::join(&key.scopes))])
+        let fields = [("scopes", super::model::join(&key.scopes))];
+        self.update_key_fields(&key, &fields, "key.set_scopes")
             .await?;
         Ok(key)
+    }
+
+    /// Gives a key a new secret (returned once). The old secret keeps working for `grace`, then
+    /// is answered `key_rotated`; a secret rotated out earlier stops at once. A legacy pair
+    /// rotated this way becomes an ordinary key.
+    pub async fn rotate_key(
+        &self,
+        format: &KeyFormat,
+        id: &KeyId,
+        grace: Duration,
+    ) -> Result<CreatedKey, StoreError> {
+        if grace > MAX_ROTATION_GRACE {
+            let max = humantime::format_duration(MAX_ROTATION_GRACE);
+            return Err(StoreError::Rejected(format!(
+                "`grace_period`: at most {max}"
+            )));
+        }
+        let mut key = self.key(id).await?;
+        if key.status == KeyStatus::Revoked {
+            return Err(StoreError::KeyRevoked);
+        }
+        let before = key.clone();
+        let secret = format.generate();
+        key.previous_hash = Some(key.hash);
+        key.previous_expires_at = Some(unix_now() + grace.as_secs());
+        key.hash = hash_key(&secret);
+        key.display = format.mask(&secret);
+        key.legacy = false;
+        let mut pipe = redis::pipe();
+        if let Some(stale) = before.previous_hash {
+            pipe.del(self.name(format_args!("keyhash:{stale}")))
+                .ignore();
+        }
+        let fields = [
+            ("hash", key.hash.to_hex()),
+            ("display", key.display.clone()),
+            ("legacy", "0".to_owned()),
+            ("previous_hash", before.hash.to_hex()),
+            (
+                "previous_expires_at",
+                key.previous_expires_at.unwrap_or(0).to_string(),
+            ),
+        ];
+        pipe.set(self.name(format_args!("keyhash:{}", key.hash)), id.as_str())
+            .ignore()
+            .hset_multiple(self.name(format_args!("key:{id}")), &fields)
+            .ignore();
+        let details = json!({ "grace_period_secs": grace.as_secs(), "display": key.display });
+        // Cached entries under the old secrets must be re-read (the current one gets its grace
+        // deadline; an older one stops).
+        self.commit(pipe, key_change(&before, "key.rotate", details))
+            .await?;
+        Ok(CreatedKey {
+            record: key,
+            secret,
+        })
     }
 
     /// Deletes a revoked key entirely.
@@ -294,22 +434,21 @@ impl Store {
             return Err(StoreError::KeyNotRevoked);
         }
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .del(self.name(format_args!("key:{id}")))
-            .ignore()
-            .del(self.name(format_args!("keyhash:{}", key.hash)))
-            .ignore()
-            .srem(
-                self.name(format_args!("user:{}:keys", key.user_id)),
-                id.as_str(),
-            )
-            .ignore()
-            .srem(
-                self.name(format_args!("org:{}:keys", key.org_id)),
-                id.as_str(),
-            )
-            .ignore();
-        self.publish(&mut pipe, &Invalidation::Key(key.hash.clone()));
-        self.transaction(&pipe).await
+        pipe.del(self.name(format_args!("key:{id}"))).ignore();
+        for hash in std::iter::once(key.hash).chain(key.previous_hash) {
+            pipe.del(self.name(format_args!("keyhash:{hash}"))).ignore();
+        }
+        pipe.srem(
+            self.name(format_args!("user:{}:keys", key.user_id)),
+            id.as_str(),
+        )
+        .ignore()
+        .srem(
+            self.name(format_args!("org:{}:keys", key.org_id)),
+            id.as_str(),
+        )
+        .ignore();
+        self.commit(pipe, key_change(&key, "key.delete", json!({})))
+            .await
     }
 }

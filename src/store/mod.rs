@@ -16,19 +16,25 @@
 //! kg:project:{org}:{project}   hash  org_id, name, visibility, created_at
 //! kg:project:{org}:{project}:members  set  user ids
 //! kg:key:{key}                 hash  see KeyRecord::to_fields (SHA-256 only, never the secret)
-//! kg:keyhash:{sha256 hex}      string key id: the lookup index
+//! kg:keyhash:{sha256 hex}      string key id: the lookup index (one per secret; a rotated-out
+//!                              secret's stays until the next rotation or the key's deletion)
+//! kg:org:{org}:audit           stream the audit log, see `audit`
 //! kg:invalidate                pub/sub channel, see [`Invalidation`]
 //! ```
-//! Invariants: every multi-key write is one MULTI/EXEC transaction that also PUBLISHes its
-//! invalidation, so no crash leaves half a key and no replica misses a change it could see.
+//! Invariants: every write is one MULTI/EXEC transaction ([`Store::commit`]) that also appends
+//! its audit entry and PUBLISHes its invalidations, so no crash leaves half a key, no change goes
+//! unaudited, and no replica misses a change it could see. The actor is the handle's
+//! ([`Store::acting_as`]).
 //! The request path's key lookup is one round trip (a Lua script).
 //!
 //! This is the one narrow interface to storage: a second backend (an embedded single-node store)
 //! can become an enum behind `Store` without touching the request path.
 
+pub mod audit;
 pub mod directory;
 pub mod keys;
 pub mod model;
+pub mod usage;
 
 use std::time::Duration;
 
@@ -37,6 +43,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::RedisConfig;
 use crate::credential::KeyHash;
+use audit::Actor;
 use model::{BadRecord, Fields, OrgId, Principal, Project, ProjectId, User, UserId};
 
 /// Why a store operation failed.
@@ -54,6 +61,8 @@ pub enum StoreError {
     AlreadyExists { kind: &'static str, id: String },
     #[error("the key must be revoked before it can be deleted")]
     KeyNotRevoked,
+    #[error("the key is revoked; activate it before rotating it")]
+    KeyRevoked,
     #[error("{0}")]
     Rejected(String),
 }
@@ -74,8 +83,8 @@ impl StoreError {
 /// A change every replica must apply to its hot cache.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Invalidation {
-    /// A key (by the hex SHA-256 of its credential) was created, changed or deleted.
-    Key(String),
+    /// A key (by the SHA-256 of one of its credentials) was created, changed or deleted.
+    Key(KeyHash),
     /// A user changed: every key they own must be re-read.
     User(UserId),
     /// A project's visibility or members changed.
@@ -94,7 +103,7 @@ impl Invalidation {
     pub fn decode(msg: &str) -> Option<Invalidation> {
         let (kind, rest) = msg.split_once(':')?;
         match kind {
-            "key" => Some(Invalidation::Key(rest.to_owned())),
+            "key" => KeyHash::from_hex(rest).map(Invalidation::Key),
             "user" => Some(Invalidation::User(UserId(rest.to_owned()))),
             "project" => {
                 let (org, id) = rest.split_once(':')?;
@@ -127,6 +136,8 @@ pub struct Store {
     ns: String,
     timeout: Duration,
     resolve: std::sync::Arc<redis::Script>,
+    /// Who the writes made through this handle are audited as.
+    actor: Actor,
 }
 
 impl Store {
@@ -145,7 +156,16 @@ impl Store {
             ns: cfg.namespace.clone(),
             timeout: cfg.command_timeout,
             resolve: std::sync::Arc::new(redis::Script::new(RESOLVE_SCRIPT)),
+            actor: Actor::named("system"),
         })
+    }
+
+    /// The same store, with writes audited as made by `actor`.
+    pub fn acting_as(&self, actor: Actor) -> Store {
+        Store {
+            actor,
+            ..self.clone()
+        }
     }
 
     /// The client, for the dedicated pub/sub connection of the invalidation subscriber.
@@ -185,7 +205,7 @@ impl Store {
     /// The key with this credential hash and its owner, or `None` if no key has it.
     pub async fn resolve_key(&self, hash: &KeyHash) -> Result<Option<Principal>, StoreError> {
         let mut c = self.conn.clone();
-        let index = self.name(format_args!("keyhash:{}", hash.to_hex()));
+        let index = self.name(format_args!("keyhash:{hash}"));
         let found: Option<(Vec<String>, Vec<String>, String)> = self
             .bounded(async {
                 Ok(self
@@ -282,18 +302,6 @@ impl Store {
         m.sort();
         Ok(m)
     }
-
-    /// Runs a MULTI/EXEC pipeline (writes plus their invalidation PUBLISH).
-    async fn transaction(&self, pipe: &redis::Pipeline) -> Result<(), StoreError> {
-        let mut c = self.conn.clone();
-        self.bounded(async { Ok(pipe.query_async::<()>(&mut c).await?) })
-            .await
-    }
-
-    /// Adds the PUBLISH of an invalidation to a transaction.
-    fn publish(&self, pipe: &mut redis::Pipeline, what: &Invalidation) {
-        pipe.publish(self.channel(), what.encode()).ignore();
-    }
 }
 
 /// HGETALL's flat `[field, value, …]` as a map.
@@ -313,7 +321,7 @@ mod tests {
     #[test]
     fn invalidations_round_trip() {
         let all = [
-            Invalidation::Key("ab".repeat(32)),
+            Invalidation::Key(KeyHash([0xab; 32])),
             Invalidation::User(UserId("u_1".into())),
             Invalidation::Project(OrgId("acme".into()), ProjectId("p-1".into())),
         ];
@@ -322,5 +330,6 @@ mod tests {
         }
         assert_eq!(Invalidation::decode("nonsense"), None);
         assert_eq!(Invalidation::decode("project:only-org"), None);
+        assert_eq!(Invalidation::decode("key:not-hex"), None);
     }
 }

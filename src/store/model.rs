@@ -14,6 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::credential::KeyHash;
 use crate::policy::Scope;
 
 macro_rules! id_type {
@@ -168,9 +169,20 @@ pub struct KeyRecord {
     pub display: String,
     /// An imported key id + secret pair rather than a keygate key.
     pub legacy: bool,
-    /// Hex SHA-256 of the credential: the lookup index. Not secret, but not shown either.
+    /// SHA-256 of the credential: the lookup index. Not secret, but not shown either.
     #[serde(skip)]
-    pub hash: String,
+    pub hash: KeyHash,
+    /// After a rotation: the replaced credential's hash, which works until
+    /// `previous_expires_at` and is then answered `key_rotated`.
+    #[serde(skip)]
+    pub previous_hash: Option<KeyHash>,
+    /// When the replaced secret stops (Unix seconds); `None` when the key was never rotated.
+    pub previous_expires_at: Option<u64>,
+    /// When the key last authenticated a request (Unix seconds; written in batches, so up to
+    /// `usage.flush_interval` behind).
+    pub last_used_at: Option<u64>,
+    /// Requests the key has authenticated (same batching).
+    pub request_count: u64,
 }
 
 /// A resolved key with its owner: everything the policy needs about the caller.
@@ -194,6 +206,20 @@ fn field<'a>(f: &'a Fields, name: &'static str) -> Result<&'a str, BadRecord> {
 
 fn parsed<T: std::str::FromStr>(f: &Fields, name: &'static str) -> Result<T, BadRecord> {
     field(f, name)?.parse().map_err(|_| BadRecord(name))
+}
+
+/// A number that may be absent (written later than the record, or never): 0 then.
+fn count(f: &Fields, name: &'static str) -> Result<u64, BadRecord> {
+    f.get(name)
+        .map_or(Ok(0), |v| v.parse().map_err(|_| BadRecord(name)))
+}
+
+/// A hash that may be absent or empty.
+fn optional_hash(f: &Fields, name: &'static str) -> Result<Option<KeyHash>, BadRecord> {
+    match f.get(name).map(String::as_str) {
+        None | Some("") => Ok(None),
+        Some(hex) => KeyHash::from_hex(hex).map(Some).ok_or(BadRecord(name)),
+    }
 }
 
 /// An id field: must be a slug, so it is safe in headers and key names whoever wrote Redis.
@@ -275,6 +301,7 @@ impl Project {
 impl KeyRecord {
     pub fn from_fields(f: &Fields) -> Result<Self, BadRecord> {
         let expires_at: u64 = parsed(f, "expires_at")?;
+        let nonzero = |n: u64| (n != 0).then_some(n);
         Ok(KeyRecord {
             id: slug(f, "id", KeyId)?,
             org_id: slug(f, "org_id", OrgId)?,
@@ -284,13 +311,19 @@ impl KeyRecord {
             project_ids: list(f, "project_ids", is_valid_id, ProjectId)?,
             status: parsed(f, "status")?,
             created_at: parsed(f, "created_at")?,
-            expires_at: (expires_at != 0).then_some(expires_at),
+            expires_at: nonzero(expires_at),
             display: field(f, "display")?.to_owned(),
             legacy: field(f, "legacy")? == "1",
-            hash: field(f, "hash")?.to_owned(),
+            hash: KeyHash::from_hex(field(f, "hash")?).ok_or(BadRecord("hash"))?,
+            previous_hash: optional_hash(f, "previous_hash")?,
+            previous_expires_at: nonzero(count(f, "previous_expires_at")?),
+            last_used_at: nonzero(count(f, "last_used_at")?),
+            request_count: count(f, "request_count")?,
         })
     }
 
+    /// The fields a key is created with. Usage (`last_used_at`, `request_count`) is written
+    /// only by the usage flusher, and rotation fields only by a rotation.
     pub fn to_fields(&self) -> Vec<(&'static str, String)> {
         vec![
             ("id", self.id.0.clone()),
@@ -304,7 +337,7 @@ impl KeyRecord {
             ("expires_at", self.expires_at.unwrap_or(0).to_string()),
             ("display", self.display.clone()),
             ("legacy", if self.legacy { "1" } else { "0" }.to_owned()),
-            ("hash", self.hash.clone()),
+            ("hash", self.hash.to_hex()),
         ]
     }
 }
@@ -337,7 +370,11 @@ mod tests {
             expires_at: None,
             display: "kg_AbCd…wxyz".into(),
             legacy: false,
-            hash: "ab".repeat(32),
+            hash: KeyHash([0xab; 32]),
+            previous_hash: None,
+            previous_expires_at: None,
+            last_used_at: None,
+            request_count: 0,
         };
         let fields: Fields = key
             .to_fields()
@@ -361,7 +398,7 @@ mod tests {
             ("expires_at", "0"),
             ("display", "kg_…"),
             ("legacy", "0"),
-            ("hash", "ab"),
+            ("hash", &"ab".repeat(32)),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -372,6 +409,9 @@ mod tests {
             ("org_id", "a b"),
             ("scopes", "predict Bad\u{7f}"),
             ("project_ids", "p/1"),
+            ("hash", "ab"),
+            ("previous_hash", "zz"),
+            ("request_count", "-1"),
         ] {
             let mut f = good.clone();
             f.insert(field.to_owned(), bad.to_owned());
