@@ -2,36 +2,8 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
-use bytes::Bytes;
 use common::*;
-use http::Request;
-use http_body_util::Full;
 use serde_json::{Value, json};
-
-async fn api(
-    admin: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(format!("http://{admin}{path}"));
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let body = body.map_or_else(Full::default, |b| Full::new(Bytes::from(b.to_string())));
-    let (status, _, bytes) = send(req.body(body).unwrap()).await;
-    let value = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
-    (status.as_u16(), value)
-}
 
 /// Polls the data plane until a key gets `want` (an error code, or "ok" for 200); changes reach
 /// replicas through pub/sub, within milliseconds but not synchronously.

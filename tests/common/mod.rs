@@ -27,6 +27,33 @@ use keygate::store::model::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+/// The management API's bootstrap token in in-process gateways.
+pub const BOOTSTRAP: &str = "test-bootstrap-token-0123456789";
+
+/// Calls the management API; returns the status and the JSON body (`null` when empty).
+pub async fn api(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{admin}{path}"));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let body = body.map_or_else(Full::default, |b| Full::new(Bytes::from(b.to_string())));
+    let (status, _, bytes) = send(req.body(body).unwrap()).await;
+    let value = if bytes.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("not JSON: {bytes:?}"))
+    };
+    (status.as_u16(), value)
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -287,7 +314,10 @@ impl Gateway {
             .with_test_writer()
             .with_env_filter("warn")
             .try_init();
-        let config = Arc::new(Config::parse(toml, base).unwrap_or_else(|e| panic!("{e}")));
+        let mut config = Config::parse(toml, base).unwrap_or_else(|e| panic!("{e}"));
+        // Set directly rather than through the environment, which tests share.
+        config.admin_token = Some(keygate::config::Secret(BOOTSTRAP.into()));
+        let config = Arc::new(config);
         let listeners = keygate::Listeners::bind(&config).unwrap();
         let (addr, admin_addr) = (
             listeners.data_addrs()[0],
@@ -479,6 +509,8 @@ max_stale = "3s"
 max_body_bytes = 100000000
 upstream_response_timeout = "1s"
 drain_timeout = "5s"
+[keys]
+usage_flush_interval = "100ms"
 [log]
 access_log = false
 [[route]]
