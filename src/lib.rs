@@ -6,14 +6,16 @@
 //! replica keeps hot entries in process and drops them when Redis announces a change.
 //!
 //! # Layout
-//! - `main.rs` + [`cli`]: the CLI (`serve`, `check-config`, `admin …`, `demo-upstream`).
+//! - `main.rs` + [`cli`]: the CLI (`serve`, `check-config`, `admin …` on the store directly,
+//!   `demo-upstream`); [`client`]: `keys|users|projects …` over the management API.
 //! - [`config`]: TOML file → validated runtime config and compiled route table.
 //! - [`server`]: accept loops, TLS, HTTP/1.1 + HTTP/2, connection limits, graceful drain;
 //!   `run()` here starts one single-threaded runtime per worker (thread-per-core).
 //! - [`proxy`]: `handle()`, the request path; [`proxy::route`] matching on the normalised path;
 //!   [`proxy::forward`] the pooled client, header rewrite and streaming.
 //! - [`credential`]: key format (generate, parse, checksum, hash, mask) and header extraction.
-//! - [`store`]: records and the Redis schema; every write publishes an invalidation.
+//! - [`store`]: records and the Redis schema; every write is audited and publishes its
+//!   invalidations; key usage is counted in process and written in batches.
 //! - [`cache`]: hot entries (bounded, TTL, negative entries, one fetch in flight per key,
 //!   stale-if-error) and the invalidation subscriber.
 //! - [`policy`]: pure: may this key do this on this route and project, now?
@@ -34,6 +36,7 @@ pub mod admin;
 pub mod api;
 pub mod cache;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod credential;
 pub mod demo;

@@ -1,7 +1,7 @@
 //! The `keygate` binary: parses the command line and hands over to the library.
 //!
-//! Exit codes: 0 ok; 1 runtime failure; 64 bad configuration (nothing was bound); 65 and 69 from
-//! `admin` commands (refused; Redis unreachable).
+//! Exit codes: 0 ok; 1 runtime failure; 64 bad configuration (nothing was bound) or no API URL /
+//! key; 65 and 69 from `admin`, `keys`, `users`, `projects` (refused; unreachable).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +47,27 @@ enum Command {
         config: PathBuf,
         #[command(flatten)]
         args: keygate::cli::AdminArgs,
+    },
+    /// API keys, over the management API of a running keygate (KEYGATE_URL, KEYGATE_API_KEY).
+    Keys {
+        #[command(flatten)]
+        args: keygate::client::ClientArgs,
+        #[command(subcommand)]
+        command: keygate::client::KeysCommand,
+    },
+    /// Users of the org, over the management API (org admins).
+    Users {
+        #[command(flatten)]
+        args: keygate::client::ClientArgs,
+        #[command(subcommand)]
+        command: keygate::client::UsersCommand,
+    },
+    /// Projects of the org and their members, over the management API.
+    Projects {
+        #[command(flatten)]
+        args: keygate::client::ClientArgs,
+        #[command(subcommand)]
+        command: keygate::client::ProjectsCommand,
     },
     /// Run the demo upstream (a fixed 64-byte JSON answer) for demos and benchmarks.
     DemoUpstream {
@@ -107,6 +128,15 @@ fn main() -> ExitCode {
                 Ok(c) => ExitCode::from(keygate::cli::run(&c, args).await),
                 Err(code) => code,
             },
+            Command::Keys { args, command } => {
+                ExitCode::from(keygate::client::keys(args, command).await)
+            }
+            Command::Users { args, command } => {
+                ExitCode::from(keygate::client::users(args, command).await)
+            }
+            Command::Projects { args, command } => {
+                ExitCode::from(keygate::client::projects(args, command).await)
+            }
             Command::DemoUpstream { listen } => {
                 let listener = match tokio::net::TcpListener::bind(listen).await {
                     Ok(l) => l,

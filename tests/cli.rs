@@ -293,3 +293,122 @@ async fn bootstrap_cli_and_serve_work_end_to_end() {
         "the secret never reaches a log"
     );
 }
+
+/// Runs `keygate <args>` against a gateway's management API; returns (exit code, stdout, stderr).
+async fn client(admin: std::net::SocketAddr, key: &str, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(BIN)
+        .args(args)
+        .env("KEYGATE_URL", format!("http://{admin}"))
+        .env("KEYGATE_API_KEY", key)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_http_client_manages_keys_users_and_projects() {
+    let w = World::start().await;
+    let (a, ada) = (w.gw.admin, w.keys.ada.as_str());
+    let (code, out, err) = client(
+        a,
+        ada,
+        &[
+            "keys",
+            "create",
+            "--name",
+            "laptop",
+            "--scopes",
+            "inference",
+            "--expires-in",
+            "30d",
+            "--user",
+            "bob",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let secret = out.trim().to_owned();
+    assert!(
+        secret.starts_with("kg_") && !out.contains(' '),
+        "only the secret on stdout: {out}"
+    );
+    assert!(
+        err.contains("shown only once") && !err.contains(&secret),
+        "{err}"
+    );
+    let (status, _, _) = get_with(w.gw.addr, "/v1/projects/p2/x", &[("apikey", &secret)]).await;
+    assert_eq!(status, 200);
+
+    let (code, out, _) = client(a, ada, &["keys", "list", "--user", "bob", "--json"]).await;
+    assert_eq!(code, 0);
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "laptop")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(!out.contains(&secret[3..]));
+    let (code, out, _) = client(a, ada, &["keys", "rename", &id, "old laptop"]).await;
+    assert_eq!((code, out.contains("old laptop")), (0, true), "{out}");
+    let (code, out, _) = client(a, ada, &["keys", "set-scopes", &id, "predict,models:read"]).await;
+    assert_eq!(
+        (code, out.contains("models:read,predict")),
+        (0, true),
+        "{out}"
+    );
+    let (code, rotated, _) = client(a, ada, &["keys", "rotate", &id, "--grace", "1h"]).await;
+    assert_eq!(code, 0);
+    assert_ne!(rotated.trim(), secret);
+    let (code, _, err) = client(a, ada, &["keys", "delete", &id]).await;
+    assert_eq!(code, 65, "only revoked keys: {err}");
+    assert!(err.contains("key_not_revoked"));
+    assert_eq!(client(a, ada, &["keys", "revoke", &id]).await.0, 0);
+    assert_eq!(client(a, ada, &["keys", "delete", &id]).await.0, 0);
+    assert_eq!(client(a, ada, &["keys", "show", &id]).await.0, 65);
+
+    let (code, out, _) = client(
+        a,
+        ada,
+        &["users", "create", "--id", "dora", "--name", "Dora"],
+    )
+    .await;
+    assert_eq!((code, out.contains("dora")), (0, true));
+    let (code, out, _) = client(a, ada, &["users", "list"]).await;
+    assert!(
+        code == 0 && out.lines().any(|l| l.starts_with("dora ")),
+        "{out}"
+    );
+    assert_eq!(
+        client(a, ada, &["users", "set", "dora", "--status", "disabled"])
+            .await
+            .0,
+        0
+    );
+    let (code, out, _) = client(a, ada, &["projects", "add-member", "p1", "bob"]).await;
+    assert_eq!((code, out.contains("alice,bob")), (0, true), "{out}");
+    let (code, out, _) = client(a, BOOTSTRAP, &["projects", "list", "--org", "globex"]).await;
+    assert_eq!((code, out.lines().count()), (0, 1), "{out}");
+
+    // Refusals, a missing URL and an unreachable API each have their exit code.
+    let (code, _, err) = client(a, &w.keys.alice, &["keys", "list"]).await;
+    assert_eq!(code, 65, "a data-plane key cannot manage: {err}");
+    let out = tokio::process::Command::new(BIN)
+        .args(["keys", "list"])
+        .env_remove("KEYGATE_URL")
+        .env_remove("KEYGATE_API_KEY")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    assert_eq!(client(dead, ada, &["keys", "list"]).await.0, 69);
+}
