@@ -27,7 +27,7 @@ pub struct Metrics {
     /// `keygate_key_lookups_total{result}`: hit, miss, negative, stale, error.
     pub key_lookups: IntCounterVec,
     /// `keygate_redis_errors_total`: Redis failures seen by key lookups (each waiting request
-    /// counts) and by the invalidation subscriber.
+    /// counts), the invalidation subscriber and the usage writer.
     pub redis_errors: IntCounter,
     /// `keygate_cache_entries{kind}`: set at scrape time.
     pub cache_entries: IntGaugeVec,
@@ -76,7 +76,7 @@ impl Metrics {
         .expect("valid metric");
         let redis_errors = IntCounter::new(
             "keygate_redis_errors_total",
-            "Redis failures seen by key lookups and by the invalidation subscriber.",
+            "Redis failures seen by key lookups, the invalidation subscriber and the usage writer.",
         )
         .expect("valid metric");
         let cache_entries = IntGaugeVec::new(
