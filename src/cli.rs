@@ -229,7 +229,8 @@ fn scopes(config: &Config, names: &[String]) -> Result<Vec<Scope>, StoreError> {
     config.scopes(names).map_err(StoreError::Rejected)
 }
 
-fn row(cells: &[&str]) -> String {
+/// One table row: cells padded to 24 characters.
+pub(crate) fn row(cells: &[&str]) -> String {
     cells
         .iter()
         .map(|c| format!("{c:<24}"))

@@ -375,12 +375,5 @@ fn row(v: &Value) -> String {
     } else {
         ["id", "name", "visibility", "members"].map(text).into()
     };
-    cells
-        .iter()
-        .map(|c| format!("{c:<24}"))
-        .collect::<Vec<_>>()
-        .join(" ")
-        .trim_end()
-        .to_owned()
-        + "\n"
+    crate::cli::row(&cells.iter().map(String::as_str).collect::<Vec<_>>())
 }
