@@ -184,6 +184,19 @@ async fn refusals_name_the_rule_or_field() {
         (400, Some("invalid_json"))
     );
     assert!(v["message"].as_str().unwrap().contains("colour"));
+    // A refused PATCH changes nothing (the name is not written when the scopes are refused).
+    let path = format!("/v1/keys/{}", w.keys.alice_id);
+    let (s, _) = api(
+        a,
+        "PATCH",
+        &path,
+        Some(w.keys.ada.as_str()),
+        Some(json!({"name": "renamed", "scopes": ["admin"]})),
+    )
+    .await;
+    assert_eq!(s, 422, "admin is beyond a member's ceiling");
+    let (_, shown) = api(a, "GET", &path, Some(w.keys.ada.as_str()), None).await;
+    assert_eq!(shown["name"], "alice's key");
     let (s, _) = create(json!({"name": "x", "scopes": ["predict"], "user_id": "bob"})).await;
     assert_eq!(s, 404, "a member cannot create keys for others");
     let (s, _) = create(json!({"name": "x", "scopes": ["predict"], "user_id": "gina"})).await;

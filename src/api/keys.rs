@@ -228,12 +228,17 @@ pub async fn update(
     body: UpdateKey,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let mut key = visible_key(ctx, id).await?;
+    // Everything that can be refused is checked before anything is written: the name here, the
+    // scopes' syntax here and their ceiling by the first write.
     let scopes = body.scopes.as_deref().map(|n| scopes(ctx, n)).transpose()?;
     if let Some(name) = &body.name {
-        key = ctx.store.rename_key(&key.id, name).await?;
+        crate::store::directory::check_name(name)?;
     }
     if let Some(scopes) = scopes {
         key = ctx.store.set_key_scopes(&key.id, scopes).await?;
+    }
+    if let Some(name) = &body.name {
+        key = ctx.store.rename_key(&key.id, name).await?;
     }
     Ok(json(StatusCode::OK, &key))
 }
