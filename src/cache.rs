@@ -47,17 +47,6 @@ pub enum Outcome {
     Stale,
 }
 
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Hit => "hit",
-            Outcome::Miss => "miss",
-            Outcome::Negative => "negative",
-            Outcome::Stale => "stale",
-        }
-    }
-}
-
 /// A lookup's answer: the value (`None`: does not exist) and how it was found.
 #[derive(Debug)]
 pub struct Lookup<V> {

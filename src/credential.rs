@@ -14,7 +14,7 @@
 
 use std::fmt;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
@@ -182,9 +182,9 @@ pub fn hash_legacy(id: &str, secret: &str) -> KeyHash {
 pub fn extract(headers: &HeaderMap, format: &KeyFormat) -> Result<Credential, CredentialError> {
     let mut presented: Option<&str> = None;
     let candidates = headers
-        .get_all("apikey")
+        .get_all(APIKEY)
         .iter()
-        .chain(headers.get_all("x-api-key"))
+        .chain(headers.get_all(X_API_KEY))
         .map(|v| {
             v.to_str()
                 .map(|s| Some(s.trim()))
@@ -208,7 +208,7 @@ pub fn extract(headers: &HeaderMap, format: &KeyFormat) -> Result<Credential, Cr
     let key = presented.ok_or(CredentialError::Missing)?;
     match format.parse(key) {
         Ok(credential) => Ok(credential),
-        Err(err) => match headers.get("apisecret").map(|v| v.to_str().map(str::trim)) {
+        Err(err) => match headers.get(APISECRET).map(|v| v.to_str().map(str::trim)) {
             Some(Ok(secret)) if !secret.is_empty() => Ok(Credential::Legacy {
                 hash: hash_legacy(key, secret),
                 id: key.to_owned(),
@@ -232,8 +232,13 @@ fn authorization_key(value: &http::HeaderValue) -> Result<Option<&str>, Credenti
     }
 }
 
+const APIKEY: HeaderName = HeaderName::from_static("apikey");
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+const APISECRET: HeaderName = HeaderName::from_static("apisecret");
+
 /// Every header that may carry a credential: removed before anything goes upstream.
-pub const CREDENTIAL_HEADERS: [&str; 4] = ["apikey", "x-api-key", "apisecret", "authorization"];
+pub const CREDENTIAL_HEADERS: [HeaderName; 4] =
+    [APIKEY, X_API_KEY, APISECRET, http::header::AUTHORIZATION];
 
 #[cfg(test)]
 mod tests {

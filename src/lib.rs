@@ -58,7 +58,6 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
-use crate::proxy::forward::Upstreams;
 use crate::store::usage::Usage;
 use crate::store::{Store, StoreError};
 
@@ -148,15 +147,14 @@ pub async fn run(
     let usage = Arc::new(Usage::default());
     let draining = Arc::new(AtomicBool::new(false));
     let gateway = || {
-        Arc::new(Gateway {
-            upstreams: Upstreams::new(&config.limits),
-            config: config.clone(),
-            store: store.clone(),
-            cache: cache.clone(),
-            metrics: metrics.clone(),
-            usage: usage.clone(),
-            draining: draining.clone(),
-        })
+        Arc::new(Gateway::new(
+            config.clone(),
+            store.clone(),
+            cache.clone(),
+            metrics.clone(),
+            usage.clone(),
+            draining.clone(),
+        ))
     };
     let (stop_data, data_stopped) = watch::channel(false);
     let (stop_admin, admin_stopped) = watch::channel(false);

@@ -5,10 +5,19 @@
 //! from error codes or `forwarded`, lookup results from [`crate::cache::Outcome`]. Never a raw
 //! path, key or client address.
 
+use crate::cache::Outcome;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// HTTP status classes, the `status_class` label: index = first digit - 1.
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The index of a status code's class in [`STATUS_CLASSES`].
+pub fn status_class(status: u16) -> usize {
+    (status / 100).clamp(1, 5) as usize - 1
+}
 
 /// Latency buckets in seconds: 100 µs to 60 s (inference responses can be slow).
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -26,6 +35,8 @@ pub struct Metrics {
     pub upstream_duration: HistogramVec,
     /// `keygate_key_lookups_total{result}`: hit, miss, negative, stale, error.
     pub key_lookups: IntCounterVec,
+    /// The children of `key_lookups`, in [`LOOKUP_RESULTS`] order, resolved once.
+    key_lookup_results: [IntCounter; 5],
     /// `keygate_redis_errors_total`: Redis failures seen by key lookups (each waiting request
     /// counts), the invalidation subscriber and the usage writer.
     pub redis_errors: IntCounter,
@@ -104,8 +115,10 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric names are unique");
         }
+        let key_lookup_results = LOOKUP_RESULTS.map(|r| key_lookups.with_label_values(&[r]));
         Metrics {
             registry,
+            key_lookup_results,
             requests,
             request_duration,
             upstream_duration,
@@ -117,6 +130,31 @@ impl Metrics {
         }
     }
 
+    /// Counts one key lookup by its result.
+    pub fn key_lookup(&self, outcome: Option<Outcome>) {
+        let i = match outcome {
+            Some(Outcome::Hit) => 0,
+            Some(Outcome::Miss) => 1,
+            Some(Outcome::Negative) => 2,
+            Some(Outcome::Stale) => 3,
+            None => 4,
+        };
+        self.key_lookup_results[i].inc();
+    }
+
+    /// The handles of one route's series (`route` is a route id, or `none`), resolved once so
+    /// that a request updates them without hashing label values.
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        RouteMetrics {
+            forwarded: STATUS_CLASSES.map(|class| {
+                self.requests
+                    .with_label_values(&[route, "forwarded", class])
+            }),
+            request_duration: self.request_duration.with_label_values(&[route]),
+            upstream_duration: self.upstream_duration.with_label_values(&[route]),
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -125,6 +163,17 @@ impl Metrics {
             .expect("text encoding into a Vec cannot fail");
         String::from_utf8(buf).expect("the text format is UTF-8")
     }
+}
+
+/// The `result` label of `keygate_key_lookups_total`, indexed as in [`Metrics::key_lookup`].
+const LOOKUP_RESULTS: [&str; 5] = ["hit", "miss", "negative", "stale", "error"];
+
+/// One route's request series.
+pub struct RouteMetrics {
+    /// `keygate_requests_total{route, outcome="forwarded", status_class}`, by status class.
+    pub forwarded: [IntCounter; 5],
+    pub request_duration: Histogram,
+    pub upstream_duration: Histogram,
 }
 
 impl Default for Metrics {

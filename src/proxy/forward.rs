@@ -40,6 +40,17 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+const X_KEYGATE_KEY_ID: HeaderName = HeaderName::from_static("x-keygate-key-id");
+const X_KEYGATE_USER_ID: HeaderName = HeaderName::from_static("x-keygate-user-id");
+const X_KEYGATE_ORG_ID: HeaderName = HeaderName::from_static("x-keygate-org-id");
+const X_KEYGATE_ROLE: HeaderName = HeaderName::from_static("x-keygate-role");
+const X_KEYGATE_SCOPES: HeaderName = HeaderName::from_static("x-keygate-scopes");
+const X_KEYGATE_PROJECT_ID: HeaderName = HeaderName::from_static("x-keygate-project-id");
+pub(super) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 /// The pooled client to every upstream, with its timeouts.
 pub struct Upstreams {
     client: Client<HttpConnector, UpstreamBody>,
@@ -139,26 +150,26 @@ fn rewrite_request_headers(
     if let Some(id) = identity {
         let key = &id.principal.key;
         let value = |s: &str| HeaderValue::from_str(s).expect("ids and scopes are header-safe");
-        headers.insert("x-keygate-key-id", value(key.id.as_str()));
-        headers.insert("x-keygate-user-id", value(key.user_id.as_str()));
-        headers.insert("x-keygate-org-id", value(key.org_id.as_str()));
-        headers.insert("x-keygate-role", value(id.principal.owner.role.as_str()));
-        headers.insert("x-keygate-scopes", value(&join(&key.scopes)));
+        headers.insert(X_KEYGATE_KEY_ID, value(key.id.as_str()));
+        headers.insert(X_KEYGATE_USER_ID, value(key.user_id.as_str()));
+        headers.insert(X_KEYGATE_ORG_ID, value(key.org_id.as_str()));
+        headers.insert(X_KEYGATE_ROLE, value(id.principal.owner.role.as_str()));
+        headers.insert(X_KEYGATE_SCOPES, value(&join(&key.scopes)));
         if let Some(project) = &id.project {
-            headers.insert("x-keygate-project-id", value(project.as_str()));
+            headers.insert(X_KEYGATE_PROJECT_ID, value(project.as_str()));
         }
     }
-    headers.insert("x-request-id", request_id.clone());
+    headers.insert(X_REQUEST_ID, request_id.clone());
     headers.insert(
-        "x-forwarded-for",
+        X_FORWARDED_FOR,
         HeaderValue::from_str(&conn.peer.ip().to_string()).expect("an IP is a valid header value"),
     );
     headers.insert(
-        "x-forwarded-proto",
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
     );
     if let Some(host) = original_host {
-        headers.insert("x-forwarded-host", host);
+        headers.insert(X_FORWARDED_HOST, host);
     }
 }
 

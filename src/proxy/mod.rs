@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
@@ -32,13 +32,16 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::credential;
 use crate::error::GatewayError;
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics, RouteMetrics};
 use crate::policy::{self, Access};
 use crate::store::Store;
 use crate::store::model::{KeyId, Principal, ProjectId, unix_now};
 use crate::store::usage::Usage;
-use forward::Upstreams;
+use forward::{Upstreams, X_REQUEST_ID};
 use route::Route;
+
+const DEPRECATION: HeaderName = HeaderName::from_static("deprecation");
+const SUNSET: HeaderName = HeaderName::from_static("sunset");
 
 /// A response body: the upstream's, streamed, or one of ours.
 pub type ResponseBody = Either<Incoming, Full<Bytes>>;
@@ -56,9 +59,43 @@ pub struct Gateway {
     pub upstreams: Upstreams,
     /// Set on SIGTERM: `/readyz` turns 503 so balancers stop sending new connections.
     pub draining: Arc<AtomicBool>,
+    /// Metric handles per route (by [`Route::index`]), then one for requests matching none.
+    route_metrics: Vec<RouteMetrics>,
 }
 
 impl Gateway {
+    /// One worker's gateway, with its own upstream pool.
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        cache: Arc<Cache>,
+        metrics: Arc<Metrics>,
+        usage: Arc<Usage>,
+        draining: Arc<AtomicBool>,
+    ) -> Gateway {
+        let route_metrics = config
+            .routes
+            .iter()
+            .map(|r| metrics.route(&r.id))
+            .chain([metrics.route("none")])
+            .collect();
+        Gateway {
+            upstreams: Upstreams::new(&config.limits),
+            config,
+            store,
+            cache,
+            metrics,
+            usage,
+            draining,
+            route_metrics,
+        }
+    }
+
+    fn route_metrics(&self, route: Option<&Route>) -> &RouteMetrics {
+        let i = route.map_or(self.route_metrics.len() - 1, |r| r.index);
+        &self.route_metrics[i]
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
@@ -79,8 +116,8 @@ pub struct Identity {
 
 /// What the access log, metrics and response headers record of a request.
 #[derive(Default)]
-struct Record {
-    route: Option<Arc<Route>>,
+struct Record<'g> {
+    route: Option<&'g Route>,
     key_id: Option<KeyId>,
     upstream_seconds: Option<f64>,
     /// The request used a legacy pair imported at this time (Unix seconds).
@@ -103,29 +140,31 @@ pub async fn handle(
         Err(e) => (e.to_response().map(Either::Right), Some(e)),
     };
     let headers = response.headers_mut();
-    headers.insert("x-request-id", request_id.clone());
+    headers.insert(X_REQUEST_ID, request_id.clone());
     if let Some(since) = record.legacy_since {
-        headers.insert("deprecation", deprecation(since));
+        headers.insert(DEPRECATION, deprecation(since));
         if let Some(sunset) = &gw.config.legacy_sunset {
-            headers.insert("sunset", sunset.header.clone());
+            headers.insert(SUNSET, sunset.header.clone());
         }
     }
 
-    let route = record.route.as_ref().map_or("none", |r| r.id.as_str());
+    let route = record.route.map_or("none", |r| r.id.as_str());
     let status = response.status();
+    let class = metrics::status_class(status.as_u16());
     let outcome = error.as_ref().map_or("forwarded", GatewayError::code);
     let elapsed = started.elapsed().as_secs_f64();
-    let m = &gw.metrics;
-    m.requests
-        .with_label_values(&[route, outcome, status_class(status.as_u16())])
-        .inc();
-    m.request_duration
-        .with_label_values(&[route])
-        .observe(elapsed);
+    let m = gw.route_metrics(record.route);
+    match &error {
+        None => m.forwarded[class].inc(),
+        Some(_) => gw
+            .metrics
+            .requests
+            .with_label_values(&[route, outcome, metrics::STATUS_CLASSES[class]])
+            .inc(),
+    }
+    m.request_duration.observe(elapsed);
     if let Some(secs) = record.upstream_seconds {
-        m.upstream_duration
-            .with_label_values(&[route])
-            .observe(secs);
+        m.upstream_duration.observe(secs);
     }
     if let Some(e) = &error
         && status.is_server_error()
@@ -148,12 +187,12 @@ pub async fn handle(
 }
 
 /// Steps 1–9.
-async fn proxy(
-    gw: &Gateway,
+async fn proxy<'g>(
+    gw: &'g Gateway,
     conn: ConnInfo,
     req: Request<Incoming>,
     request_id: &HeaderValue,
-    record: &mut Record,
+    record: &mut Record<'g>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     refuse_tunnels(&req)?;
     let path = route::normalise(req.uri().path())?;
@@ -161,19 +200,18 @@ async fn proxy(
         .config
         .routes
         .find(host(&req), path)
-        .ok_or(GatewayError::RouteNotFound)?
-        .clone();
-    record.route = Some(route.clone());
+        .ok_or(GatewayError::RouteNotFound)?;
+    record.route = Some(route);
     let identity = if route.public {
         None
     } else {
         let project = route.project_of(path, req.uri().query())?;
-        Some(authenticate(gw, &route, req.headers(), project, record).await?)
+        Some(authenticate(gw, route, req.headers(), project, record).await?)
     };
     check_body_size(req.headers(), gw.config.limits.max_body_bytes)?;
     forward::forward(
         gw,
-        &route,
+        route,
         req,
         identity.as_ref(),
         conn,
@@ -189,12 +227,12 @@ async fn authenticate(
     route: &Route,
     headers: &HeaderMap,
     project: Option<ProjectId>,
-    record: &mut Record,
+    record: &mut Record<'_>,
 ) -> Result<Identity, GatewayError> {
     let credential = credential::extract(headers, &gw.config.keys)?;
     let lookup = gw.cache.principal(&gw.store, credential.hash()).await;
-    let result = lookup.as_ref().map_or("error", |l| l.outcome.as_str());
-    gw.metrics.key_lookups.with_label_values(&[result]).inc();
+    gw.metrics
+        .key_lookup(lookup.as_ref().ok().map(|l| l.outcome));
     let principal = lookup
         .inspect_err(|_| gw.metrics.redis_errors.inc())?
         .value
@@ -262,14 +300,19 @@ fn host(req: &Request<Incoming>) -> Option<&str> {
 
 /// The client's `x-request-id` when it is sane (1–128 visible ASCII), else a new random one.
 pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get("x-request-id")
+    if let Some(v) = headers.get(X_REQUEST_ID)
         && (1..=128).contains(&v.len())
         && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
     {
         return v.clone();
     }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let id: u128 = rand::random();
-    HeaderValue::from_str(&format!("{id:032x}")).expect("hex is a valid header value")
+    let mut hex = [0u8; 32];
+    for (i, digit) in hex.iter_mut().enumerate() {
+        *digit = HEX[(id >> (124 - 4 * i)) as usize & 0xf];
+    }
+    HeaderValue::from_bytes(&hex).expect("hex is a valid header value")
 }
 
 /// `Deprecation: @<unix seconds>` (RFC 9745).
@@ -277,12 +320,25 @@ fn deprecation(since: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("@{since}")).expect("digits are a valid header value")
 }
 
-fn status_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_kept_when_sane_else_new_hex() {
+        let mut h = HeaderMap::new();
+        let a = request_id(&h);
+        let b = request_id(&h);
+        assert_eq!(a.len(), 32);
+        assert!(
+            a.as_bytes()
+                .iter()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        assert_ne!(a, b);
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("has space"));
+        assert_ne!(request_id(&h), "has space");
     }
 }

@@ -51,10 +51,10 @@ pub fn normalise(path: &str) -> Result<&str, InvalidPath> {
         i += 1;
     }
     // Segments after the leading '/': the last may be empty (a trailing slash), no other may.
-    let segments: Vec<&str> = path[1..].split('/').collect();
-    let last = segments.len() - 1;
-    for (n, s) in segments.iter().enumerate() {
-        if (s.is_empty() && n != last) || *s == "." || *s == ".." {
+    let mut segments = path[1..].split('/').peekable();
+    while let Some(s) = segments.next() {
+        let last = segments.peek().is_none();
+        if (s.is_empty() && !last) || s == "." || s == ".." {
             return Err(InvalidPath);
         }
     }
@@ -128,6 +128,8 @@ pub struct Route {
     /// Needs no key; credentials are still stripped before forwarding.
     pub public: bool,
     pub strip_prefix: bool,
+    /// Position in the [`RouteTable`], for per-route state kept elsewhere (metric handles).
+    pub index: usize,
     /// Round-robin cursor over `upstreams`.
     next: AtomicUsize,
 }
@@ -155,6 +157,7 @@ impl Route {
             upstreams,
             public,
             strip_prefix,
+            index: 0,
             next: AtomicUsize::new(0),
         }
     }
@@ -198,8 +201,11 @@ impl Route {
         })))
     }
 
-    /// The next upstream, round robin.
+    /// The next upstream, round robin (no shared cursor to touch when there is one).
     pub fn pick_upstream(&self) -> &Upstream {
+        if let [only] = self.upstreams.as_slice() {
+            return only;
+        }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.upstreams.len();
         &self.upstreams[i]
     }
@@ -235,7 +241,7 @@ impl Route {
 /// All routes, most specific first: host-bound before any-host, then longer prefixes first.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    routes: Vec<std::sync::Arc<Route>>,
+    routes: Vec<Route>,
 }
 
 impl RouteTable {
@@ -246,13 +252,14 @@ impl RouteTable {
                 .cmp(&a.host.is_some())
                 .then(b.prefix.len().cmp(&a.prefix.len()))
         });
-        RouteTable {
-            routes: routes.into_iter().map(std::sync::Arc::new).collect(),
+        for (i, r) in routes.iter_mut().enumerate() {
+            r.index = i;
         }
+        RouteTable { routes }
     }
 
     /// The route for a request. `host` may carry a port; `path` must be normalised.
-    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&std::sync::Arc<Route>> {
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Route> {
         let host = host.map(strip_port);
         self.routes.iter().find(|r| {
             r.host
@@ -276,7 +283,7 @@ impl RouteTable {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Route> {
-        self.routes.iter().map(|r| r.as_ref())
+        self.routes.iter()
     }
 }
 
