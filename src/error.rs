@@ -47,7 +47,7 @@ pub enum GatewayError {
     #[error("key store returned a corrupt record")]
     KeyStoreCorrupt(#[source] Arc<StoreError>),
     #[error("upstream unavailable")]
-    UpstreamUnavailable(#[source] hyper_util::client::legacy::Error),
+    UpstreamUnavailable(#[source] crate::proxy::pool::UpstreamError),
     #[error("upstream timed out")]
     UpstreamTimeout(Duration),
 }

@@ -12,7 +12,8 @@
 //! - [`server`]: accept loops, TLS, HTTP/1.1 + HTTP/2, connection limits, graceful drain;
 //!   `run()` here starts one single-threaded runtime per worker (thread-per-core).
 //! - [`proxy`]: `handle()`, the request path; [`proxy::route`] matching on the normalised path;
-//!   [`proxy::forward`] the pooled client, header rewrite and streaming.
+//!   [`proxy::forward`] header rewrite, timeouts and streaming; [`proxy::pool`] the per-worker
+//!   keep-alive connections to upstreams.
 //! - [`credential`]: key format (generate, parse, checksum, hash, mask) and header extraction.
 //! - [`store`]: records and the Redis schema; every write is audited and publishes its
 //!   invalidations; key usage is counted in process and written in batches.
@@ -234,6 +235,7 @@ fn spawn_worker(
                 .build()
                 .expect("a worker runtime");
             runtime.block_on(async move {
+                tokio::spawn(gw.upstreams.close_idle());
                 let mut servers = tokio::task::JoinSet::new();
                 for (socket, tls) in sockets {
                     let listener = tokio::net::TcpListener::from_std(socket)

@@ -1,19 +1,18 @@
 use super::*;
 use http_body_util::BodyExt;
 
-/// A real client error: a connection refused on a loopback port nobody listens on.
-async fn refused() -> hyper_util::client::legacy::Error {
+/// A real upstream error: a connection refused on a loopback port nobody listens on.
+async fn refused() -> crate::proxy::pool::UpstreamError {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
-    client
-        .get(format!("http://127.0.0.1:{port}/").parse().unwrap())
+    let address = format!("127.0.0.1:{port}");
+    let e = tokio::net::TcpStream::connect(&address)
         .await
-        .expect_err("nothing listens there")
+        .expect_err("nothing listens there");
+    crate::proxy::pool::UpstreamError::Connect(address, e)
 }
 
 #[tokio::test]

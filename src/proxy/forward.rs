@@ -1,6 +1,6 @@
 //! Rewrite and forward: the last step of the request path.
 //!
-//! Owns: the pooled keep-alive client to upstreams, the request rewrite (credentials, hop-by-hop
+//! Owns: the per-request upstream timeouts (connections are [`super::pool`]'s), the request rewrite (credentials, hop-by-hop
 //! and `Connection`-named headers out; client-sent `x-keygate-*` out; identity, request id and
 //! `X-Forwarded-*` in), the response rewrite (hop-by-hop out), streaming in both directions, the
 //! body cap for bodies of undeclared length, and mapping upstream failures to 502/504/413.
@@ -8,16 +8,15 @@
 //! Invariant: no credential header ever reaches an upstream, and no header an upstream reads as
 //! identity can come from the client.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version};
 use http_body_util::{Either, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::pool::Pool;
 use super::route::Route;
 use super::{ConnInfo, Gateway, Identity, ResponseBody};
 use crate::config::Limits;
@@ -51,29 +50,28 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// The pooled client to every upstream, with its timeouts.
+/// One worker's connections to every upstream, with the timeouts that apply per request.
 pub struct Upstreams {
-    client: Client<HttpConnector, UpstreamBody>,
+    pool: Arc<Pool>,
     response_timeout: Duration,
     max_body_bytes: u64,
 }
 
 impl Upstreams {
     pub fn new(limits: &Limits) -> Upstreams {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(limits.upstream_connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(limits.upstream_idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
         Upstreams {
-            client,
+            pool: Pool::new(
+                limits.upstream_connect_timeout,
+                limits.upstream_idle_timeout,
+            ),
             response_timeout: limits.upstream_response_timeout,
             max_body_bytes: limits.max_body_bytes,
         }
+    }
+
+    /// Closes idle upstream connections past their timeout, for as long as the worker runs.
+    pub fn close_idle(&self) -> impl Future<Output = ()> + use<> {
+        self.pool.clone().close_idle()
     }
 }
 
@@ -96,12 +94,7 @@ pub async fn forward(
         .authority()
         .map(|a| HeaderValue::from_str(a.as_str()).expect("an authority is a valid header value"))
         .or_else(|| parts.headers.get(header::HOST).cloned());
-    parts.uri = Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(upstream.authority.clone())
-        .path_and_query(path)
-        .build()
-        .expect("scheme, authority and a normalised path form a URI");
+    parts.uri = Uri::try_from(path).expect("a normalised path and its query form a URI");
     parts.version = Version::HTTP_11;
     rewrite_request_headers(
         &mut parts.headers,
@@ -110,10 +103,12 @@ pub async fn forward(
         request_id,
         original_host,
     );
+    parts.headers.insert(header::HOST, upstream.host.clone());
     let upstream_req = Request::from_parts(parts, Limited::new(body, ups.max_body_bytes as usize));
 
     let started = tokio::time::Instant::now();
-    let sent = tokio::time::timeout(ups.response_timeout, ups.client.request(upstream_req)).await;
+    let sent =
+        tokio::time::timeout(ups.response_timeout, ups.pool.send(upstream, upstream_req)).await;
     *upstream_seconds = Some(started.elapsed().as_secs_f64());
     let mut response = match sent {
         Err(_) => return Err(GatewayError::UpstreamTimeout(ups.response_timeout)),
@@ -144,7 +139,6 @@ fn rewrite_request_headers(
     for name in spoofed {
         headers.remove(name);
     }
-    headers.remove(header::HOST);
     headers.remove(header::FORWARDED);
 
     if let Some(id) = identity {

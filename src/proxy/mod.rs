@@ -16,6 +16,7 @@
 //! the pair's import) and, when a sunset is configured, `Sunset` (RFC 9745, RFC 8594).
 
 pub mod forward;
+pub mod pool;
 pub mod route;
 
 use std::convert::Infallible;
@@ -44,7 +45,7 @@ const DEPRECATION: HeaderName = HeaderName::from_static("deprecation");
 const SUNSET: HeaderName = HeaderName::from_static("sunset");
 
 /// A response body: the upstream's, streamed, or one of ours.
-pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+pub type ResponseBody = Either<pool::PooledBody, Full<Bytes>>;
 
 /// Everything the request path needs: one per worker, sharing config, store, cache, metrics.
 pub struct Gateway {
@@ -55,7 +56,7 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// Key uses counted since the last flush to Redis.
     pub usage: Arc<Usage>,
-    /// The pooled keep-alive client to every upstream (one per worker).
+    /// Keep-alive connections to every upstream (one pool per worker).
     pub upstreams: Upstreams,
     /// Set on SIGTERM: `/readyz` turns 503 so balancers stop sending new connections.
     pub draining: Arc<AtomicBool>,

@@ -10,7 +10,8 @@
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use http::uri::{Authority, Scheme};
+use http::HeaderValue;
+use http::uri::Scheme;
 
 use crate::policy::Scope;
 use crate::store::model::{OrgId, ProjectId, is_valid_id};
@@ -82,11 +83,13 @@ pub enum ProjectError {
     Ambiguous,
 }
 
-/// An upstream base URL: `http://host:port[/base/path]`.
+/// An upstream base URL: `http://host[:port][/base/path]`.
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    pub scheme: Scheme,
-    pub authority: Authority,
+    /// `host:port` to connect to (port 80 when the URL has none).
+    pub address: String,
+    /// The `Host` header it receives: the URL's authority.
+    pub host: HeaderValue,
     /// Prepended to the request path; empty or starting with `/` without a trailing one.
     pub base_path: String,
 }
@@ -103,10 +106,15 @@ impl Upstream {
         if uri.query().is_some() {
             return Err("must not have a query string".into());
         }
-        let authority = uri.authority().cloned().ok_or("needs a host and port")?;
+        let authority = uri.authority().ok_or("needs a host")?;
         Ok(Upstream {
-            scheme: Scheme::HTTP,
-            authority,
+            address: format!(
+                "{}:{}",
+                authority.host(),
+                authority.port_u16().unwrap_or(80)
+            ),
+            host: HeaderValue::from_str(authority.as_str())
+                .expect("an authority is a valid header"),
             base_path: uri.path().trim_end_matches('/').to_owned(),
         })
     }
@@ -473,5 +481,19 @@ mod tests {
         assert!(Upstream::parse("https://x:1").is_err());
         assert!(Upstream::parse("http://x:1/a?b=c").is_err());
         assert!(Upstream::parse("/relative").is_err());
+    }
+
+    #[test]
+    fn upstream_addresses_and_host_headers() {
+        for (url, address, host) in [
+            ("http://127.0.0.1:9/base", "127.0.0.1:9", "127.0.0.1:9"),
+            ("http://backend", "backend:80", "backend"),
+            ("http://[::1]:8080", "[::1]:8080", "[::1]:8080"),
+        ] {
+            let up = Upstream::parse(url).unwrap();
+            assert_eq!(up.address, address, "{url}");
+            assert_eq!(up.host, host, "{url}");
+            assert!(up.address.parse::<std::net::SocketAddr>().is_ok() || url == "http://backend");
+        }
     }
 }
