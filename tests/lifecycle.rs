@@ -249,3 +249,31 @@ async fn rotating_again_stops_the_older_secret_at_once_and_revoked_keys_cannot_r
     let (s, v) = rotate("0s").await;
     assert_eq!((s, v["error"]["code"].as_str()), (409, Some("key_revoked")));
 }
+
+#[tokio::test]
+async fn usage_batches_span_script_calls_and_never_recreate_deleted_keys() {
+    use keygate::store::model::KeyId;
+    use keygate::store::usage::Used;
+    let w = World::start().await;
+    let (_, first) = new_key(&w.store, &w.gw.config, "bob", &["predict"], &[]).await;
+    let (_, last) = new_key(&w.store, &w.gw.config, "bob", &["predict"], &[]).await;
+    // 600 entries: three script calls of up to 256 keys; only the first and the last exist.
+    let used = |key: KeyId, requests| Used {
+        key,
+        requests,
+        last_used: 1_900_000_000,
+    };
+    let mut batch = vec![used(first.clone(), 3)];
+    batch.extend((1..599).map(|i| used(KeyId(format!("key_gone{i}")), 1)));
+    batch.push(used(last.clone(), 7));
+    w.store.add_usage(&batch).await.unwrap();
+
+    let first = w.store.key(&first).await.unwrap();
+    let last = w.store.key(&last).await.unwrap();
+    assert_eq!((first.request_count, last.request_count), (3, 7));
+    assert_eq!(last.last_used_at, Some(1_900_000_000));
+    for i in [1, 300, 598] {
+        let gone = w.store.key(&KeyId(format!("key_gone{i}"))).await;
+        assert!(gone.is_err(), "usage re-created key_gone{i}");
+    }
+}
