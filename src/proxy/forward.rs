@@ -1,9 +1,10 @@
 //! Rewrite and forward: the last step of the request path.
 //!
-//! Owns: the per-request upstream timeouts (connections are [`super::pool`]'s), the request rewrite (credentials, hop-by-hop
-//! and `Connection`-named headers out; client-sent `x-keygate-*` out; identity, request id and
-//! `X-Forwarded-*` in), the response rewrite (hop-by-hop out), streaming in both directions, the
-//! body cap for bodies of undeclared length, and mapping upstream failures to 502/504/413.
+//! Owns: the per-request upstream timeouts (connections are [`super::pool`]'s), the request
+//! rewrite (credentials, hop-by-hop and `Connection`-named headers out; client-sent
+//! `x-keygate-*` out; identity, request id, `Host` and `X-Forwarded-*` in), the response rewrite
+//! (hop-by-hop out), streaming in both directions, the body cap for bodies of undeclared length,
+//! and mapping upstream failures to 502/504/413.
 //!
 //! Invariant: no credential header ever reaches an upstream, and no header an upstream reads as
 //! identity can come from the client.

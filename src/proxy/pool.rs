@@ -1,8 +1,9 @@
 //! Keep-alive HTTP/1.1 connections to upstreams, one pool per worker.
 //!
 //! Owns: connecting (under `limits.upstream_connect_timeout`, `TCP_NODELAY`, TCP keepalive),
-//! reusing idle connections, retrying once on a fresh connection when a reused one closed before
-//! the request was sent, and closing connections idle longer than `limits.upstream_idle_timeout`.
+//! reusing idle connections (a request that a reused connection hands back unsent, because the
+//! upstream just closed it, goes on the next idle one or a new one), and closing connections
+//! idle longer than `limits.upstream_idle_timeout`.
 //!
 //! A connection goes back to the pool when the response body it carried has been read to the
 //! end ([`PooledBody`]); a body dropped half-read takes its connection with it, since the rest
