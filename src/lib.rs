@@ -134,8 +134,8 @@ fn bind_shared(
 /// turns 503, listeners close, in-flight requests get `limits.drain_timeout` to finish.
 ///
 /// The data plane runs on `config.workers` threads, each a current-thread runtime with its own
-/// accept loops and upstream pool (thread-per-core); they share the config, the hot cache, the
-/// store handle and the metrics. The admin listener and the invalidation subscriber run on the
+/// accept loops, upstream pool and Redis connection (thread-per-core); they share the config,
+/// the hot cache and the metrics. The admin listener and the invalidation subscriber run on the
 /// caller's runtime.
 pub async fn run(
     config: Arc<Config>,
@@ -147,10 +147,10 @@ pub async fn run(
     let cache = Arc::new(Cache::new(config.cache));
     let usage = Arc::new(Usage::default());
     let draining = Arc::new(AtomicBool::new(false));
-    let gateway = || {
+    let gateway = |store: Store| {
         Arc::new(Gateway::new(
             config.clone(),
-            store.clone(),
+            store,
             cache.clone(),
             metrics.clone(),
             usage.clone(),
@@ -176,7 +176,11 @@ pub async fn run(
     ));
     let admin_listener = tokio::net::TcpListener::from_std(listeners.admin)?;
     tracing::info!(addr = %config.admin_addr, "admin listening");
-    let admin = tokio::spawn(admin::serve(gateway(), admin_listener, admin_stopped));
+    let admin = tokio::spawn(admin::serve(
+        gateway(store.clone()),
+        admin_listener,
+        admin_stopped,
+    ));
 
     let mut per_worker: Vec<Vec<_>> = (0..config.workers).map(|_| Vec::new()).collect();
     for (sockets, cfg) in listeners.data.into_iter().zip(&config.listeners) {
@@ -187,11 +191,24 @@ pub async fn run(
         }
     }
     let (abort, aborted) = watch::channel(false);
+    // Each worker gets its own Redis connection. It connects on the worker's first lookup, so
+    // its driver task runs on that worker's thread and a cache miss never waits for another
+    // thread to send or receive.
+    let stores = (0..config.workers)
+        .map(|_| Store::open(&config.redis))
+        .collect::<Result<Vec<_>, _>>()?;
     let workers: Vec<oneshot::Receiver<()>> = per_worker
         .into_iter()
+        .zip(stores)
         .enumerate()
-        .map(|(i, sockets)| {
-            spawn_worker(i, gateway(), sockets, data_stopped.clone(), aborted.clone())
+        .map(|(i, (sockets, store))| {
+            spawn_worker(
+                i,
+                gateway(store),
+                sockets,
+                data_stopped.clone(),
+                aborted.clone(),
+            )
         })
         .collect();
 

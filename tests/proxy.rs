@@ -148,7 +148,9 @@ async fn every_refusal_has_its_status_and_code_and_reaches_no_upstream() {
         &(unix_now() - 1).to_string(),
     ]);
     let (gus_to_be, _) = new_key(&w.store, &w.gw.config, "alice", &["predict"], &[]).await;
-    let malformed = format!("{}x", &w.keys.alice[..w.keys.alice.len() - 1]);
+    // Alice's key with its last (checksum) character changed.
+    let (body, last) = w.keys.alice.split_at(w.keys.alice.len() - 1);
+    let malformed = format!("{body}{}", if last == "x" { "y" } else { "x" });
     let unknown = w.gw.config.keys.generate();
 
     let k = &w.keys;
@@ -462,4 +464,27 @@ async fn ops_endpoints_report_health_and_metrics() {
         (status.as_u16(), code(&body).as_str()),
         (404, "route_not_found")
     );
+}
+
+#[tokio::test]
+async fn a_corrupt_key_record_fails_closed() {
+    let w = World::start().await;
+    let (bad_status, id) = new_key(&w.store, &w.gw.config, "alice", &["predict"], &[]).await;
+    w.redis
+        .cmd(&["HSET", &format!("kg:key:{id}"), "status", "bogus"]);
+    let (no_owner, id) = new_key(&w.store, &w.gw.config, "alice", &["predict"], &[]).await;
+    w.redis
+        .cmd(&["HSET", &format!("kg:key:{id}"), "user_id", "ghost"]);
+    for key in [&bad_status, &no_owner] {
+        let (status, _, body) = get_with(w.gw.addr, "/v1/projects/p1/x", &[("apikey", key)]).await;
+        assert_eq!(
+            (status.as_u16(), code(&body).as_str()),
+            (500, "internal_error")
+        );
+    }
+    // An intact key is served: only the corrupt records are refused.
+    let (status, _, _) =
+        get_with(w.gw.addr, "/v1/projects/p1/x", &[("apikey", &w.keys.alice)]).await;
+    assert_eq!(status.as_u16(), 200);
+    assert_eq!(w.upstream.requests().len(), 1);
 }

@@ -117,16 +117,32 @@ impl Invalidation {
     }
 }
 
-/// GET the index, then the key and its owner, in one round trip.
+/// GET the index, then the key and its owner, in one round trip. The answer is one JSON string
+/// (`{"key": {field: value}, "user": {...}, "uid": "..."}`) rather than nested arrays of fields:
+/// decoding ~40 RESP bulk strings into `redis::Value`s cost keygate more CPU per cache miss than
+/// anything else it does for one (loadtests/RESULTS.md, 2026-11-24 cold profile).
 const RESOLVE_SCRIPT: &str = r"
 local id = redis.call('GET', KEYS[1])
 if not id then return false end
-local key = redis.call('HGETALL', ARGV[1] .. ':key:' .. id)
-if #key == 0 then return false end
-local uid = ''
-for i = 1, #key, 2 do if key[i] == 'user_id' then uid = key[i + 1] end end
-return {key, redis.call('HGETALL', ARGV[1] .. ':user:' .. uid), uid}
+local function record(name)
+  local flat = redis.call('HGETALL', name)
+  local map = {}
+  for i = 1, #flat, 2 do map[flat[i]] = flat[i + 1] end
+  return map, #flat
+end
+local key, n = record(ARGV[1] .. ':key:' .. id)
+if n == 0 then return false end
+local uid = key['user_id'] or ''
+return cjson.encode({key = key, user = record(ARGV[1] .. ':user:' .. uid), uid = uid})
 ";
+
+/// What [`RESOLVE_SCRIPT`] answers for a key that exists.
+#[derive(serde::Deserialize)]
+struct Resolved {
+    key: Fields,
+    user: Fields,
+    uid: String,
+}
 
 /// A handle on the store; cheap to clone (one multiplexed, self-reconnecting connection).
 #[derive(Clone)]
@@ -191,13 +207,21 @@ impl Store {
             .map_err(|_| StoreError::Timeout)?
     }
 
+    /// Whether Redis answers now. A connection Redis dropped (a restart) fails its next command
+    /// and reconnects, so a failed ping asks once more, on the new connection.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut c = self.conn.clone();
-        self.bounded(async move {
+        let once = || async {
+            let mut c = self.conn.clone();
             Ok(redis::cmd("PING")
                 .query_async::<String>(&mut c)
                 .await
                 .map(drop)?)
+        };
+        self.bounded(async {
+            match once().await {
+                Err(StoreError::Unavailable(_)) => once().await,
+                answered => answered,
+            }
         })
         .await
     }
@@ -206,7 +230,7 @@ impl Store {
     pub async fn resolve_key(&self, hash: &KeyHash) -> Result<Option<Principal>, StoreError> {
         let mut c = self.conn.clone();
         let index = self.name(format_args!("keyhash:{hash}"));
-        let found: Option<(Vec<String>, Vec<String>, String)> = self
+        let found: Option<Vec<u8>> = self
             .bounded(async {
                 Ok(self
                     .resolve
@@ -216,16 +240,17 @@ impl Store {
                     .await?)
             })
             .await?;
-        let Some((key, owner, uid)) = found else {
+        let Some(json) = found else {
             return Ok(None);
         };
-        let owner = pairs(owner);
-        if owner.is_empty() {
+        let found: Resolved = serde_json::from_slice(&json).map_err(|_| BadRecord("key"))?;
+        // cjson encodes an empty table as `{}`: a missing owner arrives as an empty map.
+        if found.user.is_empty() {
             return Err(BadRecord("user_id").into());
         }
         Ok(Some(Principal {
-            key: model::KeyRecord::from_fields(&pairs(key))?,
-            owner: User::from_fields(UserId(uid), &owner)?,
+            key: model::KeyRecord::from_fields(&found.key)?,
+            owner: User::from_fields(UserId(found.uid), &found.user)?,
         }))
     }
 
