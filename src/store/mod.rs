@@ -243,14 +243,14 @@ impl Store {
         let Some(json) = found else {
             return Ok(None);
         };
-        let found: Resolved = serde_json::from_slice(&json).map_err(|_| BadRecord("key"))?;
+        let resolved: Resolved = serde_json::from_slice(&json).map_err(|_| BadRecord("key"))?;
         // cjson encodes an empty table as `{}`: a missing owner arrives as an empty map.
-        if found.user.is_empty() {
+        if resolved.user.is_empty() {
             return Err(BadRecord("user_id").into());
         }
         Ok(Some(Principal {
-            key: model::KeyRecord::from_fields(&found.key)?,
-            owner: User::from_fields(UserId(found.uid), &found.user)?,
+            key: model::KeyRecord::from_fields(&resolved.key)?,
+            owner: User::from_fields(UserId(resolved.uid), &resolved.user)?,
         }))
     }
 
