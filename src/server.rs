@@ -92,11 +92,8 @@ pub async fn serve_data(
         let (gw, builder, tls) = (gw.clone(), builder.clone(), tls.clone());
         tokio::spawn(async move {
             let _held = (permit, open);
-            let info = ConnInfo {
-                peer,
-                tls: tls.is_some(),
-            };
-            let service = service_fn(move |req| proxy::handle(gw.clone(), info, req));
+            let info = ConnInfo::new(peer, tls.is_some());
+            let service = service_fn(move |req| proxy::handle(gw.clone(), info.clone(), req));
             match tls {
                 None => serve_connection(&builder, stream, service, watcher).await,
                 Some(acceptor) => {

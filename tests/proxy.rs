@@ -18,6 +18,10 @@ async fn forwards_with_identity_and_never_leaks_credentials() {
             ("x-keygate-user-id", "spoofed"),
             ("x-keygate-scopes", "*"),
             ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-port", "1"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-keygate-admin", "1"),
+            ("keep-alive", "timeout=5"),
             ("connection", "x-drop-me"),
             ("x-drop-me", "hop"),
             ("x-request-id", "req-123"),
@@ -44,6 +48,10 @@ async fn forwards_with_identity_and_never_leaks_credentials() {
         "authorization",
         "x-api-key",
         "x-drop-me",
+        "x-forwarded-port",
+        "forwarded",
+        "x-keygate-admin",
+        "keep-alive",
     ] {
         assert!(
             !h.contains_key(secret_header),

@@ -117,7 +117,7 @@ pub async fn forward(
         Ok(Err(e)) => return Err(GatewayError::UpstreamUnavailable(e)),
         Ok(Ok(response)) => response,
     };
-    remove_hop_by_hop(response.headers_mut());
+    remove_hop_by_hop_and(response.headers_mut(), |_| false);
     Ok(response.map(Either::Left))
 }
 
@@ -128,20 +128,12 @@ fn rewrite_request_headers(
     request_id: &HeaderValue,
     original_host: Option<HeaderValue>,
 ) {
-    remove_hop_by_hop(headers);
-    for name in CREDENTIAL_HEADERS {
-        headers.remove(name);
-    }
-    let spoofed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-keygate-") || k.as_str().starts_with("x-forwarded-"))
-        .cloned()
-        .collect();
-    for name in spoofed {
-        headers.remove(name);
-    }
-    headers.remove(header::FORWARDED);
-
+    remove_hop_by_hop_and(headers, |name| {
+        CREDENTIAL_HEADERS.contains(name)
+            || name == header::FORWARDED
+            || name.as_str().starts_with("x-keygate-")
+            || name.as_str().starts_with("x-forwarded-")
+    });
     if let Some(id) = identity {
         let key = &id.principal.key;
         let value = |s: &str| HeaderValue::from_str(s).expect("ids and scopes are header-safe");
@@ -155,32 +147,38 @@ fn rewrite_request_headers(
         }
     }
     headers.insert(X_REQUEST_ID, request_id.clone());
-    headers.insert(
-        X_FORWARDED_FOR,
-        HeaderValue::from_str(&conn.peer.ip().to_string()).expect("an IP is a valid header value"),
-    );
-    headers.insert(
-        X_FORWARDED_PROTO,
-        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
-    );
+    headers.insert(X_FORWARDED_FOR, conn.forwarded_for);
+    headers.insert(X_FORWARDED_PROTO, conn.forwarded_proto);
     if let Some(host) = original_host {
         headers.insert(X_FORWARDED_HOST, host);
     }
 }
 
-/// Removes hop-by-hop headers and every header the `Connection` header names.
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+/// Removes hop-by-hop headers, every header the `Connection` header names, and the headers
+/// `also` picks. One pass over the names present (a request has a handful) instead of a map
+/// lookup per name that might be.
+fn remove_hop_by_hop_and(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
+    let mut has_connection = false;
+    let mut gone: Vec<HeaderName> = headers
+        .keys()
+        .filter(|&name| {
+            has_connection |= name == header::CONNECTION;
+            HOP_BY_HOP.contains(name) || name == header::UPGRADE || also(name)
+        })
+        .cloned()
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    if has_connection {
+        let named = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok());
+        gone.extend(named);
+    }
+    for name in gone {
         headers.remove(name);
     }
-    headers.remove(header::UPGRADE);
 }
 
 fn caused_by_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -213,7 +211,7 @@ mod tests {
             HeaderValue::from_static("chunked"),
         );
         h.insert("x-kept", HeaderValue::from_static("1"));
-        remove_hop_by_hop(&mut h);
+        remove_hop_by_hop_and(&mut h, |_| false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
     }

@@ -102,11 +102,22 @@ impl Gateway {
     }
 }
 
-/// What the downstream connection tells us about the client.
-#[derive(Clone, Copy, Debug)]
+/// What the downstream connection tells us about the client, as the `X-Forwarded-For` and
+/// `X-Forwarded-Proto` values every request on it carries upstream (made once per connection).
+#[derive(Clone, Debug)]
 pub struct ConnInfo {
-    pub peer: SocketAddr,
-    pub tls: bool,
+    pub forwarded_for: HeaderValue,
+    pub forwarded_proto: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
+        ConnInfo {
+            forwarded_for: HeaderValue::from_str(&peer.ip().to_string())
+                .expect("an IP is a valid header value"),
+            forwarded_proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
+        }
+    }
 }
 
 /// The authenticated caller of a request.
