@@ -255,9 +255,11 @@ impl Cache {
     }
 
     fn recently_failed(&self) -> bool {
+        // Checked on every request: the clock is read only after a failure.
         let at = self.last_failure_ms.load(Ordering::Relaxed);
-        let now = self.started.elapsed().as_millis() as u64;
-        at != 0 && now.saturating_sub(at) < STALE_RETRY_AFTER.as_millis() as u64
+        at != 0
+            && (self.started.elapsed().as_millis() as u64).saturating_sub(at)
+                < STALE_RETRY_AFTER.as_millis() as u64
     }
 
     fn note(&self, result: &Result<impl Sized, Arc<StoreError>>) {
