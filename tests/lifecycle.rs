@@ -276,4 +276,14 @@ async fn usage_batches_span_script_calls_and_never_recreate_deleted_keys() {
         let gone = w.store.key(&KeyId(format!("key_gone{i}"))).await;
         assert!(gone.is_err(), "usage re-created key_gone{i}");
     }
+
+    // A later batch adds to the count, and an older use never moves `last_used_at` back.
+    // Counts stay exact integers beyond Lua's 14 printed digits.
+    let big = 1 << 50;
+    let mut older = used(last.id.clone(), big);
+    older.last_used = 1_800_000_000;
+    w.store.add_usage(&[older]).await.unwrap();
+    let last = w.store.key(&last.id).await.unwrap();
+    assert_eq!(last.request_count, 7 + big);
+    assert_eq!(last.last_used_at, Some(1_900_000_000));
 }
