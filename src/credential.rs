@@ -39,18 +39,27 @@ impl KeyHash {
         if bytes.len() != 64 {
             return None;
         }
+        let nibble = |c: u8| char::from(c).to_digit(16).map(|d| d as u8);
         let mut out = [0u8; 32];
-        for (slot, pair) in out.iter_mut().zip(bytes.chunks(2)) {
-            *slot = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+        for (slot, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+            *slot = (nibble(pair[0])? << 4) | nibble(pair[1])?;
         }
         Some(KeyHash(out))
     }
 }
 
 /// Hex: the form Redis key names and invalidation messages use (a hash is not a secret).
+/// Written in one piece: a cache miss names the hash in its lookup, and a `{:02x}` per byte
+/// cost more than the rest of building the command.
 impl fmt::Display for KeyHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = [0u8; 64];
+        for (pair, b) in hex.chunks_exact_mut(2).zip(self.0) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 0xf)];
+        }
+        f.write_str(std::str::from_utf8(&hex).expect("hex digits are ASCII"))
     }
 }
 
@@ -278,7 +287,21 @@ mod tests {
         assert_eq!(h.to_hex().len(), 64);
         assert_eq!(KeyHash::from_hex(&h.to_hex()), Some(h));
         assert_eq!(KeyHash::from_hex(&h.to_hex().to_uppercase()), Some(h));
-        for bad in ["", "zz", &"a".repeat(63), &"g".repeat(64), &"é".repeat(32)] {
+        let mut bytes = [0u8; 32];
+        bytes[0] = 0x0f;
+        bytes[31] = 0xa0;
+        let known = format!("0f{}a0", "00".repeat(30));
+        assert_eq!(KeyHash(bytes).to_hex(), known);
+        assert_eq!(KeyHash::from_hex(&known), Some(KeyHash(bytes)));
+        let plus = format!("+f{}", "00".repeat(31));
+        for bad in [
+            "",
+            "zz",
+            &"a".repeat(63),
+            &"g".repeat(64),
+            &"é".repeat(32),
+            &plus,
+        ] {
             assert_eq!(KeyHash::from_hex(bad), None, "{bad}");
         }
     }
