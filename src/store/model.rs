@@ -8,7 +8,7 @@
 //! plus upper case), so they are safe in Redis key names, headers and URLs without escaping.
 //! Times are whole seconds since the Unix epoch.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -192,8 +192,10 @@ pub struct Principal {
     pub owner: User,
 }
 
-/// A Redis hash read back as field → value.
-pub type Fields = HashMap<String, String>;
+/// A Redis hash read back as field → value. A B-tree, not a hash map: records have a dozen
+/// fields, and comparing short names cost less than SipHash-ing and re-growing a map on every
+/// key lookup that missed the cache.
+pub type Fields = BTreeMap<String, String>;
 
 /// A field was missing or malformed in a stored record: the store is corrupt or from a newer version.
 #[derive(Debug, thiserror::Error)]
