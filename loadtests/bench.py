@@ -269,6 +269,9 @@ http {{
             print(f"  Redis commands during the malformed run: {ran}", flush=True)
         self.malformed_redis_calls = sum(ran.values())
         self.record("reject", "unknown", self.wrk(self.kg_port, os.path.join(self.dir, "unknown.txt")))
+        if self.args.with_nginx:
+            # The baseline for turning keys away: nginx answering 401 from its `map`, same keys.
+            self.record("reject", "nginx", self.wrk(self.nginx_port, os.path.join(self.dir, "unknown.txt")))
 
     def cold(self, run):
         a = self.args
@@ -407,6 +410,11 @@ http {{
             rej = self.median("reject", cfg, "rps")
             if rej and hot_kg:
                 ratios[f"reject {cfg} / hot keygate (req/s)"] = rej[0] / hot_kg[0]
+        rej_kg, rej_ng = self.median("reject", "unknown", "rps"), self.median("reject", "nginx", "rps")
+        if rej_kg and rej_ng:
+            ratios["reject unknown keygate / nginx (req/s)"] = rej_kg[0] / rej_ng[0]
+        if rej_ng and hot_ng:
+            ratios["reject nginx / hot nginx (req/s), for scale"] = rej_ng[0] / hot_ng[0]
         summary = {"rows": rows, "ratios": ratios, "malformed_redis_calls": getattr(self, "malformed_redis_calls", None),
                    "seed_seconds": getattr(self, "seed_seconds", None), "flood": getattr(self, "flood_result", None),
                    "revocation": getattr(self, "revocation_result", None), "upload": getattr(self, "upload_result", None)}
