@@ -215,11 +215,18 @@ impl GatewayError {
 
 /// A response in the error shape every keygate endpoint uses.
 pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
-    // Formatted directly rather than through a `serde_json::Value` tree: this is the whole cost
-    // of a rejected request besides parsing it (see loadtests/RESULTS.md, scenario reject).
-    let quoted = |s: &str| serde_json::to_string(s).expect("a string always serializes");
-    let (code, message) = (quoted(code), quoted(message));
-    let body = format!(r#"{{"error":{{"code":{code},"message":{message}}},"message":{message}}}"#);
+    // Written into one buffer rather than through a `serde_json::Value` tree or `format!` of
+    // quoted strings: this is much of the cost of a rejected request besides parsing it (see
+    // loadtests/RESULTS.md, scenario reject).
+    let mut body = Vec::with_capacity(48 + code.len() + 2 * message.len());
+    let mut quoted = |prefix: &[u8], s: &str| {
+        body.extend_from_slice(prefix);
+        serde_json::to_writer(&mut body, s).expect("a string always serializes");
+    };
+    quoted(br#"{"error":{"code":"#, code);
+    quoted(br#","message":"#, message);
+    quoted(br#"},"message":"#, message);
+    body.push(b'}');
     let mut res = Response::new(Full::new(Bytes::from(body)));
     *res.status_mut() = status;
     res.headers_mut().insert(

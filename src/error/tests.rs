@@ -88,3 +88,14 @@ async fn every_variant_has_its_status_and_code() {
         assert_eq!(v["message"], v["error"]["message"]);
     }
 }
+
+#[tokio::test]
+async fn error_bodies_escape_what_json_must() {
+    let message = "a \"quoted\" name, a \\ and a\nnewline";
+    let res = json_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "invalid_field");
+    assert_eq!(v["error"]["message"], message);
+    assert_eq!(v["message"], message);
+}
