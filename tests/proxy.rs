@@ -490,9 +490,20 @@ async fn a_corrupt_key_record_fails_closed() {
             (500, "internal_error")
         );
     }
-    // An intact key is served: only the corrupt records are refused.
+    // An intact key is served: only the corrupt records are refused. Free text that JSON has
+    // to escape in the lookup's answer (quotes, backslashes, non-ASCII) is read back whole.
+    let odd = "Zoë \"the\" \\ admin";
+    w.redis.cmd(&["HSET", "kg:user:alice", "name", odd]);
+    let key_record = format!("kg:key:{}", w.keys.alice_id);
+    w.redis.cmd(&["HSET", &key_record, "name", odd]);
     let (status, _, _) =
         get_with(w.gw.addr, "/v1/projects/p1/x", &[("apikey", &w.keys.alice)]).await;
     assert_eq!(status.as_u16(), 200);
     assert_eq!(w.upstream.requests().len(), 1);
+    let hash = keygate::credential::hash_key(&w.keys.alice);
+    let principal = w.store.resolve_key(&hash).await.unwrap().unwrap();
+    assert_eq!(
+        (principal.key.name.as_str(), principal.owner.name.as_str()),
+        (odd, odd)
+    );
 }

@@ -117,31 +117,34 @@ impl Invalidation {
     }
 }
 
-/// GET the index, then the key and its owner, in one round trip. The answer is one JSON string
-/// (`{"key": {field: value}, "user": {...}, "uid": "..."}`) rather than nested arrays of fields:
-/// decoding ~40 RESP bulk strings into `redis::Value`s cost keygate more CPU per cache miss than
-/// anything else it does for one (loadtests/RESULTS.md, 2026-11-24 cold profile).
+/// GET the index, then the key and its owner, in one round trip. The answer is one JSON string,
+/// `[[key field, value, …], [owner field, value, …]]` (HGETALL's flat lists), rather than
+/// nested RESP arrays: decoding ~40 RESP bulk strings into `redis::Value`s cost keygate more CPU
+/// per cache miss than anything else it does for one (loadtests/RESULTS.md, 2026-11-24 cold
+/// profile). Lists rather than objects, so the strings can be read in place ([`Text`]).
 const RESOLVE_SCRIPT: &str = r"
 local id = redis.call('GET', KEYS[1])
 if not id then return false end
-local function record(name)
-  local flat = redis.call('HGETALL', name)
-  local map = {}
-  for i = 1, #flat, 2 do map[flat[i]] = flat[i + 1] end
-  return map, #flat
+local key = redis.call('HGETALL', ARGV[1] .. ':key:' .. id)
+if #key == 0 then return false end
+local uid = ''
+for i = 1, #key, 2 do
+  if key[i] == 'user_id' then uid = key[i + 1] break end
 end
-local key, n = record(ARGV[1] .. ':key:' .. id)
-if n == 0 then return false end
-local uid = key['user_id'] or ''
-return cjson.encode({key = key, user = record(ARGV[1] .. ':user:' .. uid), uid = uid})
+local user = redis.call('HGETALL', ARGV[1] .. ':user:' .. uid)
+-- cjson writes an empty table as `{}`, not `[]`: a missing owner is left out instead.
+if #user == 0 then return cjson.encode({key}) end
+return cjson.encode({key, user})
 ";
 
-/// What [`RESOLVE_SCRIPT`] answers for a key that exists.
+/// A string of [`RESOLVE_SCRIPT`]'s answer: borrowed from it, unless JSON escaped it.
 #[derive(serde::Deserialize)]
-struct Resolved {
-    key: Fields,
-    user: Fields,
-    uid: String,
+struct Text<'a>(#[serde(borrow)] std::borrow::Cow<'a, str>);
+
+impl AsRef<str> for Text<'_> {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
 }
 
 /// A handle on the store; cheap to clone (one multiplexed, self-reconnecting connection).
@@ -244,19 +247,15 @@ impl Store {
             return Ok(None);
         };
         // Checked for UTF-8 once, whole: from a `str`, serde_json does not re-check every
-        // string in it (that was a tenth of decoding the reply).
-        let resolved: Resolved = std::str::from_utf8(&json)
+        // string in it, and the fields are read where they lie.
+        let records: Vec<Vec<Text>> = std::str::from_utf8(&json)
             .ok()
             .and_then(|text| serde_json::from_str(text).ok())
             .ok_or(BadRecord("key"))?;
-        // cjson encodes an empty table as `{}`: a missing owner arrives as an empty map.
-        if resolved.user.is_empty() {
-            return Err(BadRecord("user_id").into());
-        }
-        Ok(Some(Principal {
-            key: model::KeyRecord::from_fields(&resolved.key)?,
-            owner: User::from_fields(UserId(resolved.uid), &resolved.user)?,
-        }))
+        let [key, owner] = <[_; 2]>::try_from(records).map_err(|_| BadRecord("user_id"))?;
+        let key = model::KeyRecord::from_fields(key.as_slice())?;
+        let owner = User::from_fields(key.user_id.clone(), owner.as_slice())?;
+        Ok(Some(Principal { key, owner }))
     }
 
     /// A project of an org with its members, or `None`.

@@ -202,30 +202,60 @@ pub type Fields = BTreeMap<String, String>;
 #[error("stored record is missing or has a bad `{0}` field")]
 pub struct BadRecord(pub &'static str);
 
-fn field<'a>(f: &'a Fields, name: &'static str) -> Result<&'a str, BadRecord> {
-    f.get(name).map(String::as_str).ok_or(BadRecord(name))
+/// Where a stored record's fields are read from: a map (`HGETALL`) or HGETALL's flat
+/// `[field, value, …]` list as the key lookup returns it, borrowed from the reply.
+pub trait Record {
+    fn get(&self, name: &str) -> Option<&str>;
 }
 
-fn parsed<T: std::str::FromStr>(f: &Fields, name: &'static str) -> Result<T, BadRecord> {
+impl Record for Fields {
+    fn get(&self, name: &str) -> Option<&str> {
+        BTreeMap::get(self, name).map(String::as_str)
+    }
+}
+
+impl<S: AsRef<str>> Record for [S] {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.chunks_exact(2)
+            .find(|pair| pair[0].as_ref() == name)
+            .map(|pair| pair[1].as_ref())
+    }
+}
+
+fn field<'a>(f: &'a (impl Record + ?Sized), name: &'static str) -> Result<&'a str, BadRecord> {
+    f.get(name).ok_or(BadRecord(name))
+}
+
+fn parsed<T: std::str::FromStr>(
+    f: &(impl Record + ?Sized),
+    name: &'static str,
+) -> Result<T, BadRecord> {
     field(f, name)?.parse().map_err(|_| BadRecord(name))
 }
 
 /// A number that may be absent (written later than the record, or never): 0 then.
-fn count(f: &Fields, name: &'static str) -> Result<u64, BadRecord> {
+fn count(f: &(impl Record + ?Sized), name: &'static str) -> Result<u64, BadRecord> {
     f.get(name)
         .map_or(Ok(0), |v| v.parse().map_err(|_| BadRecord(name)))
 }
 
 /// A hash that may be absent or empty.
-fn optional_hash(f: &Fields, name: &'static str) -> Result<Option<KeyHash>, BadRecord> {
-    match f.get(name).map(String::as_str) {
+fn optional_hash(
+    f: &(impl Record + ?Sized),
+    name: &'static str,
+) -> Result<Option<KeyHash>, BadRecord> {
+    match f.get(name) {
         None | Some("") => Ok(None),
         Some(hex) => KeyHash::from_hex(hex).map(Some).ok_or(BadRecord(name)),
     }
 }
 
 /// An id field: must be a slug, so it is safe in headers and key names whoever wrote Redis.
-fn slug<T>(f: &Fields, name: &'static str, make: fn(String) -> T) -> Result<T, BadRecord> {
+fn slug<T>(
+    f: &(impl Record + ?Sized),
+    name: &'static str,
+    make: fn(String) -> T,
+) -> Result<T, BadRecord> {
     let value = field(f, name)?;
     is_valid_id(value)
         .then(|| make(value.to_owned()))
@@ -234,12 +264,12 @@ fn slug<T>(f: &Fields, name: &'static str, make: fn(String) -> T) -> Result<T, B
 
 /// A space-separated list whose every item passes `valid`.
 fn list<T>(
-    f: &Fields,
+    f: &(impl Record + ?Sized),
     name: &'static str,
     valid: fn(&str) -> bool,
     make: fn(String) -> T,
 ) -> Result<Vec<T>, BadRecord> {
-    let items = f.get(name).map_or("", String::as_str).split_whitespace();
+    let items = f.get(name).unwrap_or("").split_whitespace();
     items
         .map(|x| valid(x).then(|| make(x.to_owned())).ok_or(BadRecord(name)))
         .collect()
@@ -265,7 +295,7 @@ impl Org {
 }
 
 impl User {
-    pub fn from_fields(id: UserId, f: &Fields) -> Result<Self, BadRecord> {
+    pub fn from_fields(id: UserId, f: &(impl Record + ?Sized)) -> Result<Self, BadRecord> {
         Ok(User {
             id,
             org_id: slug(f, "org_id", OrgId)?,
@@ -301,7 +331,7 @@ impl Project {
 }
 
 impl KeyRecord {
-    pub fn from_fields(f: &Fields) -> Result<Self, BadRecord> {
+    pub fn from_fields(f: &(impl Record + ?Sized)) -> Result<Self, BadRecord> {
         let expires_at: u64 = parsed(f, "expires_at")?;
         let nonzero = |n: u64| (n != 0).then_some(n);
         Ok(KeyRecord {
