@@ -5,6 +5,7 @@
 //! `{"error": {"code", "message"}, "message"}`: a code for programs, a sentence that says what to
 //! do, and a top-level `message` because many SDKs read only that.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -204,7 +205,7 @@ impl GatewayError {
     pub fn to_response(&self) -> Response<Full<Bytes>> {
         let (status, code, message) = self.parts();
         let retry = matches!(self, GatewayError::KeyStoreUnavailable(_));
-        let mut res = json_error(status, code, message);
+        let mut res = json_response(status, static_body(code, message));
         if retry {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
@@ -215,9 +216,30 @@ impl GatewayError {
 
 /// A response in the error shape every keygate endpoint uses.
 pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
-    // Written into one buffer rather than through a `serde_json::Value` tree or `format!` of
-    // quoted strings: this is much of the cost of a rejected request besides parsing it (see
-    // loadtests/RESULTS.md, scenario reject).
+    json_response(status, json_body(code, message))
+}
+
+/// The body of one of the data plane's own errors. Its code and message are fixed, so each
+/// worker thread writes it once: a rejected request should cost little more than parsing it
+/// (loadtests/RESULTS.md, scenario reject).
+fn static_body(code: &'static str, message: &'static str) -> Bytes {
+    thread_local! {
+        static BODIES: RefCell<Vec<(&'static str, &'static str, Bytes)>> =
+            const { RefCell::new(Vec::new()) };
+    }
+    BODIES.with_borrow_mut(|bodies| {
+        if let Some((_, _, body)) = bodies.iter().find(|(c, m, _)| *c == code && *m == message) {
+            return body.clone();
+        }
+        let body = json_body(code, message);
+        bodies.push((code, message, body.clone()));
+        body
+    })
+}
+
+/// `{"error":{"code","message"},"message"}`, written into one buffer rather than through a
+/// `serde_json::Value` tree or `format!` of quoted strings.
+fn json_body(code: &str, message: &str) -> Bytes {
     let mut body = Vec::with_capacity(48 + code.len() + 2 * message.len());
     let mut quoted = |prefix: &[u8], s: &str| {
         body.extend_from_slice(prefix);
@@ -227,7 +249,11 @@ pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Ful
     quoted(br#","message":"#, message);
     quoted(br#"},"message":"#, message);
     body.push(b'}');
-    let mut res = Response::new(Full::new(Bytes::from(body)));
+    Bytes::from(body)
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(body));
     *res.status_mut() = status;
     res.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -99,3 +99,22 @@ async fn error_bodies_escape_what_json_must() {
     assert_eq!(v["error"]["message"], message);
     assert_eq!(v["message"], message);
 }
+
+#[tokio::test]
+async fn each_error_body_is_made_once_and_kept_apart() {
+    let body = |e: GatewayError| async move {
+        e.to_response()
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+    };
+    let unknown = body(GatewayError::UnknownKey).await;
+    assert_eq!(unknown, body(GatewayError::UnknownKey).await);
+    assert_eq!(unknown, body(CredentialError::Malformed.into()).await);
+    let missing = body(CredentialError::Missing.into()).await;
+    assert_ne!(unknown, missing);
+    let v: serde_json::Value = serde_json::from_slice(&missing).unwrap();
+    assert_eq!(v["error"]["code"], "missing_api_key");
+}
