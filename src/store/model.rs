@@ -193,8 +193,8 @@ pub struct Principal {
 }
 
 /// A Redis hash read back as field → value. A B-tree, not a hash map: records have a dozen
-/// fields, and comparing short names cost less than SipHash-ing and re-growing a map on every
-/// key lookup that missed the cache.
+/// fields, and comparing short names costs less than SipHash-ing them. (The request path's key
+/// lookup reads its records without building one: [`Record`] for `[S]`.)
 pub type Fields = BTreeMap<String, String>;
 
 /// A field was missing or malformed in a stored record: the store is corrupt or from a newer version.
