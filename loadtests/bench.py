@@ -7,6 +7,9 @@ keygate in release mode). Everything it starts it stops by its own process handl
 Configurations measured in the same run, interleaved (run 1 of each, then run 2 of each, ...):
   direct  - wrk straight to the upstream (a fast hyper server answering 64 bytes of JSON)
   nginx   - nginx reverse proxy with a `map` of the same API keys (401 for unknown ones)
+  floor   - examples/floor.rs: keygate's architecture, hyper and keygate's upstream pool, with
+            only nginx's key check (a set lookup) on top: what the stack costs before keygate's
+            own work
   keygate - keygate with the keys in Redis, all cached after the first request (scenario hot)
 plus keygate-only scenarios: reject (malformed / unknown keys), cold (every request a different
 key from 1,000,000 in Redis), flood (1,000,000 distinct unknown keys), revocation under load,
@@ -178,6 +181,11 @@ upstreams = ["http://127.0.0.1:{self.upstream_port}"]
         if a.with_nginx:
             self.nginx_port = free_port()
             self.nginx()
+        if a.with_floor:
+            self.floor_port = free_port()
+            self.start([a.floor_bin, f"127.0.0.1:{self.floor_port}", f"http://127.0.0.1:{self.upstream_port}",
+                        self.hot_keys, str(a.workers)], "floor")
+            wait_port(self.floor_port)
 
     def nginx(self):
         conf = os.path.join(self.dir, "nginx.conf")
@@ -254,6 +262,8 @@ http {{
         targets = [("direct", self.upstream_port), ("keygate", self.kg_port)]
         if self.args.with_nginx:
             targets.insert(1, ("nginx", self.nginx_port))
+        if self.args.with_floor:
+            targets.insert(-1, ("floor", self.floor_port))
         for config, port in targets:
             self.record("hot", config, self.wrk(port, self.hot_keys))
 
@@ -272,6 +282,8 @@ http {{
         if self.args.with_nginx:
             # The baseline for turning keys away: nginx answering 401 from its `map`, same keys.
             self.record("reject", "nginx", self.wrk(self.nginx_port, os.path.join(self.dir, "unknown.txt")))
+        if self.args.with_floor:
+            self.record("reject", "floor", self.wrk(self.floor_port, os.path.join(self.dir, "unknown.txt")))
 
     def cold(self, run):
         a = self.args
@@ -401,6 +413,12 @@ http {{
         if hot_kg and hot_ng:
             ratios["hot keygate / nginx (req/s)"] = hot_kg[0] / hot_ng[0]
             ratios["hot keygate p99 / nginx p99"] = self.median("hot", "keygate", "p99_ms")[0] / self.median("hot", "nginx", "p99_ms")[0]
+        hot_fl = self.median("hot", "floor", "rps")
+        if hot_fl and hot_ng:
+            ratios["hot floor / nginx (req/s): the stack"] = hot_fl[0] / hot_ng[0]
+            ratios["hot floor p99 / nginx p99"] = self.median("hot", "floor", "p99_ms")[0] / self.median("hot", "nginx", "p99_ms")[0]
+        if hot_fl and hot_kg:
+            ratios["hot keygate / floor (req/s): keygate's own work"] = hot_kg[0] / hot_fl[0]
         if hot_kg and hot_direct:
             ratios["hot keygate / direct (req/s)"] = hot_kg[0] / hot_direct[0]
         cold = self.median("cold", "keygate", "rps")
@@ -415,6 +433,9 @@ http {{
             ratios["reject unknown keygate / nginx (req/s)"] = rej_kg[0] / rej_ng[0]
         if rej_ng and hot_ng:
             ratios["reject nginx / hot nginx (req/s), for scale"] = rej_ng[0] / hot_ng[0]
+        rej_fl = self.median("reject", "floor", "rps")
+        if rej_fl and hot_fl:
+            ratios["reject floor / hot floor (req/s), for scale"] = rej_fl[0] / hot_fl[0]
         summary = {"rows": rows, "ratios": ratios, "malformed_redis_calls": getattr(self, "malformed_redis_calls", None),
                    "seed_seconds": getattr(self, "seed_seconds", None), "flood": getattr(self, "flood_result", None),
                    "revocation": getattr(self, "revocation_result", None), "upload": getattr(self, "upload_result", None)}
@@ -424,6 +445,8 @@ http {{
         if a.smoke:
             assert hot_kg and hot_kg[0] > 0, "keygate served no requests"
             assert self.median("hot", "keygate", "non2xx")[0] == 0, "keygate refused valid keys"
+            if a.with_floor:
+                assert self.median("hot", "floor", "non2xx")[0] == 0, "the floor proxy refused valid keys"
             assert summary["malformed_redis_calls"] == 0, "malformed keys reached Redis"
             assert self.median("cold", "keygate", "non2xx")[0] == 0, "cold keys were refused"
             assert summary["flood"]["cache_entries"] <= a.cache_entries, "the cache outgrew its bound"
@@ -464,15 +487,15 @@ plot '{data}' using 2:xtic(1) title 'p50', '' using 3 title 'p99', '' using 4 ti
             f"- command: `bash loadtests/run.sh {' '.join(sys.argv[1:])}`".rstrip(),
             f"- machine: {os.cpu_count()} cores ({cpu}), {platform.platform()}; shared and noisy",
             f"- wrk pinned to core {a.wrk_core}, 1 thread, {a.connections} connections, {a.duration} s per run, "
-            f"{a.runs} interleaved runs; keygate and nginx {a.workers} workers each; figures: median (min–max)",
+            f"{a.runs} interleaved runs; keygate, nginx and floor {a.workers} workers each; figures: median (min–max)",
             f"- keys: {a.hot_keys} in Redis (keygate) and in the nginx `map`; malformed-key runs caused "
             f"{summary['malformed_redis_calls']} Redis commands\n",
             "| scenario | config | req/s | p50 ms | p99 ms | p99.9 ms | keygate CPU (cores) | keygate RSS MB |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
-            cpu_col = fmt(r["keygate_cpu"], prec=2) if r["config"] not in ("direct", "nginx") else "—"
-            rss_col = fmt(r["keygate_rss_mb"]) if r["config"] not in ("direct", "nginx") else "—"
+            cpu_col = fmt(r["keygate_cpu"], prec=2) if r["config"] not in ("direct", "nginx", "floor") else "—"
+            rss_col = fmt(r["keygate_rss_mb"]) if r["config"] not in ("direct", "nginx", "floor") else "—"
             lines.append(f"| {r['scenario']} | {r['config']} | {fmt(r['rps'])} | {fmt(r['p50_ms'], prec=3)} | "
                          f"{fmt(r['p99_ms'], prec=3)} | {fmt(r['p999_ms'], prec=3)} | {cpu_col} | {rss_col} |")
         if summary["seed_seconds"] is not None:
@@ -517,9 +540,12 @@ def main():
     p.add_argument("--upload-mb", type=int, default=100)
     p.add_argument("--scenarios", default="hot,reject,cold,flood,revocation,upload")
     p.add_argument("--no-nginx", dest="with_nginx", action="store_false")
+    p.add_argument("--floor-bin", help="default: examples/floor beside --bin")
+    p.add_argument("--no-floor", dest="with_floor", action="store_false")
     p.add_argument("--smoke", action="store_true", help="a few seconds: checks the harness works; writes no results")
     a = p.parse_args()
     a.scenarios = a.scenarios.split(",")
+    a.floor_bin = a.floor_bin or os.path.join(os.path.dirname(os.path.abspath(a.bin)), "examples", "floor")
     if a.smoke:
         a.duration, a.runs, a.connections, a.hot_keys = 1, 1, 8, 50
         a.cold_keys, a.flood_keys, a.flood_duration, a.cache_entries = 2000, 3000, 1, 1000

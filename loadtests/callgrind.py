@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Instructions per request, counted by callgrind: a figure the shared machine's noise does not move.
 
-    python3 loadtests/callgrind.py [--scenario hot|cold|reject] [--top N] BIN [BIN ...]
+    python3 loadtests/callgrind.py [--scenario hot|cold|reject] [--top N] [--keep DIR] BIN [BIN ...]
 
 For each keygate binary, in turn, on one set of processes (Redis, the upstream, keys): start the
 binary under `valgrind --tool=callgrind` with one worker, warm it up with wrk, zero the counters,
 run wrk for a few seconds, dump, and print the instructions per request it served and, with
 --top, the functions that ran the most of them (self cost). User space only: kernel time is not
 counted. valgrind hides SHA-NI, so SHA-256 costs ~3.5k instructions per request here and far fewer
-natively. Compare binaries measured in the same invocation.
+natively. Compare binaries measured in the same invocation. --keep copies each dump to
+DIR/callgrind<i>.out for callgrind_annotate (e.g. `--inclusive=yes`, or `--tree=caller`).
 """
 
 import argparse
@@ -16,6 +17,7 @@ import collections
 import glob
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -52,10 +54,11 @@ def main():
     p.add_argument("--scenario", choices=["hot", "cold", "reject"], default="hot")
     p.add_argument("--top", type=int, default=0)
     p.add_argument("--duration", type=int, default=4)
+    p.add_argument("--keep", metavar="DIR", help="copy each dump here")
     args = p.parse_args()
     a = argparse.Namespace(bin=args.bins[0], duration=args.duration, runs=1, connections=16, workers=1, wrk_core="1",
                            hot_keys=1000, cache_entries=5000 if args.scenario == "cold" else 100000,
-                           with_nginx=False)
+                           with_nginx=False, with_floor=False)
     wait_port = bench.wait_port
     bench.wait_port = lambda port, timeout=60: wait_port(port, 60)  # valgrind starts slowly
     b = bench.Bench(a)
@@ -84,6 +87,9 @@ def main():
             time.sleep(1)
             dump = max(glob.glob(out + "*"), key=os.path.getmtime)
             costs = self_costs(dump)
+            if args.keep:
+                os.makedirs(args.keep, exist_ok=True)
+                shutil.copy(dump, os.path.join(args.keep, f"callgrind{i}.out"))
             total = sum(costs.values())
             print(f"{binary}: {r['requests']} requests, {total // r['requests']} instructions per request "
                   f"({args.scenario}, non-2xx {r['non2xx']})", flush=True)

@@ -23,8 +23,8 @@ fi
 export PATH="$PATH:/usr/sbin"
 
 if [[ " $* " == *" --smoke "* ]]; then
-  cargo build --quiet
+  cargo build --quiet --bin keygate --example floor
   exec python3 loadtests/bench.py --bin target/debug/keygate "$@"
 fi
-cargo build --release --quiet
+cargo build --release --quiet --bin keygate --example floor
 exec python3 loadtests/bench.py "$@"
