@@ -25,6 +25,9 @@ use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::proxy::{self, ConnInfo, Gateway, ResponseBody};
 
+mod timer;
+use timer::CoarseTimer;
+
 /// Resolves once `stop` turns true (or its sender is gone).
 pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
@@ -33,7 +36,7 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
 fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
-        .timer(TokioTimer::new())
+        .timer(CoarseTimer::new(limits.header_read_timeout))
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes);
     b.http2()

@@ -507,3 +507,57 @@ async fn a_corrupt_key_record_fails_closed() {
         (odd, odd)
     );
 }
+
+#[tokio::test]
+async fn slow_and_idle_clients_are_cut_off_after_the_header_read_timeout() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let redis = Redis::start();
+    let upstream = Upstream::start().await;
+    let toml = config_toml(&redis, &upstream, "")
+        .replace("[limits]\n", "[limits]\nheader_read_timeout = \"300ms\"\n");
+    let gw = Gateway::start(&toml, std::path::Path::new(".")).await;
+
+    /// Reads until the server closes the connection; returns what it sent and when it closed.
+    async fn until_closed(s: &mut tokio::net::TcpStream) -> (String, Instant) {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .expect("the server closed the connection");
+            match read {
+                Ok(0) | Err(_) => return (String::from_utf8_lossy(&out).into(), Instant::now()),
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    // A head that never ends (slowloris).
+    let mut slow = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let started = Instant::now();
+    slow.write_all(b"GET /status HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let (sent, closed) = until_closed(&mut slow).await;
+    assert!(
+        closed - started >= Duration::from_millis(300),
+        "closed early"
+    );
+    assert!(!sent.contains(" 200 "), "{sent}");
+
+    // A keep-alive connection served once, then idle.
+    let mut idle = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    idle.write_all(b"GET /status HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answered = Instant::now();
+    let (sent, closed) = until_closed(&mut idle).await;
+    assert!(sent.starts_with("HTTP/1.1 200 "), "{sent}");
+    assert!(
+        closed - answered >= Duration::from_millis(300),
+        "closed early"
+    );
+    assert!(upstream.requests().len() == 1);
+}

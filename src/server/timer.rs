@@ -1,0 +1,291 @@
+//! The clock behind hyper's HTTP/1 header-read timeout: a coarse one.
+//!
+//! hyper arms that timeout every time a connection waits for a request head, which on a
+//! keep-alive connection is once per request, and almost always drops it unfired a moment later.
+//! On tokio's timer every arming is a timer-wheel insert and remove under the driver's lock. Often it
+//! also writes the driver's eventfd to wake it, a system call, 0.3 per request under the hot load
+//! (loadtests/RESULTS.md, 2026-11-24). Here a timeout is a slot in one list per listener and
+//! worker, filled the first time hyper finds no head yet and emptied when the timeout is
+//! dropped. A ticker wakes the expired ones every [`CoarseTimer::tick`]. So a timeout fires
+//! between `header_read_timeout` and one tick later, and costs no system call.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use hyper::rt::{Sleep, Timer};
+
+/// Ticks are this fraction of the timeout…
+const TICKS_PER_TIMEOUT: u32 = 10;
+/// …within these bounds.
+const TICK_BOUNDS: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
+#[derive(Clone)]
+pub struct CoarseTimer {
+    slots: Arc<Mutex<Slots>>,
+}
+
+/// Armed timeouts. A slot belongs to its timeout until that timeout empties it (when dropped,
+/// reset or seen fired); the ticker only marks slots fired.
+#[derive(Default)]
+struct Slots {
+    entries: Vec<Option<Slot>>,
+    /// Indexes of the empty entries.
+    free: Vec<usize>,
+}
+
+struct Slot {
+    deadline: Instant,
+    /// Taken when the ticker fires it.
+    waker: Option<Waker>,
+}
+
+impl Slots {
+    fn arm(&mut self, slot: Slot) -> usize {
+        match self.free.pop() {
+            Some(i) => {
+                self.entries[i] = Some(slot);
+                i
+            }
+            None => {
+                self.entries.push(Some(slot));
+                self.entries.len() - 1
+            }
+        }
+    }
+
+    fn empty(&mut self, i: usize) {
+        self.entries[i] = None;
+        self.free.push(i);
+    }
+
+    /// Wakes every armed timeout whose deadline has passed.
+    fn fire(&mut self, now: Instant) {
+        for slot in self.entries.iter_mut().flatten() {
+            if slot.deadline <= now
+                && let Some(waker) = slot.waker.take()
+            {
+                waker.wake();
+            }
+        }
+    }
+}
+
+impl CoarseTimer {
+    /// A timer for timeouts of about `timeout`, with its ticker spawned on the current runtime.
+    /// The ticker ends once the timer and every timeout from it are gone.
+    pub fn new(timeout: Duration) -> CoarseTimer {
+        let timer = CoarseTimer {
+            slots: Arc::default(),
+        };
+        tokio::spawn(ticker(
+            Arc::downgrade(&timer.slots),
+            CoarseTimer::tick(timeout),
+        ));
+        timer
+    }
+
+    /// How often expired timeouts are woken: a tenth of the timeout, within 10 ms to 1 s.
+    pub fn tick(timeout: Duration) -> Duration {
+        (timeout / TICKS_PER_TIMEOUT).clamp(TICK_BOUNDS.0, TICK_BOUNDS.1)
+    }
+}
+
+async fn ticker(slots: Weak<Mutex<Slots>>, tick: Duration) {
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Some(slots) = slots.upgrade() else { return };
+        slots.lock().expect("poisoned").fire(Instant::now());
+    }
+}
+
+impl Timer for CoarseTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Sleep>> {
+        self.sleep_until(Instant::now() + duration)
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
+        Box::pin(CoarseSleep {
+            slots: self.slots.clone(),
+            deadline,
+            state: State::Unarmed,
+        })
+    }
+
+    fn reset(&self, sleep: &mut Pin<Box<dyn Sleep>>, new_deadline: Instant) {
+        match sleep.as_mut().downcast_mut_pin::<CoarseSleep>() {
+            Some(sleep) => sleep.get_mut().reset(new_deadline),
+            None => *sleep = self.sleep_until(new_deadline),
+        }
+    }
+}
+
+enum State {
+    /// Not polled since made or reset: holds no slot.
+    Unarmed,
+    /// Waiting in this slot.
+    Armed(usize),
+    /// Fired (its slot emptied).
+    Fired,
+}
+
+struct CoarseSleep {
+    slots: Arc<Mutex<Slots>>,
+    deadline: Instant,
+    state: State,
+}
+
+impl CoarseSleep {
+    fn reset(&mut self, deadline: Instant) {
+        self.disarm();
+        self.deadline = deadline;
+    }
+
+    fn disarm(&mut self) {
+        if let State::Armed(i) = self.state {
+            self.slots.lock().expect("poisoned").empty(i);
+        }
+        self.state = State::Unarmed;
+    }
+}
+
+impl Future for CoarseSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let mut slots = this.slots.lock().expect("poisoned");
+        match this.state {
+            State::Fired => return Poll::Ready(()),
+            State::Unarmed => {
+                let slot = Slot {
+                    deadline: this.deadline,
+                    waker: Some(cx.waker().clone()),
+                };
+                this.state = State::Armed(slots.arm(slot));
+            }
+            State::Armed(i) => {
+                let slot = slots.entries[i]
+                    .as_mut()
+                    .expect("an armed timeout owns its slot");
+                match &mut slot.waker {
+                    None => {
+                        slots.empty(i);
+                        this.state = State::Fired;
+                        return Poll::Ready(());
+                    }
+                    Some(waker) if !waker.will_wake(cx.waker()) => *waker = cx.waker().clone(),
+                    Some(_) => {}
+                }
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Sleep for CoarseSleep {}
+
+impl Drop for CoarseSleep {
+    fn drop(&mut self) {
+        self.disarm();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn armed(timer: &CoarseTimer) -> usize {
+        let slots = timer.slots.lock().unwrap();
+        slots.entries.iter().flatten().count()
+    }
+
+    /// Polls once, which arms it.
+    fn poll_once(sleep: &mut Pin<Box<dyn Sleep>>) -> Poll<()> {
+        sleep.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[tokio::test]
+    async fn a_timeout_fires_after_its_deadline() {
+        let timer = CoarseTimer::new(Duration::from_millis(100));
+        let started = Instant::now();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            timer.sleep(Duration::from_millis(100)),
+        )
+        .await
+        .expect("the timeout fired");
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert_eq!(armed(&timer), 0, "a fired timeout empties its slot");
+    }
+
+    #[tokio::test]
+    async fn dropped_timeouts_give_their_slots_back() {
+        let timer = CoarseTimer::new(Duration::from_secs(10));
+        let mut sleeps: Vec<_> = (0..3)
+            .map(|_| timer.sleep(Duration::from_secs(10)))
+            .collect();
+        assert_eq!(armed(&timer), 0, "not armed before the first poll");
+        for s in &mut sleeps {
+            assert!(poll_once(s).is_pending());
+        }
+        assert_eq!(armed(&timer), 3);
+        drop(sleeps);
+        assert_eq!(armed(&timer), 0);
+        let mut again = timer.sleep(Duration::from_secs(10));
+        assert!(poll_once(&mut again).is_pending());
+        assert_eq!(
+            timer.slots.lock().unwrap().entries.len(),
+            3,
+            "slots are reused"
+        );
+    }
+
+    #[tokio::test]
+    async fn reset_moves_the_deadline() {
+        let timer = CoarseTimer::new(Duration::from_millis(100));
+        let mut sleep = timer.sleep(Duration::from_secs(3600));
+        assert!(poll_once(&mut sleep).is_pending());
+        timer.reset(&mut sleep, Instant::now() + Duration::from_millis(50));
+        assert_eq!(armed(&timer), 0, "reset disarms until the next poll");
+        tokio::time::timeout(Duration::from_secs(10), sleep)
+            .await
+            .expect("fired at the new deadline");
+    }
+
+    #[tokio::test]
+    async fn a_fired_timeout_leaves_the_others_armed() {
+        let timer = CoarseTimer::new(Duration::from_millis(100));
+        let mut long = timer.sleep(Duration::from_secs(3600));
+        assert!(poll_once(&mut long).is_pending());
+        timer.sleep(Duration::from_millis(30)).await;
+        assert_eq!(armed(&timer), 1);
+        assert!(poll_once(&mut long).is_pending());
+        drop(long);
+        assert_eq!(armed(&timer), 0);
+    }
+
+    #[test]
+    fn ticks_are_a_tenth_of_the_timeout_within_bounds() {
+        assert_eq!(
+            CoarseTimer::tick(Duration::from_secs(10)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            CoarseTimer::tick(Duration::from_secs(60)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            CoarseTimer::tick(Duration::from_millis(500)),
+            Duration::from_millis(50)
+        );
+        assert_eq!(
+            CoarseTimer::tick(Duration::from_millis(20)),
+            Duration::from_millis(10)
+        );
+    }
+}
