@@ -190,23 +190,19 @@ pub fn hash_legacy(id: &str, secret: &str) -> KeyHash {
 /// beside a keygate key is ignored.
 pub fn extract(headers: &HeaderMap, format: &KeyFormat) -> Result<Credential, CredentialError> {
     let mut presented: Option<&str> = None;
-    let candidates = headers
-        .get_all(APIKEY)
-        .iter()
-        .chain(headers.get_all(X_API_KEY))
-        .map(|v| {
-            v.to_str()
-                .map(|s| Some(s.trim()))
-                .map_err(|_| CredentialError::Malformed)
-        })
-        .chain(
-            headers
-                .get_all(http::header::AUTHORIZATION)
-                .iter()
-                .map(authorization_key),
-        );
-    for candidate in candidates {
-        let Some(value) = candidate?.filter(|v| !v.is_empty()) else {
+    // One pass over the headers present, not a map lookup per header that might be.
+    for (name, value) in headers {
+        let candidate = if name == APIKEY || name == X_API_KEY {
+            value.to_str().map(|v| Some(v.trim()))
+        } else if name == http::header::AUTHORIZATION {
+            authorization_key(value)
+        } else {
+            continue;
+        };
+        let Some(value) = candidate
+            .map_err(|_| CredentialError::Malformed)?
+            .filter(|v| !v.is_empty())
+        else {
             continue;
         };
         match presented {
@@ -228,11 +224,8 @@ pub fn extract(headers: &HeaderMap, format: &KeyFormat) -> Result<Credential, Cr
 }
 
 /// The key in an `Authorization` header, if its scheme is one we take (`Bearer`, `Key`).
-fn authorization_key(value: &http::HeaderValue) -> Result<Option<&str>, CredentialError> {
-    let value = value
-        .to_str()
-        .map_err(|_| CredentialError::Malformed)?
-        .trim();
+fn authorization_key(value: &http::HeaderValue) -> Result<Option<&str>, http::header::ToStrError> {
+    let value = value.to_str()?.trim();
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
     if scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("key") {
         Ok(Some(rest.trim()))
