@@ -54,7 +54,7 @@ struct Counter {
 /// Uses counted since the last flush, by key.
 #[derive(Default)]
 pub struct Usage {
-    counts: DashMap<KeyId, Counter>,
+    counts: DashMap<KeyId, Counter, crate::cache::Hasher>,
 }
 
 /// One key's uses in a batch.
