@@ -31,11 +31,20 @@ pub fn normalise(path: &str) -> Result<&str, InvalidPath> {
     if b.first() != Some(&b'/') {
         return Err(InvalidPath);
     }
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'\\' | b';' | 0..=0x20 | 0x7f => return Err(InvalidPath),
-            b'%' => {
+    // One pass: bytes and escapes, and each segment as its closing `/` (or the end) is reached.
+    let (mut i, mut segment) = (1, 1);
+    while i <= b.len() {
+        match b.get(i) {
+            None | Some(b'/') => {
+                // Every segment but the last (a trailing slash) must be non-empty.
+                let s = &b[segment..i];
+                if (s.is_empty() && i < b.len()) || s == b"." || s == b".." {
+                    return Err(InvalidPath);
+                }
+                segment = i + 1;
+            }
+            Some(b'\\' | b';' | 0..=0x20 | 0x7f) => return Err(InvalidPath),
+            Some(b'%') => {
                 let hex = b.get(i + 1..i + 3).ok_or(InvalidPath)?;
                 let decoded = std::str::from_utf8(hex)
                     .ok()
@@ -47,17 +56,9 @@ pub fn normalise(path: &str) -> Result<&str, InvalidPath> {
                 i += 3;
                 continue;
             }
-            _ => {}
+            Some(_) => {}
         }
         i += 1;
-    }
-    // Segments after the leading '/': the last may be empty (a trailing slash), no other may.
-    let mut segments = path[1..].split('/').peekable();
-    while let Some(s) = segments.next() {
-        let last = segments.peek().is_none();
-        if (s.is_empty() && !last) || s == "." || s == ".." {
-            return Err(InvalidPath);
-        }
     }
     Ok(path)
 }
@@ -324,6 +325,7 @@ mod tests {
             "/caf%C3%A9",
             "/a-b_c.d/e~f",
             "/v1/x:predict",
+            "/.../..a/b..",
         ];
         for p in ok {
             assert_eq!(normalise(p), Ok(p), "{p}");
@@ -337,6 +339,8 @@ mod tests {
             "/a/..",
             "/..",
             "/a/./b",
+            "/a/./",
+            "/../",
             "/.",
             "/%2e%2e/x",
             "/%2E%2e/x",
