@@ -12,6 +12,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{BufMut, BytesMut};
+
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version};
 use http_body_util::{Either, Limited};
@@ -23,7 +25,6 @@ use super::{ConnInfo, Gateway, Identity, ResponseBody};
 use crate::config::Limits;
 use crate::credential::CREDENTIAL_HEADERS;
 use crate::error::GatewayError;
-use crate::store::model::join;
 
 /// A request body on its way upstream, capped at `limits.max_body_bytes`.
 pub type UpstreamBody = Limited<Incoming>;
@@ -50,6 +51,8 @@ pub(super) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-i
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// The most headers the rewrite adds (`Host` included): room for them is made at once.
+const ADDED_HEADERS: usize = 11;
 
 /// One worker's connections to every upstream, with the timeouts that apply per request.
 pub struct Upstreams {
@@ -134,16 +137,19 @@ fn rewrite_request_headers(
             || name.as_str().starts_with("x-keygate-")
             || name.as_str().starts_with("x-forwarded-")
     });
+    headers.reserve(ADDED_HEADERS);
     if let Some(id) = identity {
         let key = &id.principal.key;
-        let value = |s: &str| HeaderValue::from_str(s).expect("ids and scopes are header-safe");
-        headers.insert(X_KEYGATE_KEY_ID, value(key.id.as_str()));
-        headers.insert(X_KEYGATE_USER_ID, value(key.user_id.as_str()));
-        headers.insert(X_KEYGATE_ORG_ID, value(key.org_id.as_str()));
-        headers.insert(X_KEYGATE_ROLE, value(id.principal.owner.role.as_str()));
-        headers.insert(X_KEYGATE_SCOPES, value(&join(&key.scopes)));
+        let mut values = Values(BytesMut::with_capacity(256));
+        headers.insert(X_KEYGATE_KEY_ID, values.cut([key.id.as_str()]));
+        headers.insert(X_KEYGATE_USER_ID, values.cut([key.user_id.as_str()]));
+        headers.insert(X_KEYGATE_ORG_ID, values.cut([key.org_id.as_str()]));
+        let role = id.principal.owner.role.as_str();
+        headers.insert(X_KEYGATE_ROLE, values.cut([role]));
+        let scopes = key.scopes.iter().map(|s| s.as_str());
+        headers.insert(X_KEYGATE_SCOPES, values.cut(scopes));
         if let Some(project) = &id.project {
-            headers.insert(X_KEYGATE_PROJECT_ID, value(project.as_str()));
+            headers.insert(X_KEYGATE_PROJECT_ID, values.cut([project.as_str()]));
         }
     }
     headers.insert(X_REQUEST_ID, request_id.clone());
@@ -151,6 +157,23 @@ fn rewrite_request_headers(
     headers.insert(X_FORWARDED_PROTO, conn.forwarded_proto);
     if let Some(host) = original_host {
         headers.insert(X_FORWARDED_HOST, host);
+    }
+}
+
+/// Header values cut from one buffer: one allocation per request, not one per header.
+struct Values(BytesMut);
+
+impl Values {
+    /// The words, space-separated, as a header value.
+    fn cut<'a>(&mut self, words: impl IntoIterator<Item = &'a str>) -> HeaderValue {
+        for (i, word) in words.into_iter().enumerate() {
+            if i > 0 {
+                self.0.put_u8(b' ');
+            }
+            self.0.put_slice(word.as_bytes());
+        }
+        HeaderValue::from_maybe_shared(self.0.split().freeze())
+            .expect("ids and scopes are header-safe")
     }
 }
 
