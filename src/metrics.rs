@@ -5,6 +5,8 @@
 //! from error codes or `forwarded`, lookup results from [`crate::cache::Outcome`]. Never a raw
 //! path, key or client address.
 
+use std::sync::Mutex;
+
 use crate::cache::Outcome;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -150,6 +152,9 @@ impl Metrics {
                 self.requests
                     .with_label_values(&[route, "forwarded", class])
             }),
+            by_error: Mutex::default(),
+            route: route.to_owned(),
+            requests: self.requests.clone(),
             request_duration: self.request_duration.with_label_values(&[route]),
             upstream_duration: self.upstream_duration.with_label_values(&[route]),
         }
@@ -172,8 +177,31 @@ const LOOKUP_RESULTS: [&str; 5] = ["hit", "miss", "negative", "stale", "error"];
 pub struct RouteMetrics {
     /// `keygate_requests_total{route, outcome="forwarded", status_class}`, by status class.
     pub forwarded: [IntCounter; 5],
+    /// `keygate_requests_total{route, outcome=<error code>, status_class}`, resolved on first
+    /// use (a route sees few kinds of error): a short list, scanned.
+    by_error: Mutex<Vec<(&'static str, usize, IntCounter)>>,
+    route: String,
+    requests: IntCounterVec,
     pub request_duration: Histogram,
     pub upstream_duration: Histogram,
+}
+
+impl RouteMetrics {
+    /// Counts a request that ended in the error `code`, answered with a status of `class`
+    /// (an index into [`STATUS_CLASSES`]).
+    pub fn count_error(&self, code: &'static str, class: usize) {
+        let mut seen = self.by_error.lock().expect("poisoned");
+        match seen.iter().find(|(c, k, _)| *c == code && *k == class) {
+            Some((_, _, counter)) => counter.inc(),
+            None => {
+                let counter =
+                    self.requests
+                        .with_label_values(&[&self.route, code, STATUS_CLASSES[class]]);
+                counter.inc();
+                seen.push((code, class, counter));
+            }
+        }
+    }
 }
 
 impl Default for Metrics {

@@ -439,6 +439,8 @@ async fn ops_endpoints_report_health_and_metrics() {
     get_with(w.gw.addr, "/v1/projects/p1/x", &[("apikey", &w.keys.alice)]).await;
     get_with(w.gw.addr, "/v1/projects/p1/x", &[("apikey", &w.keys.alice)]).await;
     get(w.gw.addr, "/v1/projects/p1/x").await;
+    get(w.gw.addr, "/v1/projects/p1/x").await;
+    get(w.gw.addr, "/nowhere").await;
     let (status, _, _) = get(w.gw.admin, "/healthz").await;
     assert_eq!(status, StatusCode::OK);
     let (status, _, body) = get(w.gw.admin, "/readyz").await;
@@ -454,7 +456,8 @@ async fn ops_endpoints_report_health_and_metrics() {
     let text = String::from_utf8_lossy(&body);
     for needle in [
         r#"keygate_requests_total{outcome="forwarded",route="projects",status_class="2xx"} 2"#,
-        r#"keygate_requests_total{outcome="missing_api_key",route="projects",status_class="4xx"} 1"#,
+        r#"keygate_requests_total{outcome="missing_api_key",route="projects",status_class="4xx"} 2"#,
+        r#"keygate_requests_total{outcome="route_not_found",route="none",status_class="4xx"} 1"#,
         r#"keygate_key_lookups_total{result="miss"} 1"#,
         r#"keygate_key_lookups_total{result="hit"} 1"#,
         r#"keygate_cache_entries{kind="keys"} 1"#,

@@ -168,11 +168,7 @@ pub async fn handle(
     let m = gw.route_metrics(record.route);
     match &error {
         None => m.forwarded[class].inc(),
-        Some(_) => gw
-            .metrics
-            .requests
-            .with_label_values(&[route, outcome, metrics::STATUS_CLASSES[class]])
-            .inc(),
+        Some(e) => m.count_error(e.code(), class),
     }
     m.request_duration.observe(elapsed);
     if let Some(secs) = record.upstream_seconds {
