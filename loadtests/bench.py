@@ -7,6 +7,8 @@ keygate in release mode). Everything it starts it stops by its own process handl
 Configurations measured in the same run, interleaved (run 1 of each, then run 2 of each, ...):
   direct  - wrk straight to the upstream (a fast hyper server answering 64 bytes of JSON)
   nginx   - nginx reverse proxy with a `map` of the same API keys (401 for unknown ones)
+  nginx-identity - the same nginx also sending the upstream the headers keygate adds (identity,
+            request id, X-Forwarded-*) and returning the request id: the same job as keygate's
   floor   - examples/floor.rs: keygate's architecture, hyper and keygate's upstream pool, with
             only nginx's key check (a set lookup) on top: what the stack costs before keygate's
             own work
@@ -179,7 +181,7 @@ upstreams = ["http://127.0.0.1:{self.upstream_port}"]
             with open(os.path.join(self.dir, f"{name}.txt"), "w") as f:
                 f.write("\n".join(gen() for _ in range(a.hot_keys)) + "\n")
         if a.with_nginx:
-            self.nginx_port = free_port()
+            self.nginx_port, self.nginx_identity_port = free_port(), free_port()
             self.nginx()
         if a.with_floor:
             self.floor_port = free_port()
@@ -190,6 +192,7 @@ upstreams = ["http://127.0.0.1:{self.upstream_port}"]
     def nginx(self):
         conf = os.path.join(self.dir, "nginx.conf")
         keys = "\n".join(f'        "{k}" 1;' for k in self.hot_list)
+        key_ids = "\n".join(f'        "{k}" "key_{i:016d}";' for i, k in enumerate(self.hot_list))
         with open(conf, "w") as f:
             f.write(f"""
 worker_processes {self.args.workers};
@@ -206,6 +209,10 @@ http {{
         default 0;
 {keys}
     }}
+    map $http_apikey $kg_key_id {{
+        default "";
+{key_ids}
+    }}
     upstream backend {{ server 127.0.0.1:{self.upstream_port}; keepalive 128; }}
     server {{
         listen 127.0.0.1:{self.nginx_port} reuseport;
@@ -214,6 +221,26 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header apikey "";
+            proxy_pass http://backend;
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{self.nginx_identity_port} reuseport;
+        location / {{
+            if ($kg_valid = 0) {{ return 401 '{{"error":{{"code":"invalid_api_key"}}}}'; }}
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header apikey "";
+            proxy_set_header X-Keygate-Key-Id $kg_key_id;
+            proxy_set_header X-Keygate-User-Id "loadtest";
+            proxy_set_header X-Keygate-Org-Id "bench";
+            proxy_set_header X-Keygate-Role "member";
+            proxy_set_header X-Keygate-Scopes "predict";
+            proxy_set_header X-Request-Id $request_id;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
+            add_header X-Request-Id $request_id;
             proxy_pass http://backend;
         }}
     }}
@@ -250,7 +277,7 @@ http {{
 
     def record(self, scenario, config, r):
         self.results.setdefault((scenario, config), []).append(r)
-        print(f"  {scenario:<10} {config:<8} {r['rps']:>10.0f} req/s  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms"
+        print(f"  {scenario:<10} {config:<14} {r['rps']:>10.0f} req/s  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms"
               f"  p99.9 {r['p999_ms']:.3f} ms  non-2xx {r['non2xx']}", flush=True)
 
     def median(self, scenario, config, field):
@@ -261,7 +288,7 @@ http {{
     def hot(self, run):
         targets = [("direct", self.upstream_port), ("keygate", self.kg_port)]
         if self.args.with_nginx:
-            targets.insert(1, ("nginx", self.nginx_port))
+            targets[1:1] = [("nginx", self.nginx_port), ("nginx-identity", self.nginx_identity_port)]
         if self.args.with_floor:
             targets.insert(-1, ("floor", self.floor_port))
         for config, port in targets:
@@ -413,6 +440,10 @@ http {{
         if hot_kg and hot_ng:
             ratios["hot keygate / nginx (req/s)"] = hot_kg[0] / hot_ng[0]
             ratios["hot keygate p99 / nginx p99"] = self.median("hot", "keygate", "p99_ms")[0] / self.median("hot", "nginx", "p99_ms")[0]
+        hot_ni = self.median("hot", "nginx-identity", "rps")
+        if hot_kg and hot_ni:
+            ratios["hot keygate / nginx-identity (req/s): the same job"] = hot_kg[0] / hot_ni[0]
+            ratios["hot keygate p99 / nginx-identity p99"] = self.median("hot", "keygate", "p99_ms")[0] / self.median("hot", "nginx-identity", "p99_ms")[0]
         hot_fl = self.median("hot", "floor", "rps")
         if hot_fl and hot_ng:
             ratios["hot floor / nginx (req/s): the stack"] = hot_fl[0] / hot_ng[0]
@@ -494,8 +525,8 @@ plot '{data}' using 2:xtic(1) title 'p50', '' using 3 title 'p99', '' using 4 ti
             "|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
-            cpu_col = fmt(r["keygate_cpu"], prec=2) if r["config"] not in ("direct", "nginx", "floor") else "—"
-            rss_col = fmt(r["keygate_rss_mb"]) if r["config"] not in ("direct", "nginx", "floor") else "—"
+            cpu_col = fmt(r["keygate_cpu"], prec=2) if r["config"] not in ("direct", "nginx", "nginx-identity", "floor") else "—"
+            rss_col = fmt(r["keygate_rss_mb"]) if r["config"] not in ("direct", "nginx", "nginx-identity", "floor") else "—"
             lines.append(f"| {r['scenario']} | {r['config']} | {fmt(r['rps'])} | {fmt(r['p50_ms'], prec=3)} | "
                          f"{fmt(r['p99_ms'], prec=3)} | {fmt(r['p999_ms'], prec=3)} | {cpu_col} | {rss_col} |")
         if summary["seed_seconds"] is not None:
