@@ -193,6 +193,12 @@ upstreams = ["http://127.0.0.1:{self.upstream_port}"]
         conf = os.path.join(self.dir, "nginx.conf")
         keys = "\n".join(f'        "{k}" 1;' for k in self.hot_list)
         key_ids = "\n".join(f'        "{k}" "key_{i:016d}";' for i, k in enumerate(self.hot_list))
+        # Both servers: 401 for unknown keys, keep-alive upstream, the key not forwarded.
+        checked = """            if ($kg_valid = 0) { return 401 '{"error":{"code":"invalid_api_key"}}'; }
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header apikey "";
+"""
         with open(conf, "w") as f:
             f.write(f"""
 worker_processes {self.args.workers};
@@ -217,21 +223,13 @@ http {{
     server {{
         listen 127.0.0.1:{self.nginx_port} reuseport;
         location / {{
-            if ($kg_valid = 0) {{ return 401 '{{"error":{{"code":"invalid_api_key"}}}}'; }}
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header apikey "";
-            proxy_pass http://backend;
+{checked}            proxy_pass http://backend;
         }}
     }}
     server {{
         listen 127.0.0.1:{self.nginx_identity_port} reuseport;
         location / {{
-            if ($kg_valid = 0) {{ return 401 '{{"error":{{"code":"invalid_api_key"}}}}'; }}
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header apikey "";
-            proxy_set_header X-Keygate-Key-Id $kg_key_id;
+{checked}            proxy_set_header X-Keygate-Key-Id $kg_key_id;
             proxy_set_header X-Keygate-User-Id "loadtest";
             proxy_set_header X-Keygate-Org-Id "bench";
             proxy_set_header X-Keygate-Role "member";
