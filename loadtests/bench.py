@@ -432,39 +432,27 @@ http {{
                 row[f] = self.median(scenario, config, f)
             rows.append(row)
         hot_kg = self.median("hot", "keygate", "rps")
-        hot_ng = self.median("hot", "nginx", "rps")
-        hot_direct = self.median("hot", "direct", "rps")
         ratios = {}
-        if hot_kg and hot_ng:
-            ratios["hot keygate / nginx (req/s)"] = hot_kg[0] / hot_ng[0]
-            ratios["hot keygate p99 / nginx p99"] = self.median("hot", "keygate", "p99_ms")[0] / self.median("hot", "nginx", "p99_ms")[0]
-        hot_ni = self.median("hot", "nginx-identity", "rps")
-        if hot_kg and hot_ni:
-            ratios["hot keygate / nginx-identity (req/s): the same job"] = hot_kg[0] / hot_ni[0]
-            ratios["hot keygate p99 / nginx-identity p99"] = self.median("hot", "keygate", "p99_ms")[0] / self.median("hot", "nginx-identity", "p99_ms")[0]
-        hot_fl = self.median("hot", "floor", "rps")
-        if hot_fl and hot_ng:
-            ratios["hot floor / nginx (req/s): the stack"] = hot_fl[0] / hot_ng[0]
-            ratios["hot floor p99 / nginx p99"] = self.median("hot", "floor", "p99_ms")[0] / self.median("hot", "nginx", "p99_ms")[0]
-        if hot_fl and hot_kg:
-            ratios["hot keygate / floor (req/s): keygate's own work"] = hot_kg[0] / hot_fl[0]
-        if hot_kg and hot_direct:
-            ratios["hot keygate / direct (req/s)"] = hot_kg[0] / hot_direct[0]
-        cold = self.median("cold", "keygate", "rps")
-        if cold and hot_kg:
-            ratios["cold keygate / hot keygate (req/s)"] = cold[0] / hot_kg[0]
-        for cfg in ["malformed", "unknown"]:
-            rej = self.median("reject", cfg, "rps")
-            if rej and hot_kg:
-                ratios[f"reject {cfg} / hot keygate (req/s)"] = rej[0] / hot_kg[0]
-        rej_kg, rej_ng = self.median("reject", "unknown", "rps"), self.median("reject", "nginx", "rps")
-        if rej_kg and rej_ng:
-            ratios["reject unknown keygate / nginx (req/s)"] = rej_kg[0] / rej_ng[0]
-        if rej_ng and hot_ng:
-            ratios["reject nginx / hot nginx (req/s), for scale"] = rej_ng[0] / hot_ng[0]
-        rej_fl = self.median("reject", "floor", "rps")
-        if rej_fl and hot_fl:
-            ratios["reject floor / hot floor (req/s), for scale"] = rej_fl[0] / hot_fl[0]
+        # (label, numerator, denominator, field): every ratio whose two figures this run has.
+        for label, num, den, field in [
+            ("hot keygate / nginx (req/s)", ("hot", "keygate"), ("hot", "nginx"), "rps"),
+            ("hot keygate p99 / nginx p99", ("hot", "keygate"), ("hot", "nginx"), "p99_ms"),
+            ("hot keygate / nginx-identity (req/s): the same job", ("hot", "keygate"), ("hot", "nginx-identity"), "rps"),
+            ("hot keygate p99 / nginx-identity p99", ("hot", "keygate"), ("hot", "nginx-identity"), "p99_ms"),
+            ("hot floor / nginx (req/s): the stack", ("hot", "floor"), ("hot", "nginx"), "rps"),
+            ("hot floor p99 / nginx p99", ("hot", "floor"), ("hot", "nginx"), "p99_ms"),
+            ("hot keygate / floor (req/s): keygate's own work", ("hot", "keygate"), ("hot", "floor"), "rps"),
+            ("hot keygate / direct (req/s)", ("hot", "keygate"), ("hot", "direct"), "rps"),
+            ("cold keygate / hot keygate (req/s)", ("cold", "keygate"), ("hot", "keygate"), "rps"),
+            ("reject malformed / hot keygate (req/s)", ("reject", "malformed"), ("hot", "keygate"), "rps"),
+            ("reject unknown / hot keygate (req/s)", ("reject", "unknown"), ("hot", "keygate"), "rps"),
+            ("reject unknown keygate / nginx (req/s)", ("reject", "unknown"), ("reject", "nginx"), "rps"),
+            ("reject nginx / hot nginx (req/s), for scale", ("reject", "nginx"), ("hot", "nginx"), "rps"),
+            ("reject floor / hot floor (req/s), for scale", ("reject", "floor"), ("hot", "floor"), "rps"),
+        ]:
+            n, d = self.median(*num, field), self.median(*den, field)
+            if n and d:
+                ratios[label] = n[0] / d[0]
         summary = {"rows": rows, "ratios": ratios, "malformed_redis_calls": getattr(self, "malformed_redis_calls", None),
                    "seed_seconds": getattr(self, "seed_seconds", None), "flood": getattr(self, "flood_result", None),
                    "revocation": getattr(self, "revocation_result", None), "upload": getattr(self, "upload_result", None)}
