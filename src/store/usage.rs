@@ -54,7 +54,7 @@ struct Counter {
 /// Uses counted since the last flush, by key.
 #[derive(Default)]
 pub struct Usage {
-    counts: DashMap<KeyId, Counter, crate::cache::Hasher>,
+    counts: DashMap<KeyId, Counter, foldhash::fast::RandomState>,
 }
 
 /// One key's uses in a batch.
