@@ -280,8 +280,8 @@ mod tests {
     }
 
     fn principal() -> Principal {
-        Principal {
-            key: KeyRecord {
+        Principal::new(
+            KeyRecord {
                 id: KeyId("k".into()),
                 org_id: OrgId("acme".into()),
                 user_id: UserId("u1".into()),
@@ -299,7 +299,7 @@ mod tests {
                 last_used_at: None,
                 request_count: 0,
             },
-            owner: User {
+            User {
                 id: UserId("u1".into()),
                 org_id: OrgId("acme".into()),
                 name: "alice".into(),
@@ -307,7 +307,7 @@ mod tests {
                 status: UserStatus::Active,
                 created_at: 0,
             },
-        }
+        )
     }
 
     fn project(id: &str, org: &str, visibility: Visibility, members: &[&str]) -> Project {

@@ -1,7 +1,8 @@
 //! A key's whole life through the management API, checked on the data plane of two keygate
-//! instances sharing one Redis: create → 200 → rename → revoke → 401 on both within 100 ms →
-//! activate → 200 → rotate (both secrets during the grace period, only the new one after) →
-//! revoke → delete → 404 in the API. Then the audit log tells the story and usage was counted.
+//! instances sharing one Redis: create → 200 → rename → new scopes forwarded upstream → revoke →
+//! 401 on both within 100 ms → activate → 200 → rotate (both secrets during the grace period,
+//! only the new one after) → revoke → delete → 404 in the API. Then the audit log tells the
+//! story and usage was counted.
 
 mod common;
 
@@ -75,6 +76,41 @@ async fn a_key_lives_and_dies_through_the_api_on_two_instances() {
     )
     .await;
     assert_eq!((s, renamed["name"].as_str()), (200, Some("ci runner")));
+
+    // New scopes reach both instances' upstream requests (the identity headers are made when a
+    // key is resolved, so an edit must drop them with the cached key).
+    let (s, edited) = api(
+        a,
+        "PATCH",
+        &format!("/v1/keys/{id}"),
+        t,
+        Some(json!({"scopes": ["inference", "models:read"]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{edited}");
+    let scopes: Vec<&str> = edited["scopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert!(scopes.contains(&"models:read"), "{edited}");
+    for addr in addrs {
+        let started = Instant::now();
+        loop {
+            assert_eq!(answer(addr, &first).await, "ok");
+            let seen = w.upstream.last().headers;
+            if seen["x-keygate-scopes"] == scopes.join(" ").as_str() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_millis(100),
+                "{addr} still forwards {:?}",
+                seen["x-keygate-scopes"]
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
 
     assert_eq!(
         api(a, "POST", &format!("/v1/keys/{id}/revoke"), t, None)
@@ -177,8 +213,8 @@ async fn a_key_lives_and_dies_through_the_api_on_two_instances() {
             "key.rotate",
             "key.activate",
             "key.revoke",
+            "key.set_scopes",
             "key.rename",
-            "key.create",
             "key.create",
         ]
     );

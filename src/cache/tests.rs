@@ -194,7 +194,7 @@ fn principal(owner: &str, hash: u8) -> (KeyHash, Principal) {
         last_used_at: None,
         request_count: 0,
     };
-    (KeyHash([hash; 32]), Principal { key, owner: user })
+    (KeyHash([hash; 32]), Principal::new(key, user))
 }
 
 #[tokio::test(start_paused = true)]

@@ -255,7 +255,7 @@ impl Store {
         let [key, owner] = <[_; 2]>::try_from(records).map_err(|_| BadRecord("user_id"))?;
         let key = model::KeyRecord::from_fields(key.as_slice())?;
         let owner = User::from_fields(key.user_id.clone(), owner.as_slice())?;
-        Ok(Some(Principal { key, owner }))
+        Ok(Some(Principal::new(key, owner)))
     }
 
     /// A project of an org with its members, or `None`.

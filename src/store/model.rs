@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::credential::KeyHash;
 use crate::policy::Scope;
+use crate::proxy::forward::IdentityHeaders;
 
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
@@ -185,11 +186,24 @@ pub struct KeyRecord {
     pub request_count: u64,
 }
 
-/// A resolved key with its owner: everything the policy needs about the caller.
+/// A resolved key with its owner: everything the policy needs about the caller, and the
+/// identity upstreams receive, made once when the key is resolved rather than per request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
     pub key: KeyRecord,
     pub owner: User,
+    pub headers: IdentityHeaders,
+}
+
+impl Principal {
+    pub fn new(key: KeyRecord, owner: User) -> Principal {
+        let headers = IdentityHeaders::new(&key, &owner);
+        Principal {
+            key,
+            owner,
+            headers,
+        }
+    }
 }
 
 /// A Redis hash read back as field → value. A B-tree, not a hash map: records have a dozen
