@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use crate::api::json;
 use crate::error::json_error;
 use crate::proxy::{Gateway, ResponseBody};
-use crate::server::{serve_connection, stopped};
+use crate::server::{Drain, serve_connection, stopped};
 
 /// Serves the admin endpoints until `stop`.
 pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
@@ -33,7 +33,7 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, mut stop: watch::Rec
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(gw.config.limits.header_read_timeout);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let drain = Arc::new(Drain::default());
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -48,11 +48,11 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, mut stop: watch::Rec
         };
         let gw = gw.clone();
         let service = service_fn(move |req| handle(gw.clone(), req));
-        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let (builder, watcher) = (builder.clone(), drain.watcher());
         tokio::spawn(async move { serve_connection(&builder, stream, service, watcher).await });
     }
     drop(listener);
-    graceful.shutdown().await;
+    drain.stop().await;
 }
 
 /// One admin request.

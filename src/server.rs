@@ -5,7 +5,7 @@
 //! handshake under a timeout (ALPN picks h2 or http/1.1; on plaintext, HTTP/2 with prior
 //! knowledge is detected from the preface), apply header limits and the header-read timeout,
 //! and on stop: close the listener, ask every connection to finish its in-flight requests
-//! (`GracefulShutdown`) and wait for them. The caller bounds that wait with its drain deadline.
+//! ([`Drain`]) and wait for them. The caller bounds that wait with its drain deadline.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,7 +15,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -25,7 +24,9 @@ use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::proxy::{self, ConnInfo, Gateway, ResponseBody};
 
+mod drain;
 mod timer;
+pub use drain::{Drain, Watcher};
 use timer::CoarseTimer;
 
 /// Resolves once `stop` turns true (or its sender is gone).
@@ -71,7 +72,7 @@ pub async fn serve_data(
     let limits = gw.config.limits;
     let builder = builder(&limits);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
+    let drain = Arc::new(Drain::default());
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
@@ -91,7 +92,7 @@ pub async fn serve_data(
         };
         let _ = stream.set_nodelay(true);
         let open = OpenConnection::new(&gw.metrics);
-        let watcher = graceful.watcher();
+        let watcher = drain.watcher();
         let (gw, builder, tls) = (gw.clone(), builder.clone(), tls.clone());
         tokio::spawn(async move {
             let _held = (permit, open);
@@ -117,7 +118,7 @@ pub async fn serve_data(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    drain.stop().await;
 }
 
 /// Serves one connection until it closes or is drained.
@@ -125,7 +126,7 @@ pub async fn serve_connection<I, S>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     service: S,
-    watcher: hyper_util::server::graceful::Watcher,
+    watcher: Watcher,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<
@@ -139,7 +140,7 @@ pub async fn serve_connection<I, S>(
     let conn = builder
         .serve_connection(TokioIo::new(io), service)
         .into_owned();
-    if let Err(e) = watcher.watch(conn).await {
+    if let Err(e) = watcher.watch(conn, |c| c.graceful_shutdown()).await {
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }
