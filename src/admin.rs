@@ -23,16 +23,11 @@ use tokio::sync::watch;
 use crate::api::json;
 use crate::error::json_error;
 use crate::proxy::{Gateway, ResponseBody};
-use crate::server::{Drain, serve_connection, stopped};
+use crate::server::{Drain, Http, serve_plaintext, stopped};
 
 /// Serves the admin endpoints until `stop`.
 pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-    let mut builder =
-        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(gw.config.limits.header_read_timeout);
+    let http = Http::new(&gw.config.limits);
     let drain = Arc::new(Drain::default());
     loop {
         let stream = tokio::select! {
@@ -48,8 +43,8 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, mut stop: watch::Rec
         };
         let gw = gw.clone();
         let service = service_fn(move |req| handle(gw.clone(), req));
-        let (builder, watcher) = (builder.clone(), drain.watcher());
-        tokio::spawn(async move { serve_connection(&builder, stream, service, watcher).await });
+        let (http, watcher) = (http.clone(), drain.watcher());
+        tokio::spawn(async move { serve_plaintext(&http, stream, service, watcher).await });
     }
     drop(listener);
     drain.stop().await;

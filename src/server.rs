@@ -9,14 +9,15 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
@@ -34,16 +35,63 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(CoarseTimer::new(limits.header_read_timeout))
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32);
-    b
+/// How a listener speaks HTTP/1.1 and HTTP/2.
+#[derive(Clone)]
+pub struct Http {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    header_read_timeout: Duration,
+}
+
+impl Http {
+    pub fn new(limits: &Limits) -> Http {
+        let mut h1 = http1::Builder::new();
+        h1.timer(CoarseTimer::new(limits.header_read_timeout))
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(limits.max_header_bytes as u32);
+        Http {
+            h1,
+            h2,
+            header_read_timeout: limits.header_read_timeout,
+        }
+    }
+}
+
+/// The HTTP version a connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// How often a connection that has sent part of the HTTP/2 preface is looked at again.
+const PREFACE_RECHECK: Duration = Duration::from_millis(5);
+
+/// What a plaintext connection speaks: HTTP/2 with prior knowledge opens with the preface,
+/// anything else is HTTP/1. Peeks, so nothing has to be replayed. `None` when the client sent
+/// nothing within `timeout`, or closed or failed first.
+async fn sniff(stream: &TcpStream, timeout: Duration) -> Option<Protocol> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await;
+        let n = peeked.ok()?.ok().filter(|&n| n > 0)?;
+        if buf[..n] != H2_PREFACE[..n] {
+            return Some(Protocol::Http1);
+        }
+        if n == H2_PREFACE.len() {
+            return Some(Protocol::Http2);
+        }
+        // Part of the preface so far (clients send it whole; this is rare): look again soon.
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(PREFACE_RECHECK).await;
+    }
 }
 
 /// Counts an open connection for as long as it lives.
@@ -70,7 +118,7 @@ pub async fn serve_data(
     mut stop: watch::Receiver<bool>,
 ) {
     let limits = gw.config.limits;
-    let builder = builder(&limits);
+    let http = Http::new(&limits);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let drain = Arc::new(Drain::default());
     loop {
@@ -93,13 +141,13 @@ pub async fn serve_data(
         let _ = stream.set_nodelay(true);
         let open = OpenConnection::new(&gw.metrics);
         let watcher = drain.watcher();
-        let (gw, builder, tls) = (gw.clone(), builder.clone(), tls.clone());
+        let (gw, http, tls) = (gw.clone(), http.clone(), tls.clone());
         tokio::spawn(async move {
             let _held = (permit, open);
             let info = ConnInfo::new(peer, tls.is_some());
             let service = service_fn(move |req| proxy::handle(gw.clone(), info.clone(), req));
             match tls {
-                None => serve_connection(&builder, stream, service, watcher).await,
+                None => serve_plaintext(&http, stream, service, watcher).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(
                         limits.tls_handshake_timeout,
@@ -108,7 +156,11 @@ pub async fn serve_data(
                     .await
                     {
                         Ok(Ok(stream)) => {
-                            serve_connection(&builder, stream, service, watcher).await
+                            let protocol = match stream.get_ref().1.alpn_protocol() {
+                                Some(b"h2") => Protocol::Http2,
+                                _ => Protocol::Http1,
+                            };
+                            serve_connection(&http, stream, protocol, service, watcher).await
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -121,10 +173,28 @@ pub async fn serve_data(
     drain.stop().await;
 }
 
+/// Serves one plaintext connection in the HTTP version its first bytes show, until it closes
+/// or is drained.
+pub async fn serve_plaintext<S>(http: &Http, stream: TcpStream, service: S, watcher: Watcher)
+where
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<ResponseBody>,
+            Error = Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    if let Some(protocol) = sniff(&stream, http.header_read_timeout).await {
+        serve_connection(http, stream, protocol, service, watcher).await;
+    }
+}
+
 /// Serves one connection until it closes or is drained.
 pub async fn serve_connection<I, S>(
-    builder: &auto::Builder<TokioExecutor>,
+    http: &Http,
     io: I,
+    protocol: Protocol,
     service: S,
     watcher: Watcher,
 ) where
@@ -137,10 +207,65 @@ pub async fn serve_connection<I, S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let conn = builder
-        .serve_connection(TokioIo::new(io), service)
-        .into_owned();
-    if let Err(e) = watcher.watch(conn, |c| c.graceful_shutdown()).await {
+    let io = TokioIo::new(io);
+    let served = match protocol {
+        Protocol::Http1 => {
+            let conn = http.h1.serve_connection(io, service);
+            watcher.watch(conn, |c| c.graceful_shutdown()).await
+        }
+        Protocol::Http2 => {
+            let conn = http.h2.serve_connection(io, service);
+            watcher.watch(conn, |c| c.graceful_shutdown()).await
+        }
+    };
+    if let Err(e) = served {
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A connected pair on loopback: (client, server side).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        (client.unwrap(), accepted.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn sniff_tells_http2_prior_knowledge_from_http1_and_gives_up_on_silence() {
+        let second = Duration::from_secs(1);
+        let (mut client, server) = pair().await;
+        client.write_all(b"POST /v1 HTTP/1.1\r\n").await.unwrap();
+        assert_eq!(sniff(&server, second).await, Some(Protocol::Http1));
+
+        // The preface in two parts.
+        let (mut client, server) = pair().await;
+        client.write_all(&H2_PREFACE[..10]).await.unwrap();
+        let sniffing = tokio::spawn(async move { sniff(&server, second).await });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        client.write_all(&H2_PREFACE[10..]).await.unwrap();
+        assert_eq!(sniffing.await.unwrap(), Some(Protocol::Http2));
+
+        let (_client, server) = pair().await;
+        let started = std::time::Instant::now();
+        assert_eq!(sniff(&server, Duration::from_millis(100)).await, None);
+        assert!(started.elapsed() >= Duration::from_millis(100));
+
+        let (mut client, server) = pair().await;
+        client.write_all(&H2_PREFACE[..3]).await.unwrap();
+        assert_eq!(
+            sniff(&server, Duration::from_millis(100)).await,
+            None,
+            "a preface cut short"
+        );
+
+        let (client, server) = pair().await;
+        drop(client);
+        assert_eq!(sniff(&server, second).await, None, "closed");
     }
 }

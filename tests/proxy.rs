@@ -512,7 +512,7 @@ async fn a_corrupt_key_record_fails_closed() {
 }
 
 #[tokio::test]
-async fn slow_and_idle_clients_are_cut_off_after_the_header_read_timeout() {
+async fn slow_idle_and_silent_clients_are_cut_off_after_the_header_read_timeout() {
     use std::time::{Duration, Instant};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -563,4 +563,14 @@ async fn slow_and_idle_clients_are_cut_off_after_the_header_read_timeout() {
         "closed early"
     );
     assert!(upstream.requests().len() == 1);
+
+    // A connection that never sends a byte: it must not hold a connection slot for ever.
+    let mut silent = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let started = Instant::now();
+    let (sent, closed) = until_closed(&mut silent).await;
+    assert_eq!(sent, "");
+    assert!(
+        closed - started >= Duration::from_millis(300),
+        "closed early"
+    );
 }
