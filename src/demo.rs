@@ -1,8 +1,10 @@
 //! A tiny upstream for the demo and the benchmarks: answers every request with the same 64-byte
 //! JSON body after reading (and counting) the request body.
 //!
-//! Response headers show what keygate forwarded: `x-demo-key-id` (the `x-keygate-key-id` it
-//! received) and `x-demo-received-bytes` (the size of the streamed request body).
+//! With `echo` (the demo), response headers show what keygate forwarded: `x-demo-key-id` (the
+//! `x-keygate-key-id` it received) and `x-demo-received-bytes` (the size of the streamed request
+//! body). Without (the benchmarks), every caller gets the same answer, so that a proxy which
+//! forwards identity headers is not also handed more response headers to relay.
 
 use std::convert::Infallible;
 
@@ -18,7 +20,7 @@ use tokio::net::TcpListener;
 pub const BODY: &[u8; 64] = br#"{"model":"demo","label":"cat","score":0.97,"latency_ms":1.00000}"#;
 
 /// Serves forever on a bound listener.
-pub async fn serve(listener: TcpListener) -> std::io::Result<()> {
+pub async fn serve(listener: TcpListener, echo: bool) -> std::io::Result<()> {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     loop {
         let (stream, _) = listener.accept().await?;
@@ -26,13 +28,13 @@ pub async fn serve(listener: TcpListener) -> std::io::Result<()> {
         let builder = builder.clone();
         tokio::spawn(async move {
             let _ = builder
-                .serve_connection(TokioIo::new(stream), service_fn(answer))
+                .serve_connection(TokioIo::new(stream), service_fn(|req| answer(req, echo)))
                 .await;
         });
     }
 }
 
-async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(req: Request<Incoming>, echo: bool) -> Result<Response<Full<Bytes>>, Infallible> {
     let key_id = req.headers().get("x-keygate-key-id").cloned();
     let mut body = req.into_body();
     let mut received: u64 = 0;
@@ -45,9 +47,11 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    h.insert("x-demo-received-bytes", HeaderValue::from(received));
-    if let Some(id) = key_id {
-        h.insert("x-demo-key-id", id);
+    if echo {
+        h.insert("x-demo-received-bytes", HeaderValue::from(received));
+        if let Some(id) = key_id {
+            h.insert("x-demo-key-id", id);
+        }
     }
     Ok(res)
 }

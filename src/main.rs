@@ -73,6 +73,10 @@ enum Command {
     DemoUpstream {
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: std::net::SocketAddr,
+        /// Show what keygate forwarded in response headers (`x-demo-key-id`,
+        /// `x-demo-received-bytes`); off for benchmarks, so every caller gets the same answer.
+        #[arg(long)]
+        echo: bool,
     },
 }
 
@@ -137,7 +141,7 @@ fn main() -> ExitCode {
             Command::Projects { args, command } => {
                 ExitCode::from(keygate::client::projects(args, command).await)
             }
-            Command::DemoUpstream { listen } => {
+            Command::DemoUpstream { listen, echo } => {
                 let listener = match tokio::net::TcpListener::bind(listen).await {
                     Ok(l) => l,
                     Err(e) => {
@@ -146,7 +150,7 @@ fn main() -> ExitCode {
                     }
                 };
                 eprintln!("demo upstream on http://{listen}");
-                match keygate::demo::serve(listener).await {
+                match keygate::demo::serve(listener, echo).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("error: {e}");

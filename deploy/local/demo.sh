@@ -31,7 +31,7 @@ done
 # A private Redis, persisting to deploy/local/run (AOF on, as in production).
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$PWD/$RUN" --appendonly yes --save "" >"$RUN/redis.log" 2>&1 &
 REDIS_PID=$!
-"$KG" demo-upstream --listen 127.0.0.1:9000 2>"$RUN/upstream.log" &
+"$KG" demo-upstream --echo --listen 127.0.0.1:9000 2>"$RUN/upstream.log" &
 UPSTREAM_PID=$!
 cleanup() { kill "$UPSTREAM_PID" "$REDIS_PID" 2>/dev/null || true; }
 trap cleanup EXIT
