@@ -73,6 +73,18 @@ async fn forwards_with_identity_and_never_leaks_credentials() {
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], w.gw.addr.to_string().as_str());
     assert_eq!(h.get_all("x-keygate-user-id").iter().count(), 1);
+
+    // An absolute-form request line: the upstream gets the origin form of the same path.
+    let req = format!(
+        "GET http://api.example/v1/projects/p1/predict?y=2 HTTP/1.1\r\nhost: api.example\r\n\
+         apikey: {}\r\nconnection: close\r\n\r\n",
+        w.keys.alice
+    );
+    let (status, text) = raw(w.gw.addr, &req).await;
+    assert_eq!(status, 200, "{text}");
+    let seen = w.upstream.last();
+    assert_eq!(seen.path_and_query, "/v1/projects/p1/predict?y=2");
+    assert_eq!(seen.headers["x-forwarded-host"], "api.example");
 }
 
 #[tokio::test]

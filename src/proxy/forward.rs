@@ -93,13 +93,19 @@ pub async fn forward(
     let ups = &gw.upstreams;
     let (mut parts, body) = req.into_parts();
     let upstream = route.pick_upstream();
-    let path = route.upstream_path_and_query(upstream, parts.uri.path(), parts.uri.query());
     let original_host = parts
         .uri
         .authority()
         .map(|a| HeaderValue::from_str(a.as_str()).expect("an authority is a valid header value"))
         .or_else(|| parts.headers.get(header::HOST).cloned());
-    parts.uri = Uri::try_from(path).expect("a normalised path and its query form a URI");
+    let path = route.upstream_path_and_query(upstream, parts.uri.path(), parts.uri.query());
+    if let Some(path) = path {
+        parts.uri = Uri::try_from(path).expect("a normalised path and its query form a URI");
+    } else if parts.uri.authority().is_some() {
+        // Absolute form (HTTP/2, or a proxy-style request line): upstreams get origin form.
+        let path = parts.uri.path_and_query().cloned();
+        parts.uri = path.map_or(Uri::from_static("/"), Uri::from);
+    }
     parts.version = Version::HTTP_11;
     rewrite_request_headers(
         &mut parts.headers,

@@ -219,14 +219,19 @@ impl Route {
         &self.upstreams[i]
     }
 
-    /// The path and query the upstream receives for an authorised request path.
+    /// The path and query the upstream receives for an authorised request path, or `None` when
+    /// that is the request's own (no base path on the upstream, no prefix stripped).
     pub fn upstream_path_and_query(
         &self,
         upstream: &Upstream,
         path: &str,
         query: Option<&str>,
-    ) -> String {
-        let rest = if self.strip_prefix && self.prefix != "/" {
+    ) -> Option<String> {
+        let strip = self.strip_prefix && self.prefix != "/";
+        if !strip && upstream.base_path.is_empty() {
+            return None;
+        }
+        let rest = if strip {
             &path[self.prefix.len()..]
         } else {
             path
@@ -243,7 +248,7 @@ impl Route {
             out.push('?');
             out.push_str(q);
         }
-        out
+        Some(out)
     }
 }
 
@@ -471,17 +476,23 @@ mod tests {
     fn upstream_paths() {
         let mut r = route("r", None, "/v1/predict", ProjectSource::None);
         let up = r.upstreams[0].clone();
+        let path = |r: &Route, up, p, q| r.upstream_path_and_query(up, p, q);
         assert_eq!(
-            r.upstream_path_and_query(&up, "/v1/predict/m", Some("a=1")),
-            "/base/v1/predict/m?a=1"
+            path(&r, &up, "/v1/predict/m", Some("a=1")).as_deref(),
+            Some("/base/v1/predict/m?a=1")
+        );
+        let bare = Upstream::parse("http://127.0.0.1:9/").unwrap();
+        assert_eq!(
+            path(&r, &bare, "/v1/predict/m", Some("a=1")),
+            None,
+            "as sent"
         );
         r.strip_prefix = true;
         assert_eq!(
-            r.upstream_path_and_query(&up, "/v1/predict/m", None),
-            "/base/m"
+            path(&r, &up, "/v1/predict/m", None).as_deref(),
+            Some("/base/m")
         );
-        let bare = Upstream::parse("http://127.0.0.1:9").unwrap();
-        assert_eq!(r.upstream_path_and_query(&bare, "/v1/predict", None), "/");
+        assert_eq!(path(&r, &bare, "/v1/predict", None).as_deref(), Some("/"));
         assert!(Upstream::parse("https://x:1").is_err());
         assert!(Upstream::parse("http://x:1/a?b=c").is_err());
         assert!(Upstream::parse("/relative").is_err());

@@ -180,6 +180,7 @@ impl Drop for Redis {
 #[derive(Clone, Debug)]
 pub struct Seen {
     pub method: http::Method,
+    /// The request target as sent: origin form (`/path?query`) unless keygate sent another.
     pub path_and_query: String,
     pub headers: HeaderMap,
     pub body_len: u64,
@@ -248,11 +249,7 @@ async fn answer(
     while let Some(Ok(frame)) = body.frame().await {
         body_len += frame.data_ref().map_or(0, |d| d.len() as u64);
     }
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.to_string())
-        .unwrap_or_default();
+    let path_and_query = parts.uri.to_string();
     log.lock().unwrap().push(Seen {
         method: parts.method,
         path_and_query: path_and_query.clone(),
