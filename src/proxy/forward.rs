@@ -271,4 +271,35 @@ mod tests {
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
     }
+
+    #[test]
+    fn the_request_keeps_end_to_end_headers_with_every_value_in_order() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("x-multi", "a"),
+            ("apikey", "kg_secret"),
+            ("x-multi", "b"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("x-keygate-role", "admin"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("accept", "*/*"),
+            ("x-multi", "c"),
+        ] {
+            h.append(name, HeaderValue::from_static(value));
+        }
+        let conn = ConnInfo::new("127.0.0.1:1".parse().unwrap(), false);
+        let id = HeaderValue::from_static("rid");
+        rewrite_request_headers(&mut h, None, conn, &id, None);
+        let multi: Vec<_> = h.get_all("x-multi").iter().collect();
+        assert_eq!(multi, ["a", "b", "c"]);
+        assert_eq!(h["accept"], "*/*");
+        for gone in ["apikey", "connection", "x-hop", "x-keygate-role"] {
+            assert!(!h.contains_key(gone), "{gone} went upstream");
+        }
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-request-id"], "rid");
+        assert_eq!(h.len(), 7, "nothing else: {h:?}");
+    }
 }
