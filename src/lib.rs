@@ -21,6 +21,7 @@
 //!   stale-if-error) and the invalidation subscriber.
 //! - [`policy`]: pure: may this key do this on this route and project, now?
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`; [`api`]: the management API under `/v1`.
+//! - [`timer`]: the coarse clock of the per-request timeouts that almost never fire.
 //! - [`metrics`], [`telemetry`], [`error`]: as named.
 //! - [`demo`]: a tiny upstream for the demo and benchmarks.
 //!
@@ -48,6 +49,7 @@ pub mod proxy;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod timer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

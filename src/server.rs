@@ -24,11 +24,10 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::proxy::{self, ConnInfo, Gateway, ResponseBody};
+use crate::timer::CoarseTimer;
 
 mod drain;
-mod timer;
 pub use drain::{Drain, Watcher};
-use timer::CoarseTimer;
 
 /// Resolves once `stop` turns true (or its sender is gone).
 pub async fn stopped(stop: &mut watch::Receiver<bool>) {

@@ -421,6 +421,8 @@ async fn upstream_failures_map_to_502_and_504() {
         (status.as_u16(), code(&body).as_str()),
         (502, "upstream_unavailable")
     );
+    // The response timeout is 1 s, checked every 100 ms; the upstream answers after 3 s.
+    let started = std::time::Instant::now();
     let (status, _, body) = get_with(
         w.gw.addr,
         "/v1/projects/p1/slow?ms=3000",
@@ -430,6 +432,11 @@ async fn upstream_failures_map_to_502_and_504() {
     assert_eq!(
         (status.as_u16(), code(&body).as_str()),
         (504, "upstream_timeout")
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_secs(1) && took < std::time::Duration::from_secs(2),
+        "timed out after {took:?}"
     );
 }
 

@@ -1,13 +1,16 @@
-//! The clock behind hyper's HTTP/1 header-read timeout: a coarse one.
+//! A coarse clock for the timeouts armed on every request and almost never fired: hyper's
+//! HTTP/1 header-read timeout (per listener and worker) and the upstream response timeout (per
+//! worker).
 //!
-//! hyper arms that timeout every time a connection waits for a request head, which on a
-//! keep-alive connection is once per request, and almost always drops it unfired a moment later.
-//! On tokio's timer every arming is a timer-wheel insert and remove under the driver's lock. Often it
-//! also writes the driver's eventfd to wake it, a system call, 0.3 per request under the hot load
-//! (loadtests/RESULTS.md, 2026-11-24). Here a timeout is a slot in one list per listener and
-//! worker, filled the first time hyper finds no head yet and emptied when the timeout is
-//! dropped. A ticker wakes the expired ones every [`CoarseTimer::tick`]. So a timeout fires
-//! between `header_read_timeout` and one tick later, and costs no system call.
+//! hyper arms the header-read timeout every time a connection waits for a request head, which on
+//! a keep-alive connection is once per request, and drops it unfired a moment later; the
+//! response timeout is armed while each request waits for its upstream. On tokio's timer every
+//! arming is a timer-wheel insert and remove under the driver's lock. Often it also writes the
+//! driver's eventfd to wake it, a system call, 0.3 per request under the hot load
+//! (loadtests/RESULTS.md, 2026-11-24). Here a timeout is a slot in one list per timer, filled
+//! the first time the timeout is polled and emptied when it is dropped. A ticker wakes the
+//! expired ones every [`CoarseTimer::tick`]. So a timeout fires between its deadline and one
+//! tick later, and costs no system call.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -61,6 +64,15 @@ impl CoarseTimer {
         timer
     }
 
+    /// A timeout at `deadline`, armed when first polled.
+    pub fn deadline(&self, deadline: Instant) -> CoarseSleep {
+        CoarseSleep {
+            slots: self.slots.clone(),
+            deadline,
+            state: State::Unarmed,
+        }
+    }
+
     /// How often expired timeouts are woken: a tenth of the timeout, within 10 ms to 1 s.
     pub fn tick(timeout: Duration) -> Duration {
         (timeout / TICKS_PER_TIMEOUT).clamp(TICK_BOUNDS.0, TICK_BOUNDS.1)
@@ -83,11 +95,7 @@ impl Timer for CoarseTimer {
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
-        Box::pin(CoarseSleep {
-            slots: self.slots.clone(),
-            deadline,
-            state: State::Unarmed,
-        })
+        Box::pin(self.deadline(deadline))
     }
 
     fn reset(&self, sleep: &mut Pin<Box<dyn Sleep>>, new_deadline: Instant) {
@@ -107,7 +115,7 @@ enum State {
     Fired,
 }
 
-struct CoarseSleep {
+pub struct CoarseSleep {
     slots: Arc<Mutex<Slab<Slot>>>,
     deadline: Instant,
     state: State,
