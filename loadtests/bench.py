@@ -91,6 +91,7 @@ class Bench:
         self.dir = tempfile.mkdtemp(prefix="keygate-bench-")
         self.bin = os.path.abspath(args.bin)
         self.results = {}  # (scenario, config) -> list of wrk result dicts
+        self.server_pids = {}  # port -> the processes serving it, for their CPU time per request
 
     # ------------------------------------------------------------------ processes
     def start(self, cmd, name, **kw):
@@ -166,10 +167,12 @@ upstreams = ["http://127.0.0.1:{self.upstream_port}"]
                     "--dir", self.dir], "redis")
         wait_port(self.redis_port)
         self.upstream_port = free_port()
-        self.start([self.bin, "demo-upstream", "--listen", f"127.0.0.1:{self.upstream_port}"], "upstream")
+        upstream = self.start([self.bin, "demo-upstream", "--listen", f"127.0.0.1:{self.upstream_port}"], "upstream")
         wait_port(self.upstream_port)
+        self.server_pids[self.upstream_port] = [upstream.pid]
         self.kg_port, self.kg_admin = free_port(), free_port()
         self.config_path, self.kg = self.keygate("keygate", self.kg_port, self.kg_admin)
+        self.server_pids[self.kg_port] = [self.kg.pid]
         self.admin("org", "create", "bench")
         self.admin("user", "create", "--org", "bench", "--id", "loadtest", "--name", "load test")
         self.hot_keys = os.path.join(self.dir, "hot.txt")
@@ -185,9 +188,10 @@ upstreams = ["http://127.0.0.1:{self.upstream_port}"]
             self.nginx()
         if a.with_floor:
             self.floor_port = free_port()
-            self.start([a.floor_bin, f"127.0.0.1:{self.floor_port}", f"http://127.0.0.1:{self.upstream_port}",
-                        self.hot_keys, str(a.workers)], "floor")
+            floor = self.start([a.floor_bin, f"127.0.0.1:{self.floor_port}", f"http://127.0.0.1:{self.upstream_port}",
+                                self.hot_keys, str(a.workers)], "floor")
             wait_port(self.floor_port)
+            self.server_pids[self.floor_port] = [floor.pid]
 
     def nginx(self):
         conf = os.path.join(self.dir, "nginx.conf")
@@ -244,14 +248,31 @@ http {{
     }}
 }}
 """)
-        self.start(["nginx", "-c", conf, "-p", self.dir], "nginx")
+        master = self.start(["nginx", "-c", conf, "-p", self.dir], "nginx")
         wait_port(self.nginx_port)
+        wait_port(self.nginx_identity_port)
+        workers = [int(d) for d in os.listdir("/proc") if d.isdigit() and self.parent_pid(int(d)) == master.pid]
+        self.server_pids[self.nginx_port] = self.server_pids[self.nginx_identity_port] = [master.pid] + workers
 
     # ------------------------------------------------------------------ measuring
-    def cpu_seconds(self, pid):
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    @staticmethod
+    def stat_fields(pid):
+        """/proc/PID/stat after the command name: [state, ppid, ...]; utime and stime at 11 and 12."""
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+
+    def parent_pid(self, pid):
+        fields = self.stat_fields(pid)
+        return int(fields[1]) if fields else None
+
+    def cpu_times(self, pids):
+        """User and system CPU seconds used so far by these processes."""
+        tick = os.sysconf("SC_CLK_TCK")
+        fields = [f for f in map(self.stat_fields, pids) if f]
+        return sum(int(f[11]) for f in fields) / tick, sum(int(f[12]) for f in fields) / tick
 
     def rss_mb(self, pid, field="VmRSS"):
         with open(f"/proc/{pid}/status") as f:
@@ -264,19 +285,25 @@ http {{
         a = self.args
         cmd = ["taskset", "-c", a.wrk_core, "wrk", "-t1", f"-c{connections or a.connections}", f"-d{duration or a.duration}s",
                "-s", os.path.join(HERE, "keys.lua"), f"http://127.0.0.1:{port}/v1/predict", "--", keys_file, str(offset)]
-        cpu0 = self.cpu_seconds(self.kg.pid)
+        server = self.server_pids.get(port, [self.kg.pid])
+        kg0, server0 = self.cpu_times([self.kg.pid]), self.cpu_times(server)
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        cpu1 = self.cpu_seconds(self.kg.pid)
+        kg1, server1 = self.cpu_times([self.kg.pid]), self.cpu_times(server)
         line = [l for l in out.splitlines() if l.startswith("RESULT ")][-1]
         r = json.loads(line[len("RESULT "):])
-        r["keygate_cpu"] = (cpu1 - cpu0) / r["seconds"]
+        r["keygate_cpu"] = (sum(kg1) - sum(kg0)) / r["seconds"]
+        # The server's own CPU per request, user and system: where its cost goes.
+        requests = max(r["requests"], 1)
+        r["user_us"] = 1e6 * (server1[0] - server0[0]) / requests
+        r["sys_us"] = 1e6 * (server1[1] - server0[1]) / requests
         r["keygate_rss_mb"] = self.rss_mb(self.kg.pid)
         return r
 
     def record(self, scenario, config, r):
         self.results.setdefault((scenario, config), []).append(r)
         print(f"  {scenario:<10} {config:<14} {r['rps']:>10.0f} req/s  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms"
-              f"  p99.9 {r['p999_ms']:.3f} ms  non-2xx {r['non2xx']}", flush=True)
+              f"  p99.9 {r['p999_ms']:.3f} ms  non-2xx {r['non2xx']}  CPU/req {r['user_us']:.1f} + {r['sys_us']:.1f} µs",
+              flush=True)
 
     def median(self, scenario, config, field):
         vals = [r[field] for r in self.results.get((scenario, config), [])]
@@ -428,7 +455,7 @@ http {{
         for (scenario, config) in self.results:
             rps = self.median(scenario, config, "rps")
             row = {"scenario": scenario, "config": config, "rps": rps}
-            for f in ["p50_ms", "p99_ms", "p999_ms", "keygate_cpu", "keygate_rss_mb", "non2xx"]:
+            for f in ["p50_ms", "p99_ms", "p999_ms", "user_us", "sys_us", "keygate_cpu", "keygate_rss_mb", "non2xx"]:
                 row[f] = self.median(scenario, config, f)
             rows.append(row)
         hot_kg = self.median("hot", "keygate", "rps")
@@ -507,14 +534,15 @@ plot '{data}' using 2:xtic(1) title 'p50', '' using 3 title 'p99', '' using 4 ti
             f"{a.runs} interleaved runs; keygate, nginx and floor {a.workers} workers each; figures: median (min–max)",
             f"- keys: {a.hot_keys} in Redis (keygate) and in the nginx `map`; malformed-key runs caused "
             f"{summary['malformed_redis_calls']} Redis commands\n",
-            "| scenario | config | req/s | p50 ms | p99 ms | p99.9 ms | keygate CPU (cores) | keygate RSS MB |",
-            "|---|---|---|---|---|---|---|---|",
+            "| scenario | config | req/s | p50 ms | p99 ms | p99.9 ms | server CPU µs/req: user + sys | keygate CPU (cores) | keygate RSS MB |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             cpu_col = fmt(r["keygate_cpu"], prec=2) if r["config"] not in ("direct", "nginx", "nginx-identity", "floor") else "—"
             rss_col = fmt(r["keygate_rss_mb"]) if r["config"] not in ("direct", "nginx", "nginx-identity", "floor") else "—"
+            server_col = f"{r['user_us'][0]:.1f} + {r['sys_us'][0]:.1f}"
             lines.append(f"| {r['scenario']} | {r['config']} | {fmt(r['rps'])} | {fmt(r['p50_ms'], prec=3)} | "
-                         f"{fmt(r['p99_ms'], prec=3)} | {fmt(r['p999_ms'], prec=3)} | {cpu_col} | {rss_col} |")
+                         f"{fmt(r['p99_ms'], prec=3)} | {fmt(r['p999_ms'], prec=3)} | {server_col} | {cpu_col} | {rss_col} |")
         if summary["seed_seconds"] is not None:
             lines.append(f"\n- cold: {a.cold_keys} keys seeded in {summary['seed_seconds']:.1f} s (pipelined `admin key create-many`)")
         if summary["flood"]:
