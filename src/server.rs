@@ -61,7 +61,7 @@ impl Http {
 
 /// The HTTP version a connection speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
+enum Protocol {
     Http1,
     Http2,
 }
@@ -190,7 +190,7 @@ where
 }
 
 /// Serves one connection until it closes or is drained.
-pub async fn serve_connection<I, S>(
+async fn serve_connection<I, S>(
     http: &Http,
     io: I,
     protocol: Protocol,

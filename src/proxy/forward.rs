@@ -63,7 +63,8 @@ const ADDED_HEADERS: usize = 11;
 pub struct Upstreams {
     pool: Arc<Pool>,
     response_timeout: Duration,
-    /// The response timeout's clock.
+    /// The response timeout's clock. Its ticker runs on the runtime that made the gateway, and
+    /// only wakes requests whose upstream has not answered in time.
     timer: CoarseTimer,
     max_body_bytes: u64,
 }
