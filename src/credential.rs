@@ -127,7 +127,7 @@ impl KeyFormat {
         let mut key = self.prefix.clone();
         key.extend((0..RANDOM_LEN).map(|_| BASE62[rng.random_range(0..62)] as char));
         let sum = checksum(key.as_bytes());
-        key.push_str(&sum);
+        key.extend(sum.map(char::from));
         key
     }
 
@@ -142,7 +142,7 @@ impl KeyFormat {
             return Err(CredentialError::Malformed);
         }
         let (signed, sum) = key.split_at(key.len() - CHECKSUM_LEN);
-        if checksum(signed.as_bytes()) != sum {
+        if checksum(signed.as_bytes()) != sum.as_bytes() {
             return Err(CredentialError::Malformed);
         }
         Ok(Credential::Key {
@@ -157,14 +157,15 @@ impl KeyFormat {
     }
 }
 
-fn checksum(bytes: &[u8]) -> String {
+/// CRC32 of `bytes` in base62, as the key's last characters (no allocation: checked per request).
+fn checksum(bytes: &[u8]) -> [u8; CHECKSUM_LEN] {
     let mut n = crc32fast::hash(bytes) as u64;
     let mut out = [b'0'; CHECKSUM_LEN];
     for slot in out.iter_mut().rev() {
         *slot = BASE62[(n % 62) as usize];
         n /= 62;
     }
-    out.iter().map(|&b| b as char).collect()
+    out
 }
 
 /// SHA-256 of a keygate key.
