@@ -592,4 +592,40 @@ async fn slow_idle_and_silent_clients_are_cut_off_after_the_header_read_timeout(
         closed - started >= Duration::from_millis(300),
         "closed early"
     );
+
+    // An HTTP/2 connection that starts no request (the preface and SETTINGS, then nothing) and
+    // acknowledges nothing, so that it cannot finish closing gracefully either.
+    let mut idle_h2 = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let started = Instant::now();
+    idle_h2
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let (_, closed) = until_closed(&mut idle_h2).await;
+    assert!(
+        closed - started >= Duration::from_millis(600),
+        "closed early"
+    );
+
+    // A stream in flight for longer than that (three events 300 ms apart) is not cut.
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let io = TokioIo::new(tokio::net::TcpStream::connect(gw.addr).await.unwrap());
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/status/sse", gw.addr))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let started = Instant::now();
+    let res = sender.send_request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert!(started.elapsed() >= Duration::from_millis(600));
+    assert_eq!(
+        String::from_utf8_lossy(&body).matches("data:").count(),
+        3,
+        "{body:?}"
+    );
 }
