@@ -35,7 +35,9 @@ pub async fn serve(listener: TcpListener, echo: bool) -> std::io::Result<()> {
 }
 
 async fn answer(req: Request<Incoming>, echo: bool) -> Result<Response<Full<Bytes>>, Infallible> {
-    let key_id = req.headers().get("x-keygate-key-id").cloned();
+    let key_id = echo
+        .then(|| req.headers().get("x-keygate-key-id").cloned())
+        .flatten();
     let mut body = req.into_body();
     let mut received: u64 = 0;
     while let Some(Ok(frame)) = body.frame().await {
@@ -63,5 +65,37 @@ mod tests {
         assert_eq!(super::BODY.len(), 64);
         let v: serde_json::Value = serde_json::from_slice(super::BODY).unwrap();
         assert_eq!(v["model"], "demo");
+    }
+
+    /// The answer's head to a request that carries an identity and a 5-byte body.
+    async fn head(echo: bool) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(super::serve(listener, echo));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            b"POST / HTTP/1.1\r\nhost: x\r\nx-keygate-key-id: key_1\r\ncontent-length: 5\r\n\
+              connection: close\r\n\r\nhello",
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        server.abort();
+        out.split("\r\n\r\n").next().unwrap().to_ascii_lowercase()
+    }
+
+    #[tokio::test]
+    async fn only_echo_shows_what_was_forwarded() {
+        let echoed = head(true).await;
+        assert!(echoed.contains("x-demo-key-id: key_1"), "{echoed}");
+        assert!(echoed.contains("x-demo-received-bytes: 5"), "{echoed}");
+        let plain = head(false).await;
+        assert!(plain.starts_with("http/1.1 200"), "{plain}");
+        assert!(
+            !plain.contains("x-demo-"),
+            "the same answer for every caller: {plain}"
+        );
     }
 }
