@@ -12,6 +12,8 @@ use keygate::config::Config;
 
 /// mimalloc instead of glibc malloc: under load glibc's malloc/free/consolidate were ~7% of
 /// keygate's CPU profile (many small, short-lived allocations per request across threads).
+/// mimalloc's v2, not v3 (Cargo.toml): v3 over-allocates every aligned request above its small
+/// sizes, and Rust asks for every allocation aligned.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
