@@ -129,6 +129,22 @@ impl<K: Eq + Hash + Clone, V> ReadThrough<K, V> {
                 });
             }
         }
+        // Boxed: the fetch (a Redis round trip) is a large future, and unboxed it would be part
+        // of every request's future, hits included, which is moved on every request.
+        Box::pin(self.miss(key, cached, fetch)).await
+    }
+
+    /// Fetches `key`; on a store failure falls back to `cached` while it is younger than
+    /// `max_stale`.
+    async fn miss<Fut>(
+        &self,
+        key: &K,
+        cached: Option<(Option<Arc<V>>, Duration)>,
+        fetch: impl FnOnce() -> Fut,
+    ) -> Result<Lookup<V>, Arc<StoreError>>
+    where
+        Fut: Future<Output = Result<Option<V>, StoreError>>,
+    {
         match self.fetch_once(key, fetch).await {
             Ok(value) => Ok(Lookup {
                 value,

@@ -22,7 +22,7 @@ use http_body_util::{Either, Limited};
 use hyper::body::Incoming;
 
 use super::pool::Pool;
-use super::route::Route;
+use super::route::{Route, Upstream};
 use super::{ConnInfo, Gateway, Identity, ResponseBody};
 use crate::config::Limits;
 use crate::credential::CREDENTIAL_HEADERS;
@@ -89,18 +89,56 @@ impl Upstreams {
 }
 
 /// Step 9: rewrite the request, send it to one of the route's upstreams, stream the answer back.
-pub async fn forward(
-    gw: &Gateway,
+///
+/// A plain `fn` returning an `async` block, not an `async fn`: an `async fn` keeps a second copy
+/// of its by-value arguments (the request) in its future, and this future is moved on every
+/// request.
+pub fn forward<'a>(
+    gw: &'a Gateway,
+    route: &'a Route,
+    req: Request<Incoming>,
+    identity: Option<&'a Identity>,
+    conn: ConnInfo,
+    request_id: &'a HeaderValue,
+    upstream_seconds: &'a mut Option<f64>,
+) -> impl Future<Output = Result<Response<ResponseBody>, GatewayError>> + 'a {
+    let ups = &gw.upstreams;
+    let upstream = route.pick_upstream();
+    let upstream_req = upstream_request(route, upstream, req, identity, conn, request_id);
+    let upstream_req = upstream_req.map(|body| Limited::new(body, ups.max_body_bytes as usize));
+    async move {
+        // The response timeout is polled beside the send, in place: a wrapper like
+        // `tokio::time::timeout` would move the send future once more.
+        let started = Instant::now();
+        let mut send = pin!(ups.pool.send(upstream, upstream_req));
+        let mut deadline = ups.timer.deadline(started + ups.response_timeout);
+        let sent = poll_fn(|cx| match send.as_mut().poll(cx) {
+            Poll::Ready(sent) => Poll::Ready(Some(sent)),
+            Poll::Pending => Pin::new(&mut deadline).poll(cx).map(|()| None),
+        })
+        .await;
+        *upstream_seconds = Some(started.elapsed().as_secs_f64());
+        let mut response = match sent {
+            None => return Err(GatewayError::UpstreamTimeout(ups.response_timeout)),
+            Some(Err(e)) if caused_by_body_limit(&e) => return Err(GatewayError::PayloadTooLarge),
+            Some(Err(e)) => return Err(GatewayError::UpstreamUnavailable(e)),
+            Some(Ok(response)) => response,
+        };
+        remove_hop_by_hop_and(response.headers_mut(), |_| false);
+        Ok(response.map(Either::Left))
+    }
+}
+
+/// The request as `upstream` gets it: its URI, headers and `Host` rewritten.
+fn upstream_request(
     route: &Route,
+    upstream: &Upstream,
     req: Request<Incoming>,
     identity: Option<&Identity>,
     conn: ConnInfo,
     request_id: &HeaderValue,
-    upstream_seconds: &mut Option<f64>,
-) -> Result<Response<ResponseBody>, GatewayError> {
-    let ups = &gw.upstreams;
+) -> Request<Incoming> {
     let (mut parts, body) = req.into_parts();
-    let upstream = route.pick_upstream();
     let original_host = parts
         .uri
         .authority()
@@ -123,27 +161,7 @@ pub async fn forward(
         original_host,
     );
     parts.headers.insert(header::HOST, upstream.host.clone());
-    let upstream_req = Request::from_parts(parts, Limited::new(body, ups.max_body_bytes as usize));
-
-    // The response timeout is polled beside the send, in place: a wrapper like
-    // `tokio::time::timeout` would move the ~1.3 KB send future once more.
-    let started = Instant::now();
-    let mut send = pin!(ups.pool.send(upstream, upstream_req));
-    let mut deadline = ups.timer.deadline(started + ups.response_timeout);
-    let sent = poll_fn(|cx| match send.as_mut().poll(cx) {
-        Poll::Ready(sent) => Poll::Ready(Some(sent)),
-        Poll::Pending => Pin::new(&mut deadline).poll(cx).map(|()| None),
-    })
-    .await;
-    *upstream_seconds = Some(started.elapsed().as_secs_f64());
-    let mut response = match sent {
-        None => return Err(GatewayError::UpstreamTimeout(ups.response_timeout)),
-        Some(Err(e)) if caused_by_body_limit(&e) => return Err(GatewayError::PayloadTooLarge),
-        Some(Err(e)) => return Err(GatewayError::UpstreamUnavailable(e)),
-        Some(Ok(response)) => response,
-    };
-    remove_hop_by_hop_and(response.headers_mut(), |_| false);
-    Ok(response.map(Either::Left))
+    Request::from_parts(parts, body)
 }
 
 fn rewrite_request_headers(

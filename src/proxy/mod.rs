@@ -137,96 +137,111 @@ struct Record<'g> {
 }
 
 /// Serves one data-plane request. Never fails: errors become JSON responses here.
-pub async fn handle(
+///
+/// This and [`proxy`] are plain `fn`s returning `async` blocks, as is [`forward::forward`]: an
+/// `async fn` keeps a second copy of its by-value arguments (the request) in its future, and
+/// this future is moved on every request.
+pub fn handle(
     gw: Arc<Gateway>,
     conn: ConnInfo,
     req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
+) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> {
     let started = tokio::time::Instant::now();
     let request_id = request_id(req.headers());
     let method = req.method().clone();
-    let mut record = Record::default();
-    let result = proxy(&gw, conn, req, &request_id, &mut record).await;
-    let (mut response, error) = match result {
-        Ok(response) => (response, None),
-        Err(e) => (e.to_response().map(Either::Right), Some(e)),
-    };
-    let headers = response.headers_mut();
-    headers.insert(X_REQUEST_ID, request_id.clone());
-    if let Some(since) = record.legacy_since {
-        headers.insert(DEPRECATION, deprecation(since));
-        if let Some(sunset) = &gw.config.legacy_sunset {
-            headers.insert(SUNSET, sunset.header.clone());
+    async move {
+        let mut record = Record::default();
+        let result = proxy(&gw, conn, req, &request_id, &mut record).await;
+        let (mut response, error) = match result {
+            Ok(response) => (response, None),
+            Err(e) => (e.to_response().map(Either::Right), Some(e)),
+        };
+        let headers = response.headers_mut();
+        headers.insert(X_REQUEST_ID, request_id.clone());
+        if let Some(since) = record.legacy_since {
+            headers.insert(DEPRECATION, deprecation(since));
+            if let Some(sunset) = &gw.config.legacy_sunset {
+                headers.insert(SUNSET, sunset.header.clone());
+            }
         }
-    }
 
-    let route = record.route.map_or("none", |r| r.id.as_str());
-    let status = response.status();
-    let class = metrics::status_class(status.as_u16());
-    let outcome = error.as_ref().map_or("forwarded", GatewayError::code);
-    let elapsed = started.elapsed().as_secs_f64();
-    let m = gw.route_metrics(record.route);
-    match &error {
-        None => m.forwarded[class].inc(),
-        Some(e) => m.count_error(e.code(), class),
+        let route = record.route.map_or("none", |r| r.id.as_str());
+        let status = response.status();
+        let class = metrics::status_class(status.as_u16());
+        let outcome = error.as_ref().map_or("forwarded", GatewayError::code);
+        let elapsed = started.elapsed().as_secs_f64();
+        let m = gw.route_metrics(record.route);
+        match &error {
+            None => m.forwarded[class].inc(),
+            Some(e) => m.count_error(e.code(), class),
+        }
+        m.request_duration.observe(elapsed);
+        if let Some(secs) = record.upstream_seconds {
+            m.upstream_duration.observe(secs);
+        }
+        if let Some(e) = &error
+            && status.is_server_error()
+        {
+            tracing::warn!(request_id = ?request_id, route, error = %e, cause = ?std::error::Error::source(e), "request failed");
+        }
+        if gw.config.log.access_log {
+            tracing::info!(
+                target: "keygate::access",
+                request_id = request_id.to_str().unwrap_or(""),
+                method = %method,
+                route,
+                key_id = record.key_id.as_ref().map_or("", KeyId::as_str),
+                status = status.as_u16(),
+                outcome,
+                duration_ms = elapsed * 1000.0,
+            );
+        }
+        Ok(response)
     }
-    m.request_duration.observe(elapsed);
-    if let Some(secs) = record.upstream_seconds {
-        m.upstream_duration.observe(secs);
-    }
-    if let Some(e) = &error
-        && status.is_server_error()
-    {
-        tracing::warn!(request_id = ?request_id, route, error = %e, cause = ?std::error::Error::source(e), "request failed");
-    }
-    if gw.config.log.access_log {
-        tracing::info!(
-            target: "keygate::access",
-            request_id = request_id.to_str().unwrap_or(""),
-            method = %method,
-            route,
-            key_id = record.key_id.as_ref().map_or("", KeyId::as_str),
-            status = status.as_u16(),
-            outcome,
-            duration_ms = elapsed * 1000.0,
-        );
-    }
-    Ok(response)
 }
 
 /// Steps 1–9.
-async fn proxy<'g>(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its by-value arguments twice"
+)]
+fn proxy<'g, 'a>(
     gw: &'g Gateway,
     conn: ConnInfo,
     req: Request<Incoming>,
-    request_id: &HeaderValue,
-    record: &mut Record<'g>,
-) -> Result<Response<ResponseBody>, GatewayError> {
-    refuse_tunnels(&req)?;
-    let path = route::normalise(req.uri().path())?;
-    let route = gw
-        .config
-        .routes
-        .find(host(&req), path)
-        .ok_or(GatewayError::RouteNotFound)?;
-    record.route = Some(route);
-    let identity = if route.public {
-        None
-    } else {
-        let project = route.project_of(path, req.uri().query())?;
-        Some(authenticate(gw, route, req.headers(), project, record).await?)
-    };
-    check_body_size(req.headers(), gw.config.limits.max_body_bytes)?;
-    forward::forward(
-        gw,
-        route,
-        req,
-        identity.as_ref(),
-        conn,
-        request_id,
-        &mut record.upstream_seconds,
-    )
-    .await
+    request_id: &'a HeaderValue,
+    record: &'a mut Record<'g>,
+) -> impl Future<Output = Result<Response<ResponseBody>, GatewayError>> + 'a
+where
+    'g: 'a,
+{
+    async move {
+        refuse_tunnels(&req)?;
+        let path = route::normalise(req.uri().path())?;
+        let route = gw
+            .config
+            .routes
+            .find(host(&req), path)
+            .ok_or(GatewayError::RouteNotFound)?;
+        record.route = Some(route);
+        let identity = if route.public {
+            None
+        } else {
+            let project = route.project_of(path, req.uri().query())?;
+            Some(authenticate(gw, route, req.headers(), project, record).await?)
+        };
+        check_body_size(req.headers(), gw.config.limits.max_body_bytes)?;
+        forward::forward(
+            gw,
+            route,
+            req,
+            identity.as_ref(),
+            conn,
+            request_id,
+            &mut record.upstream_seconds,
+        )
+        .await
+    }
 }
 
 /// Steps 4–7: who is calling, and may they?

@@ -80,25 +80,34 @@ where
 
     /// Sends `req` (origin-form URI, `Host` set) to `upstream` on a pooled or new connection.
     /// The response body hands the connection back when it has been read to the end.
-    pub async fn send(
-        self: &Arc<Self>,
-        upstream: &Upstream,
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its by-value arguments twice"
+    )]
+    pub fn send<'a>(
+        self: &'a Arc<Self>,
+        upstream: &'a Upstream,
         mut req: Request<B>,
-    ) -> Result<Response<PooledBody<B>>, UpstreamError> {
-        // A reused connection may have been closed by the upstream just now; hyper hands the
-        // request back when it was not sent, and then it goes once more on a new connection.
-        while let Some(mut sender) = self.checkout(&upstream.address).await {
-            match sender.try_send_request(req).await {
-                Ok(response) => return Ok(self.lease(upstream, sender, response)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(e.into_error().into()),
-                },
+    ) -> impl Future<Output = Result<Response<PooledBody<B>>, UpstreamError>> + 'a {
+        // A plain `fn` returning an `async` block: an `async fn` would keep a second copy of
+        // `req` in its future.
+        async move {
+            // A reused connection may have been closed by the upstream just now; hyper hands
+            // the request back when it was not sent, and then it goes once more on a new
+            // connection.
+            while let Some(mut sender) = self.checkout(&upstream.address).await {
+                match sender.try_send_request(req).await {
+                    Ok(response) => return Ok(self.lease(upstream, sender, response)),
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) => req = unsent,
+                        None => return Err(e.into_error().into()),
+                    },
+                }
             }
+            let mut sender = self.connect(upstream).await?;
+            let response = sender.send_request(req).await?;
+            Ok(self.lease(upstream, sender, response))
         }
-        let mut sender = self.connect(upstream).await?;
-        let response = sender.send_request(req).await?;
-        Ok(self.lease(upstream, sender, response))
     }
 
     /// The longest idle connection to `address` that is still open, once it is ready. Oldest
