@@ -89,8 +89,6 @@ where
         upstream: &'a Upstream,
         mut req: Request<B>,
     ) -> impl Future<Output = Result<Response<PooledBody<B>>, UpstreamError>> + 'a {
-        // A plain `fn` returning an `async` block: an `async fn` would keep a second copy of
-        // `req` in its future.
         async move {
             // A reused connection may have been closed by the upstream just now; hyper hands
             // the request back when it was not sent, and then it goes once more on a new
