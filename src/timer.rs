@@ -240,21 +240,13 @@ mod tests {
 
     #[test]
     fn ticks_are_a_tenth_of_the_timeout_within_bounds() {
-        assert_eq!(
-            CoarseTimer::tick(Duration::from_secs(10)),
-            Duration::from_secs(1)
-        );
-        assert_eq!(
-            CoarseTimer::tick(Duration::from_secs(60)),
-            Duration::from_secs(1)
-        );
-        assert_eq!(
-            CoarseTimer::tick(Duration::from_millis(500)),
-            Duration::from_millis(50)
-        );
-        assert_eq!(
-            CoarseTimer::tick(Duration::from_millis(20)),
-            Duration::from_millis(10)
-        );
+        for (timeout, tick) in [
+            (Duration::from_secs(10), Duration::from_secs(1)),
+            (Duration::from_secs(60), Duration::from_secs(1)),
+            (Duration::from_millis(500), Duration::from_millis(50)),
+            (Duration::from_millis(20), Duration::from_millis(10)),
+        ] {
+            assert_eq!(CoarseTimer::tick(timeout), tick, "timeout {timeout:?}");
+        }
     }
 }

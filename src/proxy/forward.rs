@@ -93,15 +93,15 @@ impl Upstreams {
 /// A plain `fn` returning an `async` block, not an `async fn`: an `async fn` keeps a second copy
 /// of its by-value arguments (the request) in its future, and this future is moved on every
 /// request.
-pub fn forward<'a>(
-    gw: &'a Gateway,
-    route: &'a Route,
+pub fn forward(
+    gw: &Gateway,
+    route: &Route,
     req: Request<Incoming>,
-    identity: Option<&'a Identity>,
+    identity: Option<&Identity>,
     conn: ConnInfo,
-    request_id: &'a HeaderValue,
-    upstream_seconds: &'a mut Option<f64>,
-) -> impl Future<Output = Result<Response<ResponseBody>, GatewayError>> + 'a {
+    request_id: &HeaderValue,
+    upstream_seconds: &mut Option<f64>,
+) -> impl Future<Output = Result<Response<ResponseBody>, GatewayError>> {
     let ups = &gw.upstreams;
     let upstream = route.pick_upstream();
     let upstream_req = upstream_request(route, upstream, req, identity, conn, request_id);

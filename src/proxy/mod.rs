@@ -205,16 +205,13 @@ pub fn handle(
     clippy::manual_async_fn,
     reason = "an async fn keeps its by-value arguments twice"
 )]
-fn proxy<'g, 'a>(
+fn proxy<'g>(
     gw: &'g Gateway,
     conn: ConnInfo,
     req: Request<Incoming>,
-    request_id: &'a HeaderValue,
-    record: &'a mut Record<'g>,
-) -> impl Future<Output = Result<Response<ResponseBody>, GatewayError>> + 'a
-where
-    'g: 'a,
-{
+    request_id: &HeaderValue,
+    record: &mut Record<'g>,
+) -> impl Future<Output = Result<Response<ResponseBody>, GatewayError>> {
     async move {
         refuse_tunnels(&req)?;
         let path = route::normalise(req.uri().path())?;

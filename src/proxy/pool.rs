@@ -84,11 +84,11 @@ where
         clippy::manual_async_fn,
         reason = "an async fn keeps its by-value arguments twice"
     )]
-    pub fn send<'a>(
-        self: &'a Arc<Self>,
-        upstream: &'a Upstream,
+    pub fn send(
+        self: &Arc<Self>,
+        upstream: &Upstream,
         mut req: Request<B>,
-    ) -> impl Future<Output = Result<Response<PooledBody<B>>, UpstreamError>> + 'a {
+    ) -> impl Future<Output = Result<Response<PooledBody<B>>, UpstreamError>> {
         async move {
             // A reused connection may have been closed by the upstream just now; hyper hands
             // the request back when it was not sent, and then it goes once more on a new
