@@ -13,9 +13,13 @@ Configurations measured in the same run, interleaved (run 1 of each, then run 2 
             only nginx's key check (a set lookup) on top: what the stack costs before keygate's
             own work
   keygate - keygate with the keys in Redis, all cached after the first request (scenario hot)
+  keygate-full - a second keygate instance whose cache is full (filled from the cold keys at
+            setup, then by the cold runs): the same hot keys among `cache.max_entries` others,
+            as in production
 plus keygate-only scenarios: reject (malformed / unknown keys), cold (every request a different
-key from 1,000,000 in Redis), flood (1,000,000 distinct unknown keys), revocation under load,
-and a 100 MB upload. Each figure is the median of the runs, with min-max spread.
+key from 1,000,000 in Redis, on keygate-full, so the first instance's cache holds only the hot
+keys in every run), flood (1,000,000 distinct unknown keys), revocation under load, and a 100 MB
+upload. Each figure is the median of the runs, with min-max spread.
 """
 
 import argparse
@@ -92,6 +96,7 @@ class Bench:
         self.bin = os.path.abspath(args.bin)
         self.results = {}  # (scenario, config) -> list of wrk result dicts
         self.server_pids = {}  # port -> the processes serving it, for their CPU time per request
+        self.keygates = {}  # port -> the keygate process serving it, for its CPU and RSS
 
     # ------------------------------------------------------------------ processes
     def start(self, cmd, name, **kw):
@@ -173,6 +178,7 @@ upstreams = ["http://127.0.0.1:{self.upstream_port}"]
         self.kg_port, self.kg_admin = free_port(), free_port()
         self.config_path, self.kg = self.keygate("keygate", self.kg_port, self.kg_admin)
         self.server_pids[self.kg_port] = [self.kg.pid]
+        self.keygates[self.kg_port] = self.kg
         self.admin("org", "create", "bench")
         self.admin("user", "create", "--org", "bench", "--id", "loadtest", "--name", "load test")
         self.hot_keys = os.path.join(self.dir, "hot.txt")
@@ -180,6 +186,8 @@ upstreams = ["http://127.0.0.1:{self.upstream_port}"]
                    "--out", self.hot_keys)
         with open(self.hot_keys) as f:
             self.hot_list = [l.strip() for l in f]
+        if "hot" in a.scenarios or "cold" in a.scenarios:
+            self.full_setup()
         for name, gen in [("malformed", lambda: fake_key(valid_checksum=False)), ("unknown", fake_key)]:
             with open(os.path.join(self.dir, f"{name}.txt"), "w") as f:
                 f.write("\n".join(gen() for _ in range(a.hot_keys)) + "\n")
@@ -192,6 +200,28 @@ upstreams = ["http://127.0.0.1:{self.upstream_port}"]
                                 self.hot_keys, str(a.workers)], "floor")
             wait_port(self.floor_port)
             self.server_pids[self.floor_port] = [floor.pid]
+
+    def full_setup(self):
+        """Seeds the cold keys and starts keygate-full, its cache filled from the last of them (the
+        cold runs use the others, so each of their requests still misses)."""
+        a = self.args
+        self.cold_file = os.path.join(self.dir, "cold.txt")
+        started = time.time()
+        self.admin("key", "create-many", "--user", "loadtest", "--count", str(a.cold_keys), "--scopes", "predict",
+                   "--out", self.cold_file)
+        self.seed_seconds = time.time() - started
+        print(f"  seeded {a.cold_keys} keys in {self.seed_seconds:.1f} s", flush=True)
+        self.fill_keys = min(2 * a.cache_entries, a.cold_keys // 5)
+        fill = os.path.join(self.dir, "fill.txt")
+        with open(self.cold_file) as src, open(fill, "w") as dst:
+            dst.writelines(list(src)[-self.fill_keys:])
+        self.full_port, self.full_admin = free_port(), free_port()
+        _, full = self.keygate("keygate-full", self.full_port, self.full_admin)
+        self.server_pids[self.full_port] = [full.pid]
+        self.keygates[self.full_port] = full
+        self.wrk(self.full_port, fill)
+        entries = self.metric(self.full_admin, 'keygate_cache_entries{kind="keys"}')
+        print(f"  keygate-full: {entries:.0f} cache entries of a bound of {a.cache_entries}", flush=True)
 
     def nginx(self):
         conf = os.path.join(self.dir, "nginx.conf")
@@ -286,9 +316,10 @@ http {{
         cmd = ["taskset", "-c", a.wrk_core, "wrk", "-t1", f"-c{connections or a.connections}", f"-d{duration or a.duration}s",
                "-s", os.path.join(HERE, "keys.lua"), f"http://127.0.0.1:{port}/v1/predict", "--", keys_file, str(offset)]
         server = self.server_pids.get(port, [self.kg.pid])
-        kg0, server0 = self.cpu_times([self.kg.pid]), self.cpu_times(server)
+        kg = self.keygates.get(port, self.kg)
+        kg0, server0 = self.cpu_times([kg.pid]), self.cpu_times(server)
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        kg1, server1 = self.cpu_times([self.kg.pid]), self.cpu_times(server)
+        kg1, server1 = self.cpu_times([kg.pid]), self.cpu_times(server)
         line = [l for l in out.splitlines() if l.startswith("RESULT ")][-1]
         r = json.loads(line[len("RESULT "):])
         r["keygate_cpu"] = (sum(kg1) - sum(kg0)) / r["seconds"]
@@ -296,7 +327,7 @@ http {{
         requests = max(r["requests"], 1)
         r["user_us"] = 1e6 * (server1[0] - server0[0]) / requests
         r["sys_us"] = 1e6 * (server1[1] - server0[1]) / requests
-        r["keygate_rss_mb"] = self.rss_mb(self.kg.pid)
+        r["keygate_rss_mb"] = self.rss_mb(kg.pid)
         return r
 
     def record(self, scenario, config, r):
@@ -311,11 +342,11 @@ http {{
 
     # ------------------------------------------------------------------ scenarios
     def hot(self, run):
-        targets = [("direct", self.upstream_port), ("keygate", self.kg_port)]
+        targets = [("direct", self.upstream_port), ("keygate", self.kg_port), ("keygate-full", self.full_port)]
         if self.args.with_nginx:
             targets[1:1] = [("nginx", self.nginx_port), ("nginx-identity", self.nginx_identity_port)]
         if self.args.with_floor:
-            targets.insert(-1, ("floor", self.floor_port))
+            targets.insert(-2, ("floor", self.floor_port))
         for config, port in targets:
             self.record("hot", config, self.wrk(port, self.hot_keys))
 
@@ -339,16 +370,10 @@ http {{
 
     def cold(self, run):
         a = self.args
-        if not hasattr(self, "cold_file"):
-            self.cold_file = os.path.join(self.dir, "cold.txt")
-            started = time.time()
-            self.admin("key", "create-many", "--user", "loadtest", "--count", str(a.cold_keys), "--scopes", "predict",
-                       "--out", self.cold_file)
-            self.seed_seconds = time.time() - started
-            print(f"  seeded {a.cold_keys} keys in {self.seed_seconds:.1f} s", flush=True)
-        # Each run starts at its own offset, so no key is requested twice across runs.
-        offset = run * (a.cold_keys // a.runs)
-        self.record("cold", "keygate", self.wrk(self.kg_port, self.cold_file, offset))
+        # Each run starts at its own offset, so no key is requested twice across runs (the last
+        # keys filled keygate-full's cache).
+        offset = run * ((a.cold_keys - self.fill_keys) // a.runs)
+        self.record("cold", "keygate", self.wrk(self.full_port, self.cold_file, offset))
 
     def flood(self):
         """Distinct unknown keys until every one was sent once: RSS must stay within the cache bound."""
@@ -470,6 +495,9 @@ http {{
             ("hot floor p99 / nginx p99", ("hot", "floor"), ("hot", "nginx"), "p99_ms"),
             ("hot keygate / floor (req/s): keygate's own work", ("hot", "keygate"), ("hot", "floor"), "rps"),
             ("hot keygate / direct (req/s)", ("hot", "keygate"), ("hot", "direct"), "rps"),
+            ("hot keygate-full / keygate (req/s): a full cache's cost", ("hot", "keygate-full"), ("hot", "keygate"), "rps"),
+            ("hot keygate-full / nginx (req/s)", ("hot", "keygate-full"), ("hot", "nginx"), "rps"),
+            ("hot keygate-full p99 / nginx p99", ("hot", "keygate-full"), ("hot", "nginx"), "p99_ms"),
             ("cold keygate / hot keygate (req/s)", ("cold", "keygate"), ("hot", "keygate"), "rps"),
             ("reject malformed / hot keygate (req/s)", ("reject", "malformed"), ("hot", "keygate"), "rps"),
             ("reject unknown / hot keygate (req/s)", ("reject", "unknown"), ("hot", "keygate"), "rps"),
@@ -489,6 +517,7 @@ http {{
         if a.smoke:
             assert hot_kg and hot_kg[0] > 0, "keygate served no requests"
             assert self.median("hot", "keygate", "non2xx")[0] == 0, "keygate refused valid keys"
+            assert self.median("hot", "keygate-full", "non2xx")[0] == 0, "keygate-full refused valid keys"
             if a.with_floor:
                 assert self.median("hot", "floor", "non2xx")[0] == 0, "the floor proxy refused valid keys"
             assert summary["malformed_redis_calls"] == 0, "malformed keys reached Redis"

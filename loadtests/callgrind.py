@@ -58,7 +58,7 @@ def main():
     args = p.parse_args()
     a = argparse.Namespace(bin=args.bins[0], duration=args.duration, runs=1, connections=16, workers=1, wrk_core="1",
                            hot_keys=1000, cache_entries=5000 if args.scenario == "cold" else 100000,
-                           with_nginx=False, with_floor=False)
+                           with_nginx=False, with_floor=False, scenarios=[])
     wait_port = bench.wait_port
     bench.wait_port = lambda port, timeout=60: wait_port(port, 60)  # valgrind starts slowly
     b = bench.Bench(a)
