@@ -36,7 +36,7 @@ use crate::error::GatewayError;
 use crate::metrics::{self, Metrics, RouteMetrics};
 use crate::policy::{self, Access};
 use crate::store::Store;
-use crate::store::model::{KeyId, Principal, ProjectId, unix_now};
+use crate::store::model::{Principal, ProjectId, unix_now};
 use crate::store::usage::Usage;
 use forward::{Upstreams, X_REQUEST_ID};
 use route::Route;
@@ -130,7 +130,8 @@ pub struct Identity {
 #[derive(Default)]
 struct Record<'g> {
     route: Option<&'g Route>,
-    key_id: Option<KeyId>,
+    /// The caller, once authenticated.
+    principal: Option<Arc<Principal>>,
     upstream_seconds: Option<f64>,
     /// The request used a legacy pair imported at this time (Unix seconds).
     legacy_since: Option<u64>,
@@ -190,7 +191,7 @@ pub fn handle(
                 request_id = request_id.to_str().unwrap_or(""),
                 method = %method,
                 route,
-                key_id = record.key_id.as_ref().map_or("", KeyId::as_str),
+                key_id = record.principal.as_ref().map_or("", |p| p.key.id.as_str()),
                 status = status.as_u16(),
                 outcome,
                 duration_ms = elapsed * 1000.0,
@@ -257,7 +258,7 @@ async fn authenticate(
         .inspect_err(|_| gw.metrics.redis_errors.inc())?
         .value
         .ok_or(GatewayError::UnknownKey)?;
-    record.key_id = Some(principal.key.id.clone());
+    record.principal = Some(principal.clone());
     if matches!(credential, credential::Credential::Legacy { .. }) {
         record.legacy_since = Some(principal.key.created_at);
     }
