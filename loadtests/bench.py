@@ -163,6 +163,8 @@ upstreams = ["http://127.0.0.1:{self.upstream_port}"]
         proc = self.start([self.bin, "serve", "--config", path], name)
         wait_port(port)
         wait_port(admin_port)
+        self.server_pids[port] = [proc.pid]
+        self.keygates[port] = proc
         return path, proc
 
     def setup(self):
@@ -177,8 +179,6 @@ upstreams = ["http://127.0.0.1:{self.upstream_port}"]
         self.server_pids[self.upstream_port] = [upstream.pid]
         self.kg_port, self.kg_admin = free_port(), free_port()
         self.config_path, self.kg = self.keygate("keygate", self.kg_port, self.kg_admin)
-        self.server_pids[self.kg_port] = [self.kg.pid]
-        self.keygates[self.kg_port] = self.kg
         self.admin("org", "create", "bench")
         self.admin("user", "create", "--org", "bench", "--id", "loadtest", "--name", "load test")
         self.hot_keys = os.path.join(self.dir, "hot.txt")
@@ -216,9 +216,7 @@ upstreams = ["http://127.0.0.1:{self.upstream_port}"]
         with open(self.cold_file) as src, open(fill, "w") as dst:
             dst.writelines(list(src)[-self.fill_keys:])
         self.full_port, self.full_admin = free_port(), free_port()
-        _, full = self.keygate("keygate-full", self.full_port, self.full_admin)
-        self.server_pids[self.full_port] = [full.pid]
-        self.keygates[self.full_port] = full
+        self.keygate("keygate-full", self.full_port, self.full_admin)
         self.wrk(self.full_port, fill)
         entries = self.metric(self.full_admin, 'keygate_cache_entries{kind="keys"}')
         print(f"  keygate-full: {entries:.0f} cache entries of a bound of {a.cache_entries}", flush=True)
@@ -315,7 +313,7 @@ http {{
         a = self.args
         cmd = ["taskset", "-c", a.wrk_core, "wrk", "-t1", f"-c{connections or a.connections}", f"-d{duration or a.duration}s",
                "-s", os.path.join(HERE, "keys.lua"), f"http://127.0.0.1:{port}/v1/predict", "--", keys_file, str(offset)]
-        server = self.server_pids.get(port, [self.kg.pid])
+        server = self.server_pids[port]
         kg = self.keygates.get(port, self.kg)
         kg0, server0 = self.cpu_times([kg.pid]), self.cpu_times(server)
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
