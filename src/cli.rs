@@ -364,18 +364,18 @@ fn write_secrets(path: &std::path::Path, secrets: &[String]) -> std::io::Result<
 }
 
 fn key_row(k: &crate::store::model::KeyRecord) -> String {
-    let expires = k.expires_at.map_or("never".to_owned(), |at| {
+    let expires = k.grant.expires_at.map_or("never".to_owned(), |at| {
         humantime::format_rfc3339_seconds(
             std::time::UNIX_EPOCH + std::time::Duration::from_secs(at),
         )
         .to_string()
     });
     row(&[
-        k.id.as_str(),
+        k.grant.id.as_str(),
         &k.display,
         &k.name,
-        k.status.as_str(),
-        &crate::store::model::join(&k.scopes),
+        k.grant.status.as_str(),
+        &crate::store::model::join(&k.grant.scopes),
         &expires,
     ])
 }

@@ -206,7 +206,7 @@ pub fn authorize(p: &Principal, access: &Access<'_>) -> Result<(), Denial> {
 mod tests {
     use super::*;
     use crate::credential::KeyHash;
-    use crate::store::model::{KeyId, KeyRecord, ProjectId, User, UserId};
+    use crate::store::model::{KeyGrant, KeyId, ProjectId, User, UserId};
 
     fn s(x: &str) -> Scope {
         Scope::new(x.into())
@@ -281,23 +281,18 @@ mod tests {
 
     fn principal() -> Principal {
         Principal::new(
-            KeyRecord {
+            KeyGrant {
                 id: KeyId("k".into()),
                 org_id: OrgId("acme".into()),
                 user_id: UserId("u1".into()),
-                name: "k".into(),
                 scopes: vec![s("predict")],
                 project_ids: vec![],
                 status: KeyStatus::Active,
                 created_at: 0,
                 expires_at: Some(100),
-                display: "kg_…".into(),
-                legacy: false,
                 hash: KeyHash([1; 32]),
                 previous_hash: Some(KeyHash([2; 32])),
                 previous_expires_at: Some(50),
-                last_used_at: None,
-                request_count: 0,
             },
             User {
                 id: UserId("u1".into()),

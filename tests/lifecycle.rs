@@ -316,10 +316,10 @@ async fn usage_batches_span_script_calls_and_never_recreate_deleted_keys() {
     // A later batch adds to the count, and an older use never moves `last_used_at` back.
     // Counts stay exact integers beyond Lua's 14 printed digits.
     let big = 1 << 50;
-    let mut older = used(last.id.clone(), big);
+    let mut older = used(last.grant.id.clone(), big);
     older.last_used = 1_800_000_000;
     w.store.add_usage(&[older]).await.unwrap();
-    let last = w.store.key(&last.id).await.unwrap();
+    let last = w.store.key(&last.grant.id).await.unwrap();
     assert_eq!(last.request_count, 7 + big);
     assert_eq!(last.last_used_at, Some(1_900_000_000));
 }

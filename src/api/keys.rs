@@ -183,7 +183,7 @@ async fn visible_key(ctx: &Ctx<'_>, id: &str) -> Result<KeyRecord, ApiError> {
         .key(&KeyId(id.to_owned()))
         .await
         .map_err(ApiError::not_found("key"))?;
-    if ctx.caller.may_touch(&key.org_id, &key.user_id) {
+    if ctx.caller.may_touch(&key.grant.org_id, &key.grant.user_id) {
         Ok(key)
     } else {
         Err(ApiError::NotFound("key"))
@@ -217,7 +217,7 @@ pub async fn list(ctx: &Ctx<'_>) -> Result<Response<Full<Bytes>>, ApiError> {
         .keys(&org, user.as_ref())
         .await?
         .into_iter()
-        .filter(|k| status.is_none_or(|s| k.status == s))
+        .filter(|k| status.is_none_or(|s| k.grant.status == s))
         .collect();
     page(ctx, &keys)
 }
@@ -235,10 +235,10 @@ pub async fn update(
         crate::store::directory::check_name(name)?;
     }
     if let Some(scopes) = scopes {
-        key = ctx.store.set_key_scopes(&key.id, scopes).await?;
+        key = ctx.store.set_key_scopes(&key.grant.id, scopes).await?;
     }
     if let Some(name) = &body.name {
-        key = ctx.store.rename_key(&key.id, name).await?;
+        key = ctx.store.rename_key(&key.grant.id, name).await?;
     }
     Ok(json(StatusCode::OK, &key))
 }
@@ -256,7 +256,7 @@ pub async fn set_status(
     };
     Ok(json(
         StatusCode::OK,
-        &ctx.store.set_key_status(&key.id, status).await?,
+        &ctx.store.set_key_status(&key.grant.id, status).await?,
     ))
 }
 
@@ -272,13 +272,13 @@ pub async fn rotate(
     };
     let created = ctx
         .store
-        .rotate_key(&ctx.gw.config.keys, &key.id, grace)
+        .rotate_key(&ctx.gw.config.keys, &key.grant.id, grace)
         .await?;
     Ok(with_secret(created, StatusCode::OK))
 }
 
 pub async fn delete(ctx: &Ctx<'_>, id: &str) -> Result<Response<Full<Bytes>>, ApiError> {
     let key = visible_key(ctx, id).await?;
-    ctx.store.delete_key(&key.id).await?;
+    ctx.store.delete_key(&key.grant.id).await?;
     Ok(no_content())
 }

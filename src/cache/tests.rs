@@ -176,23 +176,18 @@ fn principal(owner: &str, hash: u8) -> (KeyHash, Principal) {
         status: UserStatus::Active,
         created_at: 0,
     };
-    let key = KeyRecord {
+    let key = KeyGrant {
         id: KeyId(format!("k{hash}")),
         org_id: OrgId("o".into()),
         user_id: user.id.clone(),
-        name: "k".into(),
         scopes: vec![],
         project_ids: vec![],
         status: KeyStatus::Active,
         created_at: 0,
         expires_at: None,
-        display: String::new(),
-        legacy: false,
         hash: KeyHash([hash; 32]),
         previous_hash: None,
         previous_expires_at: None,
-        last_used_at: None,
-        request_count: 0,
     };
     (KeyHash([hash; 32]), Principal::new(key, user))
 }

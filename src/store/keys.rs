@@ -14,7 +14,8 @@ use serde_json::json;
 use super::audit::Change;
 use super::directory::{check_name, new_id};
 use super::model::{
-    Fields, KeyId, KeyRecord, KeyStatus, OrgId, ProjectId, Role, User, UserId, UserStatus, unix_now,
+    Fields, KeyGrant, KeyId, KeyRecord, KeyStatus, OrgId, ProjectId, Role, User, UserId,
+    UserStatus, unix_now,
 };
 use super::{Invalidation, Store, StoreError};
 use crate::credential::{KeyFormat, KeyHash, hash_key, hash_legacy};
@@ -80,20 +81,22 @@ fn key_record(
     new.scopes.sort();
     new.scopes.dedup();
     KeyRecord {
-        id: KeyId(new_id("key")),
-        org_id: owner.org_id.clone(),
-        user_id: owner.id.clone(),
+        grant: KeyGrant {
+            id: KeyId(new_id("key")),
+            org_id: owner.org_id.clone(),
+            user_id: owner.id.clone(),
+            scopes: new.scopes,
+            project_ids: new.project_ids,
+            status: KeyStatus::Active,
+            created_at: unix_now(),
+            expires_at: new.expires_at,
+            hash,
+            previous_hash: None,
+            previous_expires_at: None,
+        },
         name: new.name,
-        scopes: new.scopes,
-        project_ids: new.project_ids,
-        status: KeyStatus::Active,
-        created_at: unix_now(),
-        expires_at: new.expires_at,
         display,
         legacy,
-        hash,
-        previous_hash: None,
-        previous_expires_at: None,
         last_used_at: None,
         request_count: 0,
     }
@@ -101,8 +104,8 @@ fn key_record(
 
 /// Every replica must drop what it cached under any credential of `key`.
 fn invalidations(key: &KeyRecord) -> Vec<Invalidation> {
-    std::iter::once(key.hash)
-        .chain(key.previous_hash)
+    std::iter::once(key.grant.hash)
+        .chain(key.grant.previous_hash)
         .map(Invalidation::Key)
         .collect()
 }
@@ -114,9 +117,9 @@ fn key_change<'a>(
     details: serde_json::Value,
 ) -> Change<'a> {
     Change {
-        org: &key.org_id,
+        org: &key.grant.org_id,
         action,
-        target: format!("key:{}", key.id),
+        target: format!("key:{}", key.grant.id),
         details,
         invalidations: invalidations(key),
     }
@@ -205,8 +208,8 @@ impl Store {
         let mut pipe = redis::pipe();
         self.add_key_writes(&mut pipe, &record);
         let details = json!({
-            "user_id": record.user_id, "name": record.name, "scopes": record.scopes,
-            "project_ids": record.project_ids, "expires_at": record.expires_at, "legacy": legacy,
+            "user_id": record.grant.user_id, "name": record.name, "scopes": record.grant.scopes,
+            "project_ids": record.grant.project_ids, "expires_at": record.grant.expires_at, "legacy": legacy,
         });
         // A replica may hold a negative entry for this credential.
         let action = if legacy {
@@ -221,14 +224,20 @@ impl Store {
 
     /// Adds the writes that store a new key to a transaction.
     fn add_key_writes(&self, pipe: &mut redis::Pipeline, record: &KeyRecord) {
-        let id = record.id.as_str();
+        let id = record.grant.id.as_str();
         pipe.hset_multiple(self.name(format_args!("key:{id}")), &record.to_fields())
             .ignore()
-            .set(self.name(format_args!("keyhash:{}", record.hash)), id)
+            .set(self.name(format_args!("keyhash:{}", record.grant.hash)), id)
             .ignore()
-            .sadd(self.name(format_args!("user:{}:keys", record.user_id)), id)
+            .sadd(
+                self.name(format_args!("user:{}:keys", record.grant.user_id)),
+                id,
+            )
             .ignore()
-            .sadd(self.name(format_args!("org:{}:keys", record.org_id)), id)
+            .sadd(
+                self.name(format_args!("org:{}:keys", record.grant.org_id)),
+                id,
+            )
             .ignore();
     }
 
@@ -300,12 +309,17 @@ impl Store {
                 .await?;
             for fields in records.iter().filter(|f| !f.is_empty()) {
                 let key = KeyRecord::from_fields(fields)?;
-                if &key.org_id == org {
+                if &key.grant.org_id == org {
                     out.push(key);
                 }
             }
         }
-        out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
+        out.sort_by(|a, b| {
+            b.grant
+                .created_at
+                .cmp(&a.grant.created_at)
+                .then(a.grant.id.cmp(&b.grant.id))
+        });
         Ok(out)
     }
 
@@ -321,7 +335,7 @@ impl Store {
             .map(|(k, v)| ((*k).to_owned(), json!(v)))
             .collect();
         let mut pipe = redis::pipe();
-        pipe.hset_multiple(self.name(format_args!("key:{}", key.id)), fields)
+        pipe.hset_multiple(self.name(format_args!("key:{}", key.grant.id)), fields)
             .ignore();
         self.commit(pipe, key_change(key, action, details.into()))
             .await
@@ -334,7 +348,7 @@ impl Store {
         status: KeyStatus,
     ) -> Result<KeyRecord, StoreError> {
         let mut key = self.key(id).await?;
-        key.status = status;
+        key.grant.status = status;
         let action = match status {
             KeyStatus::Active => "key.activate",
             KeyStatus::Revoked => "key.revoke",
@@ -360,12 +374,12 @@ impl Store {
         mut scopes: Vec<Scope>,
     ) -> Result<KeyRecord, StoreError> {
         let mut key = self.key(id).await?;
-        let owner = self.user(&key.user_id).await?;
+        let owner = self.user(&key.grant.user_id).await?;
         check_scopes(&owner, &scopes)?;
         scopes.sort();
         scopes.dedup();
-        key.scopes = scopes;
-        let fields = [("scopes", super::model::join(&key.scopes))];
+        key.grant.scopes = scopes;
+        let fields = [("scopes", super::model::join(&key.grant.scopes))];
         self.update_key_fields(&key, &fields, "key.set_scopes")
             .await?;
         Ok(key)
@@ -387,35 +401,38 @@ impl Store {
             )));
         }
         let mut key = self.key(id).await?;
-        if key.status == KeyStatus::Revoked {
+        if key.grant.status == KeyStatus::Revoked {
             return Err(StoreError::KeyRevoked);
         }
         let before = key.clone();
         let secret = format.generate();
-        key.previous_hash = Some(key.hash);
-        key.previous_expires_at = Some(unix_now() + grace.as_secs());
-        key.hash = hash_key(&secret);
+        key.grant.previous_hash = Some(key.grant.hash);
+        key.grant.previous_expires_at = Some(unix_now() + grace.as_secs());
+        key.grant.hash = hash_key(&secret);
         key.display = format.mask(&secret);
         key.legacy = false;
         let mut pipe = redis::pipe();
-        if let Some(stale) = before.previous_hash {
+        if let Some(stale) = before.grant.previous_hash {
             pipe.del(self.name(format_args!("keyhash:{stale}")))
                 .ignore();
         }
         let fields = [
-            ("hash", key.hash.to_hex()),
+            ("hash", key.grant.hash.to_hex()),
             ("display", key.display.clone()),
             ("legacy", "0".to_owned()),
-            ("previous_hash", before.hash.to_hex()),
+            ("previous_hash", before.grant.hash.to_hex()),
             (
                 "previous_expires_at",
-                key.previous_expires_at.unwrap_or(0).to_string(),
+                key.grant.previous_expires_at.unwrap_or(0).to_string(),
             ),
         ];
-        pipe.set(self.name(format_args!("keyhash:{}", key.hash)), id.as_str())
-            .ignore()
-            .hset_multiple(self.name(format_args!("key:{id}")), &fields)
-            .ignore();
+        pipe.set(
+            self.name(format_args!("keyhash:{}", key.grant.hash)),
+            id.as_str(),
+        )
+        .ignore()
+        .hset_multiple(self.name(format_args!("key:{id}")), &fields)
+        .ignore();
         let details = json!({ "grace_period_secs": grace.as_secs(), "display": key.display });
         // Cached entries under the old secrets must be re-read (the current one gets its grace
         // deadline; an older one stops).
@@ -430,21 +447,21 @@ impl Store {
     /// Deletes a revoked key entirely.
     pub async fn delete_key(&self, id: &KeyId) -> Result<(), StoreError> {
         let key = self.key(id).await?;
-        if key.status != KeyStatus::Revoked {
+        if key.grant.status != KeyStatus::Revoked {
             return Err(StoreError::KeyNotRevoked);
         }
         let mut pipe = redis::pipe();
         pipe.del(self.name(format_args!("key:{id}"))).ignore();
-        for hash in std::iter::once(key.hash).chain(key.previous_hash) {
+        for hash in std::iter::once(key.grant.hash).chain(key.grant.previous_hash) {
             pipe.del(self.name(format_args!("keyhash:{hash}"))).ignore();
         }
         pipe.srem(
-            self.name(format_args!("user:{}:keys", key.user_id)),
+            self.name(format_args!("user:{}:keys", key.grant.user_id)),
             id.as_str(),
         )
         .ignore()
         .srem(
-            self.name(format_args!("org:{}:keys", key.org_id)),
+            self.name(format_args!("org:{}:keys", key.grant.org_id)),
             id.as_str(),
         )
         .ignore();

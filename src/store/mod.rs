@@ -44,7 +44,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use crate::config::RedisConfig;
 use crate::credential::KeyHash;
 use audit::Actor;
-use model::{BadRecord, Fields, OrgId, Principal, Project, ProjectId, User, UserId};
+use model::{
+    BadRecord, Fields, KeyGrant, OrgId, Principal, Project, ProjectId, User, UserId, Values,
+};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -117,25 +119,40 @@ impl Invalidation {
     }
 }
 
-/// GET the index, then the key and its owner, in one round trip. The answer is one JSON string,
-/// `[[key field, value, …], [owner field, value, …]]` (HGETALL's flat lists), rather than
-/// nested RESP arrays: decoding ~40 RESP bulk strings into `redis::Value`s cost keygate more CPU
-/// per cache miss than anything else it does for one (loadtests/RESULTS.md, 2026-11-24 cold
-/// profile). Lists rather than objects, so the strings can be read in place ([`Text`]).
+/// GET the index, then the key's grant and its owner, in one round trip. HMGET of only the fields
+/// the request path reads ([`KeyGrant::FIELDS`], [`User::FIELDS`]), filled in by
+/// [`resolve_script`]: every field named or returned is a Lua string to make, and HGETALL of the
+/// whole key cost Redis 7.1 µs per call against 5.7 (loadtests/RESULTS.md, 2026-11-25). The
+/// answer is one JSON string, `[[key values…], [owner values…]]`, `null` for an absent field,
+/// rather than nested RESP arrays: decoding RESP bulk strings into `redis::Value`s cost keygate
+/// more CPU per cache miss than anything else it does for one (RESULTS.md, 2026-11-24 cold
+/// profile). The strings are read where they lie in it ([`Text`]).
 const RESOLVE_SCRIPT: &str = r"
 local id = redis.call('GET', KEYS[1])
 if not id then return false end
-local key = redis.call('HGETALL', ARGV[1] .. ':key:' .. id)
-if #key == 0 then return false end
-local uid = ''
-for i = 1, #key, 2 do
-  if key[i] == 'user_id' then uid = key[i + 1] break end
+local key = redis.call('HMGET', ARGV[1] .. ':key:' .. id, KEY_FIELDS)
+if not key[1] then return false end
+local user = redis.call('HMGET', ARGV[1] .. ':user:' .. (key[2] or ''), USER_FIELDS)
+-- A missing owner is left out.
+if not user[1] then return cjson.encode({key}) end
+for _, values in ipairs({key, user}) do
+  for i = 1, #values do
+    if not values[i] then values[i] = cjson.null end
+  end
 end
-local user = redis.call('HGETALL', ARGV[1] .. ':user:' .. uid)
--- cjson writes an empty table as `{}`, not `[]`: a missing owner is left out instead.
-if #user == 0 then return cjson.encode({key}) end
 return cjson.encode({key, user})
 ";
+
+/// [`RESOLVE_SCRIPT`] with the field names in place.
+fn resolve_script() -> String {
+    let quoted = |names: &[&str]| {
+        let quoted: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
+        quoted.join(", ")
+    };
+    RESOLVE_SCRIPT
+        .replace("KEY_FIELDS", &quoted(&KeyGrant::FIELDS))
+        .replace("USER_FIELDS", &quoted(&User::FIELDS))
+}
 
 /// A string of [`RESOLVE_SCRIPT`]'s answer: borrowed from it, unless JSON escaped it.
 #[derive(serde::Deserialize)]
@@ -174,7 +191,7 @@ impl Store {
             client,
             ns: cfg.namespace.clone(),
             timeout: cfg.command_timeout,
-            resolve: std::sync::Arc::new(redis::Script::new(RESOLVE_SCRIPT)),
+            resolve: std::sync::Arc::new(redis::Script::new(&resolve_script())),
             actor: Actor::named("system"),
         })
     }
@@ -248,13 +265,20 @@ impl Store {
         };
         // Checked for UTF-8 once, whole: from a `str`, serde_json does not re-check every
         // string in it, and the fields are read where they lie.
-        let records: Vec<Vec<Text>> = std::str::from_utf8(&json)
+        let records: Vec<Vec<Option<Text>>> = std::str::from_utf8(&json)
             .ok()
             .and_then(|text| serde_json::from_str(text).ok())
             .ok_or(BadRecord("key"))?;
         let [key, owner] = <[_; 2]>::try_from(records).map_err(|_| BadRecord("user_id"))?;
-        let key = model::KeyRecord::from_fields(key.as_slice())?;
-        let owner = User::from_fields(key.user_id.clone(), owner.as_slice())?;
+        let key = KeyGrant::from_fields(&Values {
+            names: &KeyGrant::FIELDS,
+            values: &key,
+        })?;
+        let owner = Values {
+            names: &User::FIELDS,
+            values: &owner,
+        };
+        let owner = User::from_fields(key.user_id.clone(), &owner)?;
         Ok(Some(Principal::new(key, owner)))
     }
 
@@ -346,6 +370,14 @@ fn pairs(flat: Vec<String>) -> Fields {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lookup_script_reads_id_and_owner_by_position() {
+        assert_eq!(KeyGrant::FIELDS[..2], ["id", "user_id"]);
+        let script = resolve_script();
+        assert!(script.contains("'id', 'user_id', 'org_id'"), "{script}");
+        assert!(!script.contains("KEY_FIELDS") && !script.contains("USER_FIELDS"));
+    }
 
     #[test]
     fn invalidations_round_trip() {

@@ -153,23 +153,19 @@ pub struct Project {
     pub created_at: u64,
 }
 
-/// A key as stored: never the secret, only its SHA-256.
+/// What a key grants, to whom, and until when: all the request path reads of a key
+/// ([`Principal`]), and part of its stored record ([`KeyRecord`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct KeyRecord {
+pub struct KeyGrant {
     pub id: KeyId,
     pub org_id: OrgId,
     pub user_id: UserId,
-    pub name: String,
     pub scopes: Vec<Scope>,
     /// Empty: any project the owner may access. Otherwise only these.
     pub project_ids: Vec<ProjectId>,
     pub status: KeyStatus,
     pub created_at: u64,
     pub expires_at: Option<u64>,
-    /// Masked form for lists (`kg_AbCd…wxyz`), or `legacy:<id>` for imported pairs.
-    pub display: String,
-    /// An imported key id + secret pair rather than a keygate key.
-    pub legacy: bool,
     /// SHA-256 of the credential: the lookup index. Not secret, but not shown either.
     #[serde(skip)]
     pub hash: KeyHash,
@@ -179,6 +175,18 @@ pub struct KeyRecord {
     pub previous_hash: Option<KeyHash>,
     /// When the replaced secret stops (Unix seconds); `None` when the key was never rotated.
     pub previous_expires_at: Option<u64>,
+}
+
+/// A key as stored: never the secret, only its SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct KeyRecord {
+    #[serde(flatten)]
+    pub grant: KeyGrant,
+    pub name: String,
+    /// Masked form for lists (`kg_AbCd…wxyz`), or `legacy:<id>` for imported pairs.
+    pub display: String,
+    /// An imported key id + secret pair rather than a keygate key.
+    pub legacy: bool,
     /// When the key last authenticated a request (Unix seconds; written in batches, so up to
     /// `usage.flush_interval` behind).
     pub last_used_at: Option<u64>,
@@ -190,13 +198,13 @@ pub struct KeyRecord {
 /// identity upstreams receive, made once when the key is resolved rather than per request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
-    pub key: KeyRecord,
+    pub key: KeyGrant,
     pub owner: User,
     pub headers: IdentityHeaders,
 }
 
 impl Principal {
-    pub fn new(key: KeyRecord, owner: User) -> Principal {
+    pub fn new(key: KeyGrant, owner: User) -> Principal {
         let headers = IdentityHeaders::new(&key, &owner);
         Principal {
             key,
@@ -208,7 +216,7 @@ impl Principal {
 
 /// A Redis hash read back as field → value. A B-tree, not a hash map: records have a dozen
 /// fields, and comparing short names costs less than SipHash-ing them. (The request path's key
-/// lookup reads its records without building one: [`Record`] for `[S]`.)
+/// lookup reads its records without building one: [`Values`].)
 pub type Fields = BTreeMap<String, String>;
 
 /// A field was missing or malformed in a stored record: the store is corrupt or from a newer version.
@@ -216,8 +224,8 @@ pub type Fields = BTreeMap<String, String>;
 #[error("stored record is missing or has a bad `{0}` field")]
 pub struct BadRecord(pub &'static str);
 
-/// Where a stored record's fields are read from: a map (`HGETALL`) or HGETALL's flat
-/// `[field, value, …]` list as the key lookup returns it, borrowed from the reply.
+/// Where a stored record's fields are read from: a map (`HGETALL`), or the values `HMGET`
+/// returned for a list of names ([`Values`]).
 pub trait Record {
     fn get(&self, name: &str) -> Option<&str>;
 }
@@ -228,11 +236,17 @@ impl Record for Fields {
     }
 }
 
-impl<S: AsRef<str>> Record for [S] {
+/// `HMGET`'s answer for `names`: their values in the same order, `None` for an absent field.
+/// Borrowed from the reply where the key lookup reads it.
+pub struct Values<'a, S> {
+    pub names: &'a [&'static str],
+    pub values: &'a [Option<S>],
+}
+
+impl<S: AsRef<str>> Record for Values<'_, S> {
     fn get(&self, name: &str) -> Option<&str> {
-        self.chunks_exact(2)
-            .find(|pair| pair[0].as_ref() == name)
-            .map(|pair| pair[1].as_ref())
+        let i = self.names.iter().position(|n| *n == name)?;
+        self.values.get(i)?.as_ref().map(AsRef::as_ref)
     }
 }
 
@@ -309,6 +323,9 @@ impl Org {
 }
 
 impl User {
+    /// Every field of a user record, in the order the key lookup asks for them.
+    pub const FIELDS: [&'static str; 5] = ["org_id", "name", "role", "status", "created_at"];
+
     pub fn from_fields(id: UserId, f: &(impl Record + ?Sized)) -> Result<Self, BadRecord> {
         Ok(User {
             id,
@@ -344,25 +361,53 @@ impl Project {
     }
 }
 
-impl KeyRecord {
+impl KeyGrant {
+    /// The fields [`KeyGrant::from_fields`] reads: what the request path's key lookup asks Redis
+    /// for (`Store::resolve_key`, whose script reads `id` and `user_id` by position).
+    pub const FIELDS: [&'static str; 11] = [
+        "id",
+        "user_id",
+        "org_id",
+        "scopes",
+        "project_ids",
+        "status",
+        "created_at",
+        "expires_at",
+        "hash",
+        "previous_hash",
+        "previous_expires_at",
+    ];
+
     pub fn from_fields(f: &(impl Record + ?Sized)) -> Result<Self, BadRecord> {
         let expires_at: u64 = parsed(f, "expires_at")?;
-        let nonzero = |n: u64| (n != 0).then_some(n);
-        Ok(KeyRecord {
+        Ok(KeyGrant {
             id: slug(f, "id", KeyId)?,
             org_id: slug(f, "org_id", OrgId)?,
             user_id: slug(f, "user_id", UserId)?,
-            name: field(f, "name")?.to_owned(),
             scopes: list(f, "scopes", Scope::is_well_formed, Scope::new)?,
             project_ids: list(f, "project_ids", is_valid_id, ProjectId)?,
             status: parsed(f, "status")?,
             created_at: parsed(f, "created_at")?,
             expires_at: nonzero(expires_at),
-            display: field(f, "display")?.to_owned(),
-            legacy: field(f, "legacy")? == "1",
             hash: KeyHash::from_hex(field(f, "hash")?).ok_or(BadRecord("hash"))?,
             previous_hash: optional_hash(f, "previous_hash")?,
             previous_expires_at: nonzero(count(f, "previous_expires_at")?),
+        })
+    }
+}
+
+/// Times stored as 0 for "none".
+fn nonzero(n: u64) -> Option<u64> {
+    (n != 0).then_some(n)
+}
+
+impl KeyRecord {
+    pub fn from_fields(f: &(impl Record + ?Sized)) -> Result<Self, BadRecord> {
+        Ok(KeyRecord {
+            grant: KeyGrant::from_fields(f)?,
+            name: field(f, "name")?.to_owned(),
+            display: field(f, "display")?.to_owned(),
+            legacy: field(f, "legacy")? == "1",
             last_used_at: nonzero(count(f, "last_used_at")?),
             request_count: count(f, "request_count")?,
         })
@@ -371,19 +416,20 @@ impl KeyRecord {
     /// The fields a key is created with. Usage (`last_used_at`, `request_count`) is written
     /// only by the usage flusher, and rotation fields only by a rotation.
     pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        let key = &self.grant;
         vec![
-            ("id", self.id.0.clone()),
-            ("org_id", self.org_id.0.clone()),
-            ("user_id", self.user_id.0.clone()),
+            ("id", key.id.0.clone()),
+            ("org_id", key.org_id.0.clone()),
+            ("user_id", key.user_id.0.clone()),
             ("name", self.name.clone()),
-            ("scopes", join(&self.scopes)),
-            ("project_ids", join(&self.project_ids)),
-            ("status", self.status.to_string()),
-            ("created_at", self.created_at.to_string()),
-            ("expires_at", self.expires_at.unwrap_or(0).to_string()),
+            ("scopes", join(&key.scopes)),
+            ("project_ids", join(&key.project_ids)),
+            ("status", key.status.to_string()),
+            ("created_at", key.created_at.to_string()),
+            ("expires_at", key.expires_at.unwrap_or(0).to_string()),
             ("display", self.display.clone()),
             ("legacy", if self.legacy { "1" } else { "0" }.to_owned()),
-            ("hash", self.hash.to_hex()),
+            ("hash", key.hash.to_hex()),
         ]
     }
 }
@@ -405,20 +451,22 @@ mod tests {
     #[test]
     fn key_record_round_trips_through_fields() {
         let key = KeyRecord {
-            id: KeyId("key_1".into()),
-            org_id: OrgId("acme".into()),
-            user_id: UserId("u1".into()),
+            grant: KeyGrant {
+                id: KeyId("key_1".into()),
+                org_id: OrgId("acme".into()),
+                user_id: UserId("u1".into()),
+                scopes: vec![Scope::new("predict".into()), Scope::new("models:*".into())],
+                project_ids: vec![ProjectId("p1".into())],
+                status: KeyStatus::Active,
+                created_at: 10,
+                expires_at: None,
+                hash: KeyHash([0xab; 32]),
+                previous_hash: None,
+                previous_expires_at: None,
+            },
             name: "laptop key".into(),
-            scopes: vec![Scope::new("predict".into()), Scope::new("models:*".into())],
-            project_ids: vec![ProjectId("p1".into())],
-            status: KeyStatus::Active,
-            created_at: 10,
-            expires_at: None,
             display: "kg_AbCd…wxyz".into(),
             legacy: false,
-            hash: KeyHash([0xab; 32]),
-            previous_hash: None,
-            previous_expires_at: None,
             last_used_at: None,
             request_count: 0,
         };

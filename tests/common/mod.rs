@@ -628,7 +628,7 @@ pub async fn new_key(
         )
         .await
         .unwrap();
-    (created.secret, created.record.id)
+    (created.secret, created.record.grant.id)
 }
 
 async fn seed(store: &Store, config: &Config) -> Keys {
