@@ -123,23 +123,23 @@ impl Invalidation {
 /// the request path reads ([`KeyGrant::FIELDS`], [`User::FIELDS`]), filled in by
 /// [`resolve_script`]: every field named or returned is a Lua string to make, and HGETALL of the
 /// whole key cost Redis 7.1 µs per call against 5.7 (loadtests/RESULTS.md, 2026-11-25). The
-/// answer is one JSON string, `[[key values…], [owner values…]]`, `null` for an absent field,
-/// rather than nested RESP arrays: decoding RESP bulk strings into `redis::Value`s cost keygate
-/// more CPU per cache miss than anything else it does for one (RESULTS.md, 2026-11-24 cold
-/// profile). The strings are read where they lie in it ([`Text`]).
+/// answer is one JSON string, `[[key values…], [owner values…]]`, with `null` for an absent
+/// field or owner, rather than nested RESP arrays: decoding RESP bulk strings into
+/// `redis::Value`s cost keygate more CPU per cache miss than anything else it does for one
+/// (RESULTS.md, 2026-11-24 cold profile). The strings are read where they lie in it ([`Text`]).
 const RESOLVE_SCRIPT: &str = r"
 local id = redis.call('GET', KEYS[1])
 if not id then return false end
 local key = redis.call('HMGET', ARGV[1] .. ':key:' .. id, KEY_FIELDS)
 if not key[1] then return false end
 local user = redis.call('HMGET', ARGV[1] .. ':user:' .. (key[2] or ''), USER_FIELDS)
--- A missing owner is left out.
-if not user[1] then return cjson.encode({key}) end
 for _, values in ipairs({key, user}) do
   for i = 1, #values do
     if not values[i] then values[i] = cjson.null end
   end
 end
+-- A missing owner is null.
+if user[1] == cjson.null then user = cjson.null end
 return cjson.encode({key, user})
 ";
 
@@ -265,18 +265,21 @@ impl Store {
         };
         // Checked for UTF-8 once, whole: from a `str`, serde_json does not re-check every
         // string in it, and the fields are read where they lie.
-        let records: Vec<Vec<Option<Text>>> = std::str::from_utf8(&json)
+        type Reply<'a> = (
+            [Option<Text<'a>>; KeyGrant::FIELDS.len()],
+            Option<[Option<Text<'a>>; User::FIELDS.len()]>,
+        );
+        let (key, owner): Reply = std::str::from_utf8(&json)
             .ok()
             .and_then(|text| serde_json::from_str(text).ok())
             .ok_or(BadRecord("key"))?;
-        let [key, owner] = <[_; 2]>::try_from(records).map_err(|_| BadRecord("user_id"))?;
         let key = KeyGrant::from_fields(&Values {
             names: &KeyGrant::FIELDS,
             values: &key,
         })?;
         let owner = Values {
             names: &User::FIELDS,
-            values: &owner,
+            values: &owner.ok_or(BadRecord("user_id"))?,
         };
         let owner = User::from_fields(key.user_id.clone(), &owner)?;
         Ok(Some(Principal::new(key, owner)))
