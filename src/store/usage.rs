@@ -11,6 +11,7 @@
 //! invalidation (they change nothing a request is judged on) and are not audited. Counts of a
 //! failed flush are lost rather than retried: they are statistics, not a ledger.
 
+use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -103,18 +104,23 @@ impl Store {
     /// cold benchmark), [`CALLS_PER_TRIP`] calls per round trip.
     pub async fn add_usage(&self, batch: &[Used]) -> Result<(), StoreError> {
         let script = redis::Script::new(USAGE_SCRIPT);
+        let mut name = String::new();
         for trip in batch.chunks(KEYS_PER_CALL * CALLS_PER_TRIP) {
             let mut pipe = redis::pipe();
             pipe.load_script(&script).ignore();
             for call in trip.chunks(KEYS_PER_CALL) {
-                let mut invocation = script.prepare_invoke();
+                // The `EVALSHA` written out, not a `ScriptInvocation`: that holds each key and
+                // argument in a `Vec` of its own, then copies them into the command.
+                pipe.cmd("EVALSHA").arg(script.get_hash()).arg(call.len());
                 for used in call {
-                    invocation
-                        .key(self.name(format_args!("key:{}", used.key)))
-                        .arg(used.requests)
-                        .arg(used.last_used);
+                    name.clear();
+                    write!(name, "{}:key:{}", self.ns, used.key).expect("a String takes any write");
+                    pipe.arg(name.as_bytes());
                 }
-                pipe.invoke_script(&invocation).ignore();
+                for used in call {
+                    pipe.arg(used.requests).arg(used.last_used);
+                }
+                pipe.ignore();
             }
             let mut c = self.conn.clone();
             self.bounded(async { Ok(pipe.query_async::<()>(&mut c).await?) })
