@@ -20,6 +20,7 @@ log=$(mktemp)
 cargo test --all-targets 2>&1 | tee "$log"
 # The benchmark harness, in smoke mode (a few seconds; installs wrk, nginx, gnuplot if missing).
 bash loadtests/run.sh --smoke
+python3 loadtests/ab.py --smoke target/debug/keygate target/debug/keygate
 
 # One closing line with the totals of every cargo test binary.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
