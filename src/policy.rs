@@ -206,7 +206,7 @@ pub fn authorize(p: &Principal, access: &Access<'_>) -> Result<(), Denial> {
 mod tests {
     use super::*;
     use crate::credential::KeyHash;
-    use crate::store::model::{KeyGrant, KeyId, ProjectId, User, UserId};
+    use crate::store::model::{KeyGrant, KeyId, Owner, ProjectId, UserId};
 
     fn s(x: &str) -> Scope {
         Scope::new(x.into())
@@ -294,13 +294,11 @@ mod tests {
                 previous_hash: Some(KeyHash([2; 32])),
                 previous_expires_at: Some(50),
             },
-            User {
+            Owner {
                 id: UserId("u1".into()),
                 org_id: OrgId("acme".into()),
-                name: "alice".into(),
                 role: Role::Member,
                 status: UserStatus::Active,
-                created_at: 0,
             },
         )
     }

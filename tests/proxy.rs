@@ -507,24 +507,30 @@ async fn a_corrupt_key_record_fails_closed() {
         .cmd(&["HSET", &format!("kg:key:{id}"), "user_id", "ghost"]);
     let (no_hash, id) = new_key(&w.store, &w.gw.config, "alice", &["predict"], &[]).await;
     w.redis.cmd(&["HDEL", &format!("kg:key:{id}"), "hash"]);
-    for key in [&bad_status, &no_owner, &no_hash] {
+    // A value JSON has to escape in the lookup's answer: parsed whole, then judged by its field.
+    let (odd_scope, id) = new_key(&w.store, &w.gw.config, "alice", &["predict"], &[]).await;
+    w.redis
+        .cmd(&["HSET", &format!("kg:key:{id}"), "scopes", "predict \"é\\"]);
+    for key in [&bad_status, &no_owner, &no_hash, &odd_scope] {
         let (status, _, body) = get_with(w.gw.addr, "/v1/projects/p1/x", &[("apikey", key)]).await;
         assert_eq!(
             (status.as_u16(), code(&body).as_str()),
             (500, "internal_error")
         );
     }
-    // An intact key is served: only the corrupt records are refused. Free text that JSON has
-    // to escape in the lookup's answer (quotes, backslashes, non-ASCII) is read back whole.
-    let odd = "Zoë \"the\" \\ admin";
-    w.redis.cmd(&["HSET", "kg:user:alice", "name", odd]);
+    let odd = keygate::credential::hash_key(&odd_scope);
+    match w.store.resolve_key(&odd).await {
+        Err(keygate::store::StoreError::Corrupt(bad)) => assert_eq!(bad.0, "scopes"),
+        other => panic!("{other:?}"),
+    }
+    // An intact key is served: only the corrupt records are refused. The lookup does not read
+    // the owner's name, so free text there changes nothing.
+    w.redis
+        .cmd(&["HSET", "kg:user:alice", "name", "Zoë \"the\" \\ admin"]);
     let (status, _, _) =
         get_with(w.gw.addr, "/v1/projects/p1/x", &[("apikey", &w.keys.alice)]).await;
     assert_eq!(status.as_u16(), 200);
     assert_eq!(w.upstream.requests().len(), 1);
-    let hash = keygate::credential::hash_key(&w.keys.alice);
-    let principal = w.store.resolve_key(&hash).await.unwrap().unwrap();
-    assert_eq!(principal.owner.name, odd);
 }
 
 #[tokio::test]

@@ -26,7 +26,7 @@ use crate::error::json_error;
 use crate::policy::{self, Scope, grants};
 use crate::proxy::Gateway;
 use crate::store::audit::Actor;
-use crate::store::model::{KeyId, OrgId, Role, User, UserId, unix_now};
+use crate::store::model::{KeyId, OrgId, Owner, Role, UserId, unix_now};
 use crate::store::{Store, StoreError};
 
 /// Request bodies of the management API are small JSON documents.
@@ -96,7 +96,7 @@ impl ApiError {
 #[derive(Debug)]
 pub struct Caller {
     /// `None` for the bootstrap token (every org).
-    pub user: Option<User>,
+    pub user: Option<Owner>,
     /// May manage every key, user and project of its org.
     pub admin: bool,
     /// The key the caller authenticated with.

@@ -168,13 +168,11 @@ async fn a_fetch_that_raced_an_invalidation_is_not_cached() {
 
 fn principal(owner: &str, hash: u8) -> (KeyHash, Principal) {
     use crate::store::model::*;
-    let user = User {
+    let user = Owner {
         id: UserId(owner.into()),
         org_id: OrgId("o".into()),
-        name: owner.into(),
         role: Role::Member,
         status: UserStatus::Active,
-        created_at: 0,
     };
     let key = KeyGrant {
         id: KeyId(format!("k{hash}")),

@@ -28,7 +28,7 @@ use crate::config::Limits;
 use crate::credential::CREDENTIAL_HEADERS;
 use crate::error::GatewayError;
 use crate::policy::Scope;
-use crate::store::model::{KeyGrant, User};
+use crate::store::model::{KeyGrant, Owner};
 use crate::timer::CoarseTimer;
 
 /// A request body on its way upstream, capped at `limits.max_body_bytes`.
@@ -211,7 +211,7 @@ pub struct IdentityHeaders {
 }
 
 impl IdentityHeaders {
-    pub fn new(key: &KeyGrant, owner: &User) -> IdentityHeaders {
+    pub fn new(key: &KeyGrant, owner: &Owner) -> IdentityHeaders {
         let (key_id, user_id, org_id) =
             (key.id.as_str(), key.user_id.as_str(), key.org_id.as_str());
         let role = owner.role.as_str();

@@ -45,7 +45,7 @@ use crate::config::RedisConfig;
 use crate::credential::KeyHash;
 use audit::Actor;
 use model::{
-    BadRecord, Fields, KeyGrant, OrgId, Principal, Project, ProjectId, User, UserId, Values,
+    BadRecord, Fields, KeyGrant, OrgId, Owner, Principal, Project, ProjectId, UserId, Values,
 };
 
 /// Why a store operation failed.
@@ -120,7 +120,7 @@ impl Invalidation {
 }
 
 /// GET the index, then the key's grant and its owner, in one round trip. HMGET of only the fields
-/// the request path reads ([`KeyGrant::FIELDS`], [`User::FIELDS`]), filled in by
+/// the request path reads ([`KeyGrant::FIELDS`], [`Owner::FIELDS`]), filled in by
 /// [`resolve_script`]: every field named or returned is a Lua string to make, and HGETALL of the
 /// whole key cost Redis 7.1 µs per call against 5.7 (loadtests/RESULTS.md, 2026-11-25). The
 /// answer is one JSON string, `[[key values…], [owner values…]]`, with `null` for an absent
@@ -151,7 +151,7 @@ fn resolve_script() -> String {
     };
     RESOLVE_SCRIPT
         .replace("KEY_FIELDS", &quoted(&KeyGrant::FIELDS))
-        .replace("USER_FIELDS", &quoted(&User::FIELDS))
+        .replace("USER_FIELDS", &quoted(&Owner::FIELDS))
 }
 
 /// A string of [`RESOLVE_SCRIPT`]'s answer: borrowed from it, unless JSON escaped it.
@@ -267,7 +267,7 @@ impl Store {
         // string in it, and the fields are read where they lie.
         type Reply<'a> = (
             [Option<Text<'a>>; KeyGrant::FIELDS.len()],
-            Option<[Option<Text<'a>>; User::FIELDS.len()]>,
+            Option<[Option<Text<'a>>; Owner::FIELDS.len()]>,
         );
         let (key, owner): Reply = std::str::from_utf8(&json)
             .ok()
@@ -278,10 +278,10 @@ impl Store {
             values: &key,
         })?;
         let owner = Values {
-            names: &User::FIELDS,
+            names: &Owner::FIELDS,
             values: &owner.ok_or(BadRecord("user_id"))?,
         };
-        let owner = User::from_fields(key.user_id.clone(), &owner)?;
+        let owner = Owner::from_fields(key.user_id.clone(), &owner)?;
         Ok(Some(Principal::new(key, owner)))
     }
 

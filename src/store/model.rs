@@ -132,6 +132,15 @@ pub struct Org {
     pub created_at: u64,
 }
 
+/// What the request path needs of a key's owner ([`Principal`]): part of a [`User`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub id: UserId,
+    pub org_id: OrgId,
+    pub role: Role,
+    pub status: UserStatus,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct User {
     pub id: UserId,
@@ -199,12 +208,12 @@ pub struct KeyRecord {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
     pub key: KeyGrant,
-    pub owner: User,
+    pub owner: Owner,
     pub headers: IdentityHeaders,
 }
 
 impl Principal {
-    pub fn new(key: KeyGrant, owner: User) -> Principal {
+    pub fn new(key: KeyGrant, owner: Owner) -> Principal {
         let headers = IdentityHeaders::new(&key, &owner);
         Principal {
             key,
@@ -322,17 +331,34 @@ impl Org {
     }
 }
 
-impl User {
-    /// Every field of a user record, in the order the key lookup asks for them.
-    pub const FIELDS: [&'static str; 5] = ["org_id", "name", "role", "status", "created_at"];
+impl Owner {
+    /// The fields [`Owner::from_fields`] reads: what the request path's key lookup asks Redis for.
+    pub const FIELDS: [&'static str; 3] = ["org_id", "role", "status"];
 
     pub fn from_fields(id: UserId, f: &(impl Record + ?Sized)) -> Result<Self, BadRecord> {
-        Ok(User {
+        Ok(Owner {
             id,
             org_id: slug(f, "org_id", OrgId)?,
-            name: field(f, "name")?.to_owned(),
             role: parsed(f, "role")?,
             status: parsed(f, "status")?,
+        })
+    }
+}
+
+impl User {
+    pub fn from_fields(id: UserId, f: &(impl Record + ?Sized)) -> Result<Self, BadRecord> {
+        let Owner {
+            id,
+            org_id,
+            role,
+            status,
+        } = Owner::from_fields(id, f)?;
+        Ok(User {
+            id,
+            org_id,
+            name: field(f, "name")?.to_owned(),
+            role,
+            status,
             created_at: parsed(f, "created_at")?,
         })
     }
