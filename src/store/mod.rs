@@ -132,7 +132,7 @@ local id = redis.call('GET', KEYS[1])
 if not id then return false end
 local key = redis.call('HMGET', ARGV[1] .. ':key:' .. id, KEY_FIELDS)
 if not key[1] then return false end
-local user = redis.call('HMGET', ARGV[1] .. ':user:' .. (key[2] or ''), USER_FIELDS)
+local user = redis.call('HMGET', ARGV[1] .. ':user:' .. (key[2] or ''), OWNER_FIELDS)
 for _, values in ipairs({key, user}) do
   for i = 1, #values do
     if not values[i] then values[i] = cjson.null end
@@ -151,7 +151,7 @@ fn resolve_script() -> String {
     };
     RESOLVE_SCRIPT
         .replace("KEY_FIELDS", &quoted(&KeyGrant::FIELDS))
-        .replace("USER_FIELDS", &quoted(&Owner::FIELDS))
+        .replace("OWNER_FIELDS", &quoted(&Owner::FIELDS))
 }
 
 /// A string of [`RESOLVE_SCRIPT`]'s answer: borrowed from it, unless JSON escaped it.
@@ -213,8 +213,13 @@ impl Store {
         format!("{}:invalidate", self.ns)
     }
 
+    /// A Redis key name: the namespace, `:`, then `parts`. Allocated once at a size that fits
+    /// the longest (`keyhash:` and 64 hex digits), where `format!` would start small and grow it.
     fn name(&self, parts: std::fmt::Arguments<'_>) -> String {
-        format!("{}:{parts}", self.ns)
+        use std::fmt::Write;
+        let mut name = String::with_capacity(self.ns.len() + 96);
+        write!(name, "{}:{parts}", self.ns).expect("a String takes any write");
+        name
     }
 
     /// Runs a store future with the command timeout as an absolute bound (reconnects included).
@@ -379,7 +384,7 @@ mod tests {
         assert_eq!(KeyGrant::FIELDS[..2], ["id", "user_id"]);
         let script = resolve_script();
         assert!(script.contains("'id', 'user_id', 'org_id'"), "{script}");
-        assert!(!script.contains("KEY_FIELDS") && !script.contains("USER_FIELDS"));
+        assert!(!script.contains("KEY_FIELDS") && !script.contains("OWNER_FIELDS"));
     }
 
     #[test]

@@ -11,7 +11,6 @@
 //! invalidation (they change nothing a request is judged on) and are not audited. Counts of a
 //! failed flush are lost rather than retried: they are statistics, not a ledger.
 
-use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -104,7 +103,6 @@ impl Store {
     /// cold benchmark), [`CALLS_PER_TRIP`] calls per round trip.
     pub async fn add_usage(&self, batch: &[Used]) -> Result<(), StoreError> {
         let script = redis::Script::new(USAGE_SCRIPT);
-        let mut name = String::new();
         for trip in batch.chunks(KEYS_PER_CALL * CALLS_PER_TRIP) {
             let mut pipe = redis::pipe();
             pipe.load_script(&script).ignore();
@@ -113,9 +111,7 @@ impl Store {
                 // argument in a `Vec` of its own, then copies them into the command.
                 pipe.cmd("EVALSHA").arg(script.get_hash()).arg(call.len());
                 for used in call {
-                    name.clear();
-                    write!(name, "{}:key:{}", self.ns, used.key).expect("a String takes any write");
-                    pipe.arg(name.as_bytes());
+                    pipe.arg(self.name(format_args!("key:{}", used.key)));
                 }
                 for used in call {
                     pipe.arg(used.requests).arg(used.last_used);
