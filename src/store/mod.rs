@@ -268,12 +268,12 @@ impl Store {
         let Some(json) = found else {
             return Ok(None);
         };
-        // Checked for UTF-8 once, whole: from a `str`, serde_json does not re-check every
-        // string in it, and the fields are read where they lie.
         type Reply<'a> = (
             [Option<Text<'a>>; KeyGrant::FIELDS.len()],
             Option<[Option<Text<'a>>; Owner::FIELDS.len()]>,
         );
+        // Checked for UTF-8 once, whole: from a `str`, serde_json does not re-check every
+        // string in it, and the fields are read where they lie.
         let (key, owner): Reply = std::str::from_utf8(&json)
             .ok()
             .and_then(|text| serde_json::from_str(text).ok())

@@ -107,8 +107,9 @@ impl Store {
             let mut pipe = redis::pipe();
             pipe.load_script(&script).ignore();
             for call in trip.chunks(KEYS_PER_CALL) {
-                // The `EVALSHA` written out, not a `ScriptInvocation`: that holds each key and
-                // argument in a `Vec` of its own, then copies them into the command.
+                // The `EVALSHA` (of the script loaded first in this pipeline) written out, not a
+                // `ScriptInvocation`: that holds each key and argument in a `Vec` of its own,
+                // then copies them into the command.
                 pipe.cmd("EVALSHA").arg(script.get_hash()).arg(call.len());
                 for used in call {
                     pipe.arg(self.name(format_args!("key:{}", used.key)));
