@@ -409,6 +409,6 @@ async fn the_http_client_manages_keys_users_and_projects() {
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
-    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", dead_port()).parse().unwrap();
     assert_eq!(client(dead, ada, &["keys", "list"]).await.0, 69);
 }

@@ -62,6 +62,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback port that refuses connections for the whole test process. It is bound but never
+/// listened on: a port found free and let go (`free_port`) can be taken meanwhile by another
+/// test's server running in parallel, which would then answer for the "dead" address.
+pub fn dead_port() -> u16 {
+    static DEAD: std::sync::OnceLock<socket2::Socket> = std::sync::OnceLock::new();
+    let socket = DEAD.get_or_init(|| {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        s.bind(&any.into()).unwrap();
+        s
+    });
+    socket.local_addr().unwrap().as_socket().unwrap().port()
+}
+
 /// A private `redis-server` on a free loopback port, with its own data directory.
 pub struct Redis {
     pub port: u16,
@@ -487,7 +501,7 @@ pub async fn raw(addr: SocketAddr, request: &str) -> (u16, String) {
 /// The standard test config: routes for every case, against one upstream.
 pub fn config_toml(redis: &Redis, upstream: &Upstream, extra: &str) -> String {
     let up = upstream.url();
-    let dead = format!("http://127.0.0.1:{}", free_port());
+    let dead = format!("http://127.0.0.1:{}", dead_port());
     format!(
         r#"
 [server]
