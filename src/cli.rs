@@ -250,7 +250,7 @@ async fn execute(
     match command {
         AdminCommand::Org(OrgCommand::Create { id, name }) => {
             let org = store
-                .create_org(&OrgId(id.clone()), name.as_deref().unwrap_or(&id))
+                .create_org(&OrgId::from(id.clone()), name.as_deref().unwrap_or(&id))
                 .await?;
             print(json, &org, |o| format!("created org {}\n", o.id));
         }
@@ -267,14 +267,14 @@ async fn execute(
             id,
         }) => {
             let user = store
-                .create_user(&OrgId(org), id.map(UserId), &name, role)
+                .create_user(&OrgId::from(org), id.map(UserId::from), &name, role)
                 .await?;
             print(json, &user, |u| {
                 format!("created user {} ({})\n", u.id, u.role)
             });
         }
         AdminCommand::User(UserCommand::List { org }) => {
-            let users = store.users(&OrgId(org)).await?;
+            let users = store.users(&OrgId::from(org)).await?;
             print(json, &users, |v| {
                 v.iter()
                     .map(|u| row(&[u.id.as_str(), &u.name, u.role.as_str(), u.status.as_str()]))
@@ -282,7 +282,7 @@ async fn execute(
             });
         }
         AdminCommand::User(UserCommand::Set { id, role, status }) => {
-            let user = store.update_user(&UserId(id), role, status).await?;
+            let user = store.update_user(&UserId::from(id), role, status).await?;
             print(json, &user, |u| {
                 format!("user {}: role {}, {}\n", u.id, u.role, u.status)
             });
@@ -311,15 +311,15 @@ async fn project(store: &Store, command: ProjectCommand, json: bool) -> Result<(
         } => {
             store
                 .create_project(
-                    &OrgId(org),
-                    &ProjectId(id.clone()),
+                    &OrgId::from(org),
+                    &ProjectId::from(id.clone()),
                     name.as_deref().unwrap_or(&id),
                     visibility,
                 )
                 .await?
         }
         ProjectCommand::List { org } => {
-            let projects = store.projects(&OrgId(org)).await?;
+            let projects = store.projects(&OrgId::from(org)).await?;
             print(json, &projects, |v| v.iter().map(show).collect());
             return Ok(());
         }
@@ -329,17 +329,27 @@ async fn project(store: &Store, command: ProjectCommand, json: bool) -> Result<(
             visibility,
         } => {
             store
-                .set_project_visibility(&OrgId(org), &ProjectId(id), visibility)
+                .set_project_visibility(&OrgId::from(org), &ProjectId::from(id), visibility)
                 .await?
         }
         ProjectCommand::AddMember { org, id, user } => {
             store
-                .set_member(&OrgId(org), &ProjectId(id), &UserId(user), true)
+                .set_member(
+                    &OrgId::from(org),
+                    &ProjectId::from(id),
+                    &UserId::from(user),
+                    true,
+                )
                 .await?
         }
         ProjectCommand::RemoveMember { org, id, user } => {
             store
-                .set_member(&OrgId(org), &ProjectId(id), &UserId(user), false)
+                .set_member(
+                    &OrgId::from(org),
+                    &ProjectId::from(id),
+                    &UserId::from(user),
+                    false,
+                )
                 .await?
         }
     };
@@ -396,10 +406,10 @@ async fn key(
             no_expiry,
         } => {
             let new = NewKey {
-                user_id: UserId(user),
+                user_id: UserId::from(user),
                 name,
                 scopes: scopes(config, &names)?,
-                project_ids: projects.into_iter().map(ProjectId).collect(),
+                project_ids: projects.into_iter().map(ProjectId::from).collect(),
                 expires_at: (!no_expiry).then(|| unix_now() + expires_in.as_secs()),
             };
             let created = store.create_key(&config.keys, new).await?;
@@ -422,7 +432,7 @@ async fn key(
             out,
         } => {
             let new = NewKey {
-                user_id: UserId(user),
+                user_id: UserId::from(user),
                 name: "bulk".into(),
                 scopes: scopes(config, &names)?,
                 project_ids: Vec::new(),
@@ -450,7 +460,7 @@ async fn key(
                 StoreError::Rejected(format!("cannot read the secret from standard input: {e}"))
             })?;
             let new = NewKey {
-                user_id: UserId(user),
+                user_id: UserId::from(user),
                 name,
                 scopes: scopes(config, &names)?,
                 project_ids: Vec::new(),
@@ -459,15 +469,25 @@ async fn key(
             store.import_legacy(&legacy_id, secret.trim(), new).await?
         }
         KeyCommand::List { org, user } => {
-            let keys = store.keys(&OrgId(org), user.map(UserId).as_ref()).await?;
+            let keys = store
+                .keys(&OrgId::from(org), user.map(UserId::from).as_ref())
+                .await?;
             print(json, &keys, |v| v.iter().map(key_row).collect());
             return Ok(());
         }
-        KeyCommand::Show { id } => store.key(&KeyId(id)).await?,
-        KeyCommand::Revoke { id } => store.set_key_status(&KeyId(id), KeyStatus::Revoked).await?,
-        KeyCommand::Activate { id } => store.set_key_status(&KeyId(id), KeyStatus::Active).await?,
+        KeyCommand::Show { id } => store.key(&KeyId::from(id)).await?,
+        KeyCommand::Revoke { id } => {
+            store
+                .set_key_status(&KeyId::from(id), KeyStatus::Revoked)
+                .await?
+        }
+        KeyCommand::Activate { id } => {
+            store
+                .set_key_status(&KeyId::from(id), KeyStatus::Active)
+                .await?
+        }
         KeyCommand::Delete { id } => {
-            store.delete_key(&KeyId(id.clone())).await?;
+            store.delete_key(&KeyId::from(id.clone())).await?;
             print(json, &serde_json::json!({ "deleted": id }), |_| {
                 format!("deleted key {id}\n")
             });

@@ -196,7 +196,7 @@ pub fn expand_scopes(
     for name in names.iter().map(|n| n.trim()) {
         match presets.get(name) {
             Some(expanded) => out.extend(expanded.iter().cloned()),
-            None if Scope::is_well_formed(name) => out.push(Scope::new(name.to_owned())),
+            None if Scope::is_well_formed(name) => out.push(Scope::new(name)),
             None => {
                 return Err(format!(
                     "`{name}` is neither a preset nor a scope like \"predict\" or \"models:read\""

@@ -15,22 +15,24 @@
 
 use std::fmt;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::credential::Credential;
 use crate::store::model::{KeyStatus, OrgId, Principal, Project, Role, UserStatus, Visibility};
 
-/// A permission: `resource:action`, `resource`, `resource:*` or `*`.
+/// A permission: `resource:action`, `resource`, `resource:*` or `*`. Stored inline up to 24
+/// bytes, like ids ([`crate::store::model`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Scope(String);
+pub struct Scope(CompactString);
 
 /// Resources only an org admin may act on, whatever a member's key says.
 const ADMIN_ONLY_RESOURCES: [&str; 3] = ["admin", "org", "users"];
 
 impl Scope {
-    pub fn new(s: String) -> Self {
-        Scope(s)
+    pub fn new(s: &str) -> Self {
+        Scope(s.into())
     }
 
     pub fn as_str(&self) -> &str {
@@ -209,7 +211,7 @@ mod tests {
     use crate::store::model::{KeyGrant, KeyId, Owner, ProjectId, UserId};
 
     fn s(x: &str) -> Scope {
-        Scope::new(x.into())
+        Scope::new(x)
     }
 
     #[test]
@@ -282,9 +284,9 @@ mod tests {
     fn principal() -> Principal {
         Principal::new(
             KeyGrant {
-                id: KeyId("k".into()),
-                org_id: OrgId("acme".into()),
-                user_id: UserId("u1".into()),
+                id: KeyId::from("k"),
+                org_id: OrgId::from("acme"),
+                user_id: UserId::from("u1"),
                 scopes: vec![s("predict")],
                 project_ids: vec![],
                 status: KeyStatus::Active,
@@ -295,8 +297,8 @@ mod tests {
                 previous_expires_at: Some(50),
             },
             Owner {
-                id: UserId("u1".into()),
-                org_id: OrgId("acme".into()),
+                id: UserId::from("u1"),
+                org_id: OrgId::from("acme"),
                 role: Role::Member,
                 status: UserStatus::Active,
             },
@@ -305,11 +307,11 @@ mod tests {
 
     fn project(id: &str, org: &str, visibility: Visibility, members: &[&str]) -> Project {
         Project {
-            id: ProjectId(id.into()),
-            org_id: OrgId(org.into()),
+            id: ProjectId::from(id),
+            org_id: OrgId::from(org),
             name: id.into(),
             visibility,
-            members: members.iter().map(|m| UserId((*m).into())).collect(),
+            members: members.iter().map(|m| UserId::from(*m)).collect(),
             created_at: 0,
         }
     }
@@ -448,8 +450,8 @@ mod tests {
 
     #[test]
     fn authorization_table() {
-        let acme = OrgId("acme".into());
-        let other = OrgId("other".into());
+        let acme = OrgId::from("acme");
+        let other = OrgId::from("other");
         let predict = [s("predict")];
         let admin = [s("admin")];
         let private_member = project("p1", "acme", Visibility::Private, &["u1"]);
@@ -551,7 +553,7 @@ mod tests {
             ),
             (
                 "key restricted to this project",
-                |p| p.key.project_ids = vec![ProjectId("p3".into())],
+                |p| p.key.project_ids = vec![ProjectId::from("p3")],
                 Access {
                     org: &acme,
                     scopes: &predict,
@@ -561,7 +563,7 @@ mod tests {
             ),
             (
                 "key restricted to another project",
-                |p| p.key.project_ids = vec![ProjectId("p1".into())],
+                |p| p.key.project_ids = vec![ProjectId::from("p1")],
                 Access {
                     org: &acme,
                     scopes: &predict,
@@ -571,7 +573,7 @@ mod tests {
             ),
             (
                 "restricted key on an org-wide route",
-                |p| p.key.project_ids = vec![ProjectId("p1".into())],
+                |p| p.key.project_ids = vec![ProjectId::from("p1")],
                 Access {
                     org: &acme,
                     scopes: &predict,

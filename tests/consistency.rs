@@ -66,7 +66,7 @@ async fn changes_on_one_replica_reach_the_other_within_100ms() {
         assert!(t < Duration::from_millis(100), "re-activation took {t:?}");
     }
     w.store
-        .update_user(&UserId("bob".into()), None, Some(UserStatus::Disabled))
+        .update_user(&UserId::from("bob"), None, Some(UserStatus::Disabled))
         .await
         .unwrap();
     for t in both_answer(addrs, &key, 401).await {
@@ -76,15 +76,15 @@ async fn changes_on_one_replica_reach_the_other_within_100ms() {
         );
     }
     w.store
-        .update_user(&UserId("bob".into()), None, Some(UserStatus::Active))
+        .update_user(&UserId::from("bob"), None, Some(UserStatus::Active))
         .await
         .unwrap();
     both_answer(addrs, &key, 200).await;
     // Project changes propagate too: making `pub` private locks out non-members.
     w.store
         .set_project_visibility(
-            &OrgId("acme".into()),
-            &ProjectId("pub".into()),
+            &OrgId::from("acme"),
+            &ProjectId::from("pub"),
             Visibility::Private,
         )
         .await

@@ -300,7 +300,7 @@ async fn usage_batches_span_script_calls_and_never_recreate_deleted_keys() {
         last_used: 1_900_000_000,
     };
     let mut batch = vec![used(first.clone(), 3)];
-    batch.extend((1..599).map(|i| used(KeyId(format!("key_gone{i}")), 1)));
+    batch.extend((1..599).map(|i| used(KeyId::from(format!("key_gone{i}")), 1)));
     batch.push(used(last.clone(), 7));
     w.store.add_usage(&batch).await.unwrap();
 
@@ -309,7 +309,7 @@ async fn usage_batches_span_script_calls_and_never_recreate_deleted_keys() {
     assert_eq!((first.request_count, last.request_count), (3, 7));
     assert_eq!(last.last_used_at, Some(1_900_000_000));
     for i in [1, 300, 598] {
-        let gone = w.store.key(&KeyId(format!("key_gone{i}"))).await;
+        let gone = w.store.key(&KeyId::from(format!("key_gone{i}"))).await;
         assert!(gone.is_err(), "usage re-created key_gone{i}");
     }
 

@@ -116,9 +116,9 @@ async fn every_credential_header_form_is_accepted() {
 async fn legacy_pairs_resolve_like_keys() {
     let w = World::start().await;
     let new = keygate::store::keys::NewKey {
-        user_id: UserId("alice".into()),
+        user_id: UserId::from("alice"),
         name: "old system".into(),
-        scopes: vec![keygate::policy::Scope::new("predict".into())],
+        scopes: vec![keygate::policy::Scope::new("predict")],
         project_ids: vec![],
         expires_at: None,
     };
@@ -306,7 +306,7 @@ async fn every_refusal_has_its_status_and_code_and_reaches_no_upstream() {
     }
     // Disabling the owner, or demoting them to guest, stops their keys at once.
     w.store
-        .update_user(&UserId("bob".into()), None, Some(UserStatus::Disabled))
+        .update_user(&UserId::from("bob"), None, Some(UserStatus::Disabled))
         .await
         .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -318,7 +318,7 @@ async fn every_refusal_has_its_status_and_code_and_reaches_no_upstream() {
     .await;
     assert_eq!((r.0.as_u16(), code(&r.2).as_str()), (401, "user_disabled"));
     w.store
-        .update_user(&UserId("alice".into()), Some(Role::Guest), None)
+        .update_user(&UserId::from("alice"), Some(Role::Guest), None)
         .await
         .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -72,7 +72,10 @@ pub async fn create_org(ctx: &Ctx<'_>, body: CreateOrg) -> Result<Response<Full<
         return Err(ApiError::Forbidden("only the bootstrap token creates orgs"));
     }
     let name = body.name.as_deref().unwrap_or(&body.id);
-    let org = ctx.store.create_org(&OrgId(body.id.clone()), name).await?;
+    let org = ctx
+        .store
+        .create_org(&OrgId::from(body.id.clone()), name)
+        .await?;
     Ok(json(StatusCode::CREATED, &org))
 }
 
@@ -92,7 +95,7 @@ pub async fn create_user(
     let org = ctx.org(body.org_id.as_deref()).await?;
     let user = ctx
         .store
-        .create_user(&org, body.id.map(UserId), &body.name, body.role)
+        .create_user(&org, body.id.map(UserId::from), &body.name, body.role)
         .await?;
     Ok(json(StatusCode::CREATED, &user))
 }
@@ -107,7 +110,7 @@ pub async fn list_users(ctx: &Ctx<'_>) -> Result<Response<Full<Bytes>>, ApiError
 async fn visible_user(ctx: &Ctx<'_>, id: &str) -> Result<User, ApiError> {
     let user = ctx
         .store
-        .user(&UserId(id.to_owned()))
+        .user(&UserId::from(id))
         .await
         .map_err(ApiError::not_found("user"))?;
     if ctx.caller.may_touch(&user.org_id, &user.id) {
@@ -151,7 +154,12 @@ pub async fn create_project(
     let name = body.name.as_deref().unwrap_or(&body.id);
     let project = ctx
         .store
-        .create_project(&org, &ProjectId(body.id.clone()), name, body.visibility)
+        .create_project(
+            &org,
+            &ProjectId::from(body.id.clone()),
+            name,
+            body.visibility,
+        )
         .await?;
     Ok(json(StatusCode::CREATED, &project))
 }
@@ -183,7 +191,7 @@ async fn visible_project(ctx: &Ctx<'_>, id: &str) -> Result<Project, ApiError> {
     let org = ctx.org(None).await?;
     let project = ctx
         .store
-        .existing_project(&org, &ProjectId(id.to_owned()))
+        .existing_project(&org, &ProjectId::from(id))
         .await
         .map_err(ApiError::not_found("project"))?;
     if sees_project(ctx, &project) {

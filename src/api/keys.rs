@@ -70,7 +70,7 @@ fn scopes(ctx: &Ctx<'_>, names: &[String]) -> Result<Vec<Scope>, ApiError> {
             field: "scopes",
             message,
         })?;
-    let admin = Scope::new("admin".into());
+    let admin = Scope::new("admin");
     if !ctx.caller.admin && scopes.iter().any(|s| s.covers(&admin)) {
         return Err(ApiError::Forbidden(
             "a keys:manage key cannot give keys the admin scope",
@@ -118,7 +118,7 @@ fn expiry(ctx: &Ctx<'_>, body: &CreateKey) -> Result<Option<u64>, ApiError> {
 /// The owner a new key is for: `user_id` (admins: anyone in their org) or the caller.
 async fn owner(ctx: &Ctx<'_>, user_id: Option<&String>) -> Result<UserId, ApiError> {
     let id = match (user_id, &ctx.caller.user) {
-        (Some(id), _) => UserId(id.clone()),
+        (Some(id), _) => UserId::from(id.clone()),
         (None, Some(me)) => me.id.clone(),
         (None, None) => {
             return Err(ApiError::Invalid {
@@ -150,7 +150,12 @@ pub async fn create(ctx: &Ctx<'_>, body: CreateKey) -> Result<Response<Full<Byte
         user_id: owner(ctx, body.user_id.as_ref()).await?,
         name: body.name.clone(),
         scopes: scopes(ctx, &body.scopes)?,
-        project_ids: body.project_ids.iter().cloned().map(ProjectId).collect(),
+        project_ids: body
+            .project_ids
+            .iter()
+            .cloned()
+            .map(ProjectId::from)
+            .collect(),
         expires_at: expiry(ctx, &body)?,
     };
     let created = ctx.store.create_key(&ctx.gw.config.keys, new).await?;
@@ -166,7 +171,7 @@ pub async fn import_legacy(
         user_id: owner(ctx, body.user_id.as_ref()).await?,
         name: body.name,
         scopes: scopes(ctx, &body.scopes)?,
-        project_ids: body.project_ids.into_iter().map(ProjectId).collect(),
+        project_ids: body.project_ids.into_iter().map(ProjectId::from).collect(),
         expires_at: None,
     };
     let record = ctx
@@ -180,7 +185,7 @@ pub async fn import_legacy(
 async fn visible_key(ctx: &Ctx<'_>, id: &str) -> Result<KeyRecord, ApiError> {
     let key = ctx
         .store
-        .key(&KeyId(id.to_owned()))
+        .key(&KeyId::from(id))
         .await
         .map_err(ApiError::not_found("key"))?;
     if ctx.caller.may_touch(&key.grant.org_id, &key.grant.user_id) {
@@ -201,7 +206,7 @@ pub async fn list(ctx: &Ctx<'_>) -> Result<Response<Full<Bytes>>, ApiError> {
         (Some(u), Some(me)) if !caller.admin && u != me.id.as_str() => {
             return Err(ApiError::NotFound("user"));
         }
-        (Some(u), _) => Some(UserId(u)),
+        (Some(u), _) => Some(UserId::from(u)),
         (None, Some(me)) if !caller.admin => Some(me.id.clone()),
         (None, _) => None,
     };

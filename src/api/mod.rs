@@ -166,7 +166,7 @@ impl Ctx<'_> {
             (Some(me), None) => return Ok(me.org_id.clone()),
             (Some(me), Some(o)) if o == me.org_id.as_str() => return Ok(me.org_id.clone()),
             (Some(_), Some(_)) => return Err(ApiError::NotFound("org")),
-            (None, Some(o)) => OrgId(o),
+            (None, Some(o)) => OrgId::from(o),
             (None, None) => {
                 return Err(ApiError::Invalid {
                     field: "org_id",
@@ -311,8 +311,8 @@ async fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<Caller, ApiEr
     if owner.role == Role::Guest {
         return Err(ApiError::Forbidden("guests cannot manage keys"));
     }
-    let admin = grants(&key.scopes, owner.role, &Scope::new("admin".into()));
-    if !admin && !grants(&key.scopes, owner.role, &Scope::new("keys:manage".into())) {
+    let admin = grants(&key.scopes, owner.role, &Scope::new("admin"));
+    if !admin && !grants(&key.scopes, owner.role, &Scope::new("keys:manage")) {
         return Err(ApiError::Forbidden("this key lacks the keys:manage scope"));
     }
     Ok(Caller {

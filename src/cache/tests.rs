@@ -169,14 +169,14 @@ async fn a_fetch_that_raced_an_invalidation_is_not_cached() {
 fn principal(owner: &str, hash: u8) -> (KeyHash, Principal) {
     use crate::store::model::*;
     let user = Owner {
-        id: UserId(owner.into()),
-        org_id: OrgId("o".into()),
+        id: UserId::from(owner),
+        org_id: OrgId::from("o"),
         role: Role::Member,
         status: UserStatus::Active,
     };
     let key = KeyGrant {
-        id: KeyId(format!("k{hash}")),
-        org_id: OrgId("o".into()),
+        id: KeyId::from(format!("k{hash}")),
+        org_id: OrgId::from("o"),
         user_id: user.id.clone(),
         scopes: vec![],
         project_ids: vec![],

@@ -346,7 +346,7 @@ impl Validator<'_> {
             .map(|(name, scopes)| {
                 (
                     name.to_string(),
-                    scopes.iter().map(|s| Scope::new(s.to_string())).collect(),
+                    scopes.iter().map(|s| Scope::new(s)).collect(),
                 )
             })
             .collect();
@@ -380,7 +380,7 @@ impl Validator<'_> {
             {
                 self.problem(&format!("{field}.path_prefix"), format!("`{}` must be a plain absolute path like \"/v1/predict\" (no trailing '/', '..', '%', ';')", f.path_prefix));
             }
-            let org = f.org.as_ref().map(|o| OrgId(o.clone()));
+            let org = f.org.as_ref().map(|o| OrgId::from(o.clone()));
             match (&org, f.public) {
                 (None, false) => self.problem(
                     &format!("{field}.org"),
@@ -400,7 +400,7 @@ impl Validator<'_> {
             let project = match f.project {
                 None => ProjectSource::None,
                 Some(ProjectFile::Fixed(id)) if is_valid_id(&id) => {
-                    ProjectSource::Fixed(ProjectId(id))
+                    ProjectSource::Fixed(ProjectId::from(id))
                 }
                 Some(ProjectFile::Segment(n)) if n >= 1 => ProjectSource::Segment(n),
                 Some(ProjectFile::Query(name))

@@ -203,7 +203,7 @@ impl Route {
         };
         let id = id.ok_or(ProjectError::Missing)?;
         // A value that cannot be a project id names no project: policy answers 404 for it.
-        Ok(Some(ProjectId(if is_valid_id(id) {
+        Ok(Some(ProjectId::from(if is_valid_id(id) {
             id.to_owned()
         } else {
             String::new()
@@ -376,7 +376,7 @@ mod tests {
             id.into(),
             host.map(Into::into),
             prefix.into(),
-            Some(OrgId("acme".into())),
+            Some(OrgId::from("acme")),
             project,
             vec![],
             vec![Upstream::parse("http://127.0.0.1:9/base").unwrap()],
@@ -432,7 +432,7 @@ mod tests {
 
     #[test]
     fn project_sources() {
-        let p = |id: &str| Ok(Some(ProjectId(id.into())));
+        let p = |id: &str| Ok(Some(ProjectId::from(id)));
         let seg = route("s", None, "/v1/projects", ProjectSource::Segment(3));
         assert_eq!(seg.project_of("/v1/projects/p1/predict", None), p("p1"));
         assert_eq!(
@@ -459,12 +459,7 @@ mod tests {
             q.project_of("/predict", Some("endpoint_id=a&endpoint_id=b")),
             Err(ProjectError::Ambiguous)
         );
-        let fixed = route(
-            "f",
-            None,
-            "/x",
-            ProjectSource::Fixed(ProjectId("p9".into())),
-        );
+        let fixed = route("f", None, "/x", ProjectSource::Fixed(ProjectId::from("p9")));
         assert_eq!(fixed.project_of("/x", None), p("p9"));
         assert_eq!(
             route("n", None, "/x", ProjectSource::None).project_of("/x", None),

@@ -114,7 +114,7 @@ impl Store {
             ("actor", a.who.clone()),
             (
                 "key_id",
-                a.key_id.as_ref().map(|k| k.0.clone()).unwrap_or_default(),
+                a.key_id.as_ref().map(|k| k.to_string()).unwrap_or_default(),
             ),
             ("request_id", a.request_id.clone().unwrap_or_default()),
             ("action", change.action.to_owned()),

@@ -86,7 +86,7 @@ impl Store {
         let mut out = Vec::new();
         let set = self.name(format_args!("orgs"));
         for id in self.members(set).await? {
-            out.push(self.org(&OrgId(id)).await?);
+            out.push(self.org(&OrgId::from(id)).await?);
         }
         Ok(out)
     }
@@ -101,7 +101,7 @@ impl Store {
     ) -> Result<User, StoreError> {
         self.org(org).await?;
         check_name(name)?;
-        let id = id.unwrap_or_else(|| UserId(new_id("u")));
+        let id = id.unwrap_or_else(|| UserId::from(new_id("u")));
         check_id("user", id.as_str())?;
         let key = self.name(format_args!("user:{id}"));
         self.ensure_absent("user", id.as_str(), &key).await?;
@@ -141,7 +141,7 @@ impl Store {
         let mut out = Vec::new();
         let set = self.name(format_args!("org:{org}:users"));
         for id in self.members(set).await? {
-            out.push(self.user(&UserId(id)).await?);
+            out.push(self.user(&UserId::from(id)).await?);
         }
         Ok(out)
     }
@@ -237,7 +237,7 @@ impl Store {
         let mut out = Vec::new();
         let set = self.name(format_args!("org:{org}:projects"));
         for id in self.members(set).await? {
-            out.push(self.existing_project(org, &ProjectId(id)).await?);
+            out.push(self.existing_project(org, &ProjectId::from(id)).await?);
         }
         Ok(out)
     }

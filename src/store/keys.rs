@@ -82,7 +82,7 @@ fn key_record(
     new.scopes.dedup();
     KeyRecord {
         grant: KeyGrant {
-            id: KeyId(new_id("key")),
+            id: KeyId::from(new_id("key")),
             org_id: owner.org_id.clone(),
             user_id: owner.id.clone(),
             scopes: new.scopes,

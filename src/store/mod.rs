@@ -106,13 +106,10 @@ impl Invalidation {
         let (kind, rest) = msg.split_once(':')?;
         match kind {
             "key" => KeyHash::from_hex(rest).map(Invalidation::Key),
-            "user" => Some(Invalidation::User(UserId(rest.to_owned()))),
+            "user" => Some(Invalidation::User(UserId::from(rest))),
             "project" => {
                 let (org, id) = rest.split_once(':')?;
-                Some(Invalidation::Project(
-                    OrgId(org.to_owned()),
-                    ProjectId(id.to_owned()),
-                ))
+                Some(Invalidation::Project(OrgId::from(org), ProjectId::from(id)))
             }
             _ => None,
         }
@@ -311,7 +308,7 @@ impl Store {
             return Ok(None);
         }
         members.sort();
-        let members = members.into_iter().map(UserId).collect();
+        let members = members.into_iter().map(UserId::from).collect();
         Ok(Some(Project::from_fields(id.clone(), &fields, members)?))
     }
 
@@ -391,8 +388,8 @@ mod tests {
     fn invalidations_round_trip() {
         let all = [
             Invalidation::Key(KeyHash([0xab; 32])),
-            Invalidation::User(UserId("u_1".into())),
-            Invalidation::Project(OrgId("acme".into()), ProjectId("p-1".into())),
+            Invalidation::User(UserId::from("u_1")),
+            Invalidation::Project(OrgId::from("acme"), ProjectId::from("p-1")),
         ];
         for inv in all {
             assert_eq!(Invalidation::decode(&inv.encode()), Some(inv));

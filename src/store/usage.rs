@@ -159,7 +159,7 @@ mod tests {
     #[test]
     fn counts_are_drained_once_and_idle_keys_forgotten() {
         let usage = Usage::default();
-        let (a, b) = (KeyId("a".into()), KeyId("b".into()));
+        let (a, b) = (KeyId::from("a"), KeyId::from("b"));
         usage.record(&a, 10);
         usage.record(&a, 12);
         usage.record(&a, 11);

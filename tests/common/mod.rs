@@ -630,13 +630,13 @@ pub async fn new_key(
         .create_key(
             &config.keys,
             NewKey {
-                user_id: UserId(user.into()),
+                user_id: UserId::from(user),
                 name: format!("{user}'s key"),
                 scopes: scopes
                     .iter()
-                    .map(|s| keygate::policy::Scope::new((*s).into()))
+                    .map(|s| keygate::policy::Scope::new(s))
                     .collect(),
-                project_ids: projects.iter().map(|p| ProjectId((*p).into())).collect(),
+                project_ids: projects.iter().map(|p| ProjectId::from(*p)).collect(),
                 expires_at: Some(unix_now() + 3600),
             },
         )
@@ -646,8 +646,8 @@ pub async fn new_key(
 }
 
 async fn seed(store: &Store, config: &Config) -> Keys {
-    let acme = OrgId("acme".into());
-    let globex = OrgId("globex".into());
+    let acme = OrgId::from("acme");
+    let globex = OrgId::from("globex");
     store.create_org(&acme, "Acme").await.unwrap();
     store.create_org(&globex, "Globex").await.unwrap();
     for (org, id, role) in [
@@ -658,7 +658,7 @@ async fn seed(store: &Store, config: &Config) -> Keys {
         (&globex, "gina", Role::Member),
     ] {
         store
-            .create_user(org, Some(UserId(id.into())), id, role)
+            .create_user(org, Some(UserId::from(id)), id, role)
             .await
             .unwrap();
     }
@@ -668,18 +668,18 @@ async fn seed(store: &Store, config: &Config) -> Keys {
         ("pub", Visibility::Public, "bob"),
     ] {
         store
-            .create_project(&acme, &ProjectId(id.into()), id, vis)
+            .create_project(&acme, &ProjectId::from(id), id, vis)
             .await
             .unwrap();
         store
-            .set_member(&acme, &ProjectId(id.into()), &UserId(member.into()), true)
+            .set_member(&acme, &ProjectId::from(id), &UserId::from(member), true)
             .await
             .unwrap();
     }
     store
         .create_project(
             &globex,
-            &ProjectId("p1".into()),
+            &ProjectId::from("p1"),
             "globex p1",
             Visibility::Public,
         )
