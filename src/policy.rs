@@ -44,11 +44,10 @@ impl Scope {
         if s == "*" {
             return true;
         }
-        let parts: Vec<&str> = s.split(':').collect();
-        let last = parts.len() - 1;
-        parts.len() <= 3
-            && parts.iter().enumerate().all(|(i, p)| {
-                (i == last && i > 0 && *p == "*")
+        let last = s.split(':').count() - 1;
+        last < 3
+            && s.split(':').enumerate().all(|(i, p)| {
+                (i == last && i > 0 && p == "*")
                     || (!p.is_empty()
                         && p.bytes().all(|b| {
                             b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b)
