@@ -497,6 +497,24 @@ async fn ops_endpoints_report_health_and_metrics() {
 }
 
 #[tokio::test]
+async fn a_redis_that_lost_the_lookup_script_is_handed_it_again() {
+    let w = World::start().await;
+    let ok = |key: String| async move {
+        let (status, _, _) = get_with(w.gw.addr, "/v1/projects/p1/x", &[("apikey", &key)]).await;
+        status.as_u16()
+    };
+    assert_eq!(ok(w.keys.alice.clone()).await, 200);
+    // What a Redis restart or failover does to scripts.
+    assert_eq!(w.redis.cmd(&["SCRIPT", "FLUSH"]), "+OK\r\n");
+    let (loads, lookups) = (w.redis.calls("script|load"), w.redis.calls("evalsha"));
+    let (key, _) = new_key(&w.store, &w.gw.config, "alice", &["predict"], &[]).await;
+    assert_eq!(ok(key).await, 200);
+    // Refused once (NOSCRIPT), loaded, asked again.
+    assert_eq!(w.redis.calls("script|load"), loads + 1);
+    assert_eq!(w.redis.calls("evalsha"), lookups + 2);
+}
+
+#[tokio::test]
 async fn a_corrupt_key_record_fails_closed() {
     let w = World::start().await;
     let (bad_status, id) = new_key(&w.store, &w.gw.config, "alice", &["predict"], &[]).await;

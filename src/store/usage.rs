@@ -112,7 +112,7 @@ impl Store {
                 // then copies them into the command.
                 pipe.cmd("EVALSHA").arg(script.get_hash()).arg(call.len());
                 for used in call {
-                    pipe.arg(self.name(format_args!("key:{}", used.key)));
+                    pipe.arg(self.name_arg(format_args!("key:{}", used.key)));
                 }
                 for used in call {
                     pipe.arg(used.requests).arg(used.last_used);
