@@ -525,21 +525,34 @@ async fn a_corrupt_key_record_fails_closed() {
         .cmd(&["HSET", &format!("kg:key:{id}"), "user_id", "ghost"]);
     let (no_hash, id) = new_key(&w.store, &w.gw.config, "alice", &["predict"], &[]).await;
     w.redis.cmd(&["HDEL", &format!("kg:key:{id}"), "hash"]);
-    // A value JSON has to escape in the lookup's answer: parsed whole, then judged by its field.
+    // A value with a quote and a backslash: read whole, then judged by its field.
     let (odd_scope, id) = new_key(&w.store, &w.gw.config, "alice", &["predict"], &[]).await;
     w.redis
         .cmd(&["HSET", &format!("kg:key:{id}"), "scopes", "predict \"é\\"]);
-    for key in [&bad_status, &no_owner, &no_hash, &odd_scope] {
+    // A NUL, which separates the values in the lookup's answer: refused, not read as two.
+    let (nul, id) = new_key(&w.store, &w.gw.config, "alice", &["predict"], &[]).await;
+    w.redis
+        .cmd(&["HSET", &format!("kg:key:{id}"), "scopes", "predict\0admin"]);
+    for key in [&bad_status, &no_owner, &no_hash, &odd_scope, &nul] {
         let (status, _, body) = get_with(w.gw.addr, "/v1/projects/p1/x", &[("apikey", key)]).await;
         assert_eq!(
             (status.as_u16(), code(&body).as_str()),
             (500, "internal_error")
         );
     }
-    let odd = keygate::credential::hash_key(&odd_scope);
-    match w.store.resolve_key(&odd).await {
-        Err(keygate::store::StoreError::Corrupt(bad)) => assert_eq!(bad.0, "scopes"),
-        other => panic!("{other:?}"),
+    for (key, field) in [
+        (&odd_scope, "scopes"),
+        (&nul, "key"),
+        (&no_owner, "user_id"),
+    ] {
+        match w
+            .store
+            .resolve_key(&keygate::credential::hash_key(key))
+            .await
+        {
+            Err(keygate::store::StoreError::Corrupt(bad)) => assert_eq!(bad.0, field),
+            other => panic!("{field}: {other:?}"),
+        }
     }
     // An intact key is served: only the corrupt records are refused. The lookup does not read
     // the owner's name, so free text there changes nothing.

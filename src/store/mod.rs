@@ -120,26 +120,32 @@ impl Invalidation {
 /// GET the index, then the key's grant and its owner, in one round trip. HMGET of only the fields
 /// the request path reads ([`KeyGrant::FIELDS`], [`Owner::FIELDS`]), filled in by
 /// [`resolve_script`]: every field named or returned is a Lua string to make, and HGETALL of the
-/// whole key cost Redis 7.1 µs per call against 5.7 (loadtests/RESULTS.md, 2026-11-25). The
-/// answer is one JSON string, `[[key values…], [owner values…]]`, with `null` for an absent
-/// field or owner, rather than nested RESP arrays: decoding RESP bulk strings into
-/// `redis::Value`s cost keygate more CPU per cache miss than anything else it does for one
-/// (RESULTS.md, 2026-11-24 cold profile). The strings are read where they lie in it ([`Text`]).
+/// whole key cost Redis 7.1 µs per call against 5.7 (loadtests/RESULTS.md, 2026-11-25).
+///
+/// The answer is one string: the key's values, then the owner's, separated by NULs
+/// ([`SEPARATOR`]), an absent field as an empty value; only the key's when the owner is missing.
+/// One string rather than nested RESP arrays: decoding RESP bulk strings into `redis::Value`s
+/// cost keygate more CPU per cache miss than anything else it does for one (RESULTS.md,
+/// 2026-11-24 cold profile). Joined rather than JSON-encoded: `cjson.encode` cost Redis ~0.6 µs
+/// more per call, and parsing its quotes and escapes cost keygate ~3k instructions per cache
+/// miss (RESULTS.md, 2026-11-25 03:30). No valid value contains a NUL; a corrupt one that did
+/// would change the count of values, which is checked.
 const RESOLVE_SCRIPT: &str = r"
 local id = redis.call('GET', KEYS[1])
 if not id then return false end
 local key = redis.call('HMGET', ARGV[1] .. ':key:' .. id, KEY_FIELDS)
 if not key[1] then return false end
 local user = redis.call('HMGET', ARGV[1] .. ':user:' .. (key[2] or ''), OWNER_FIELDS)
-for _, values in ipairs({key, user}) do
-  for i = 1, #values do
-    if not values[i] then values[i] = cjson.null end
-  end
+for i = 1, #key do key[i] = key[i] or '' end
+-- A missing owner: the key's values alone.
+if user[1] then
+  for i = 1, #user do key[#key + 1] = user[i] or '' end
 end
--- A missing owner is null.
-if user[1] == cjson.null then user = cjson.null end
-return cjson.encode({key, user})
+return table.concat(key, '\0')
 ";
+
+/// Separates the values in [`RESOLVE_SCRIPT`]'s answer.
+const SEPARATOR: u8 = b'\0';
 
 /// [`RESOLVE_SCRIPT`] with the field names in place.
 fn resolve_script() -> String {
@@ -150,16 +156,6 @@ fn resolve_script() -> String {
     RESOLVE_SCRIPT
         .replace("KEY_FIELDS", &quoted(&KeyGrant::FIELDS))
         .replace("OWNER_FIELDS", &quoted(&Owner::FIELDS))
-}
-
-/// A string of [`RESOLVE_SCRIPT`]'s answer: borrowed from it, unless JSON escaped it.
-#[derive(serde::Deserialize)]
-struct Text<'a>(#[serde(borrow)] std::borrow::Cow<'a, str>);
-
-impl AsRef<str> for Text<'_> {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
 }
 
 /// A Redis key name ([`Store::name_arg`]).
@@ -304,26 +300,35 @@ impl Store {
                 })
             })
             .await?;
-        let Some(json) = found else {
+        let Some(answer) = found else {
             return Ok(None);
         };
-        type Reply<'a> = (
-            [Option<Text<'a>>; KeyGrant::FIELDS.len()],
-            Option<[Option<Text<'a>>; Owner::FIELDS.len()]>,
-        );
-        // Checked for UTF-8 once, whole: from a `str`, serde_json does not re-check every
-        // string in it, and the fields are read where they lie.
-        let (key, owner): Reply = std::str::from_utf8(&json)
-            .ok()
-            .and_then(|text| serde_json::from_str(text).ok())
-            .ok_or(BadRecord("key"))?;
+        let answer = std::str::from_utf8(&answer).map_err(|_| BadRecord("key"))?;
+        // The values in `KeyGrant::FIELDS` then `Owner::FIELDS` order, read where they lie.
+        const KEY: usize = KeyGrant::FIELDS.len();
+        let mut values = [None; KEY + Owner::FIELDS.len()];
+        let mut count = 0;
+        let mut start = 0;
+        // `memchr` rather than `str::split`, whose char search cost ~10 instructions a byte.
+        let ends = memchr::memchr_iter(SEPARATOR, answer.as_bytes()).chain([answer.len()]);
+        for end in ends {
+            let value = &answer[start..end];
+            *values.get_mut(count).ok_or(BadRecord("key"))? = (!value.is_empty()).then_some(value);
+            (start, count) = (end + 1, count + 1);
+        }
+        match count {
+            KEY => return Err(BadRecord("user_id").into()),
+            all if all == values.len() => {}
+            _ => return Err(BadRecord("key").into()),
+        }
+        let (key, owner) = values.split_at(KEY);
         let key = KeyGrant::from_fields(&Values {
             names: &KeyGrant::FIELDS,
-            values: &key,
+            values: key,
         })?;
         let owner = Values {
             names: &Owner::FIELDS,
-            values: &owner.ok_or(BadRecord("user_id"))?,
+            values: owner,
         };
         let owner = Owner::from_fields(key.user_id.clone(), &owner)?;
         Ok(Some(Principal::new(key, owner)))
