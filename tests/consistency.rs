@@ -154,3 +154,38 @@ async fn redis_outage_serves_cached_keys_until_max_stale_then_recovers() {
     let (status, _, _) = get(w.gw.admin, "/readyz").await;
     assert_eq!(status.as_u16(), 200);
 }
+
+#[tokio::test]
+async fn a_redis_that_stops_answering_fails_closed_after_the_command_timeout() {
+    let w = World::start().await;
+    // One worker, so the warm-up below opens the Redis connection the test then uses.
+    let toml = config_toml(&w.redis, &w.upstream, "").replace("workers = 2", "workers = 1");
+    let gw = Gateway::start(&toml, std::path::Path::new(".")).await;
+    let path = "/v1/projects/p1/x";
+    let (warm, _) = new_key(&w.store, &gw.config, "alice", &["predict"], &[]).await;
+    let (key, _) = new_key(&w.store, &gw.config, "alice", &["predict"], &[]).await;
+    time_until(gw.addr, path, &warm, 200).await;
+
+    w.redis.signal("-STOP");
+    let asked = Instant::now();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        get_with(gw.addr, path, &[("apikey", &key)]),
+    )
+    .await;
+    let waited = asked.elapsed();
+    w.redis.signal("-CONT");
+    let (status, _, body) = answer.expect("keygate answers while Redis hangs");
+    assert_eq!(
+        (status.as_u16(), code(&body).as_str()),
+        (503, "key_store_unavailable")
+    );
+    // Bounded by the command timeout (300 ms in the test config), not by the OS or the client.
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+
+    // Redis answers again, on the same connection: so does keygate.
+    time_until(gw.addr, path, &key, 200).await;
+}

@@ -144,6 +144,17 @@ impl Redis {
         self.spawn();
     }
 
+    /// Sends `signal` (`-STOP`, `-CONT`) to this Redis, by its process id. Stopped, it keeps
+    /// its connections open and answers nothing: a hung server, not a gone one.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("redis-server is running").id();
+        let sent = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill {signal} {pid}");
+    }
+
     /// Runs a command with redis-cli-free RESP over a plain socket; returns the raw reply.
     pub fn cmd(&self, args: &[&str]) -> String {
         use std::io::{Read, Write};
