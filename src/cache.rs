@@ -15,7 +15,7 @@
 
 use std::hash::Hash;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -72,6 +72,9 @@ pub struct ReadThrough<K, V> {
     /// One cell per key being fetched: every concurrent miss awaits the same fetch. A fetch
     /// caches its result only if its cell is still here: invalidations remove cells first.
     inflight: DashMap<K, Arc<OnceCell<Shared<V>>>, Hasher>,
+    /// How many `entries` holds, kept in step by every change made to it: `DashMap::len`
+    /// read-locks every shard, and each insert asked it.
+    count: AtomicUsize,
     /// Only one thread evicts at a time.
     evicting: AtomicBool,
     cfg: CacheConfig,
@@ -82,6 +85,7 @@ impl<K: Eq + Hash + Clone, V> ReadThrough<K, V> {
         ReadThrough {
             entries: DashMap::with_hasher(Hasher::default()),
             inflight: DashMap::with_hasher(Hasher::default()),
+            count: AtomicUsize::new(0),
             evicting: AtomicBool::new(false),
             cfg,
         }
@@ -187,16 +191,24 @@ impl<K: Eq + Hash + Clone, V> ReadThrough<K, V> {
     }
 
     fn insert(&self, key: K, value: Option<Arc<V>>) {
-        self.entries.insert(
-            key,
-            Slot {
-                value,
-                fetched_at: Instant::now(),
-            },
-        );
-        if self.entries.len() > self.cfg.max_entries {
+        let slot = Slot {
+            value,
+            fetched_at: Instant::now(),
+        };
+        if self.entries.insert(key, slot).is_none()
+            && self.count.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_entries
+        {
             self.evict();
         }
+    }
+
+    /// `keep`, counting the entry out of [`ReadThrough::count`] when it is not kept: the
+    /// closures of `retain` end in it.
+    fn kept(&self, keep: bool) -> bool {
+        if !keep {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+        keep
     }
 
     /// Brings the map back to 90% of its bound: first what is too old to serve even as stale
@@ -209,21 +221,23 @@ impl<K: Eq + Hash + Clone, V> ReadThrough<K, V> {
         let keep_positive = self.cfg.ttl.max(self.cfg.max_stale);
         self.entries.retain(|_, s| {
             let age = now.saturating_duration_since(s.fetched_at);
-            age < if s.value.is_some() {
-                keep_positive
-            } else {
-                self.cfg.negative_ttl
-            }
+            self.kept(
+                age < if s.value.is_some() {
+                    keep_positive
+                } else {
+                    self.cfg.negative_ttl
+                },
+            )
         });
         let target = self.cfg.max_entries - self.cfg.max_entries / 10;
-        let mut excess = self.entries.len().saturating_sub(target);
+        let mut excess = self.len().saturating_sub(target);
         if excess > 0 {
             self.entries.retain(|_, _| {
                 if excess == 0 {
                     return true;
                 }
                 excess -= 1;
-                false
+                self.kept(false)
             });
         }
         self.evicting.store(false, Ordering::Release);
@@ -233,21 +247,23 @@ impl<K: Eq + Hash + Clone, V> ReadThrough<K, V> {
     /// change, and we cannot tell which keys they belong to).
     fn invalidate(&self, mut drop: impl FnMut(&K, &mut Slot<V>) -> bool) {
         self.inflight.clear();
-        self.entries.retain(|k, s| !drop(k, s));
+        self.entries.retain(|k, s| self.kept(!drop(k, s)));
     }
 
     /// Drops one entry, and keeps a fetch of it in flight from being cached.
     fn remove(&self, key: &K) {
         self.inflight.remove(key);
-        self.entries.remove(key);
+        if self.entries.remove(key).is_some() {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.count.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 }
 

@@ -152,6 +152,24 @@ async fn the_map_stays_bounded() {
     );
 }
 
+#[test]
+fn the_count_follows_every_change() {
+    let c = ReadThrough::<u32, String>::new(cfg(100));
+    let same = |c: &ReadThrough<u32, String>| assert_eq!(c.len(), c.entries.len());
+    for k in 0..150 {
+        c.insert(k % 120, None); // 30 of them replace an entry
+        same(&c);
+    }
+    c.remove(&5);
+    c.remove(&5);
+    same(&c);
+    c.invalidate(|k, _| k % 2 == 0);
+    same(&c);
+    c.invalidate(|_, _| true);
+    same(&c);
+    assert!(c.is_empty());
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_fetch_that_raced_an_invalidation_is_not_cached() {
     let c = ReadThrough::<u32, String>::new(cfg(100));
