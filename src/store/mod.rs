@@ -127,8 +127,8 @@ impl Invalidation {
 /// One string rather than nested RESP arrays: decoding RESP bulk strings into `redis::Value`s
 /// cost keygate more CPU per cache miss than anything else it does for one (RESULTS.md,
 /// 2026-11-24 cold profile). Joined rather than JSON-encoded: `cjson.encode` cost Redis ~0.6 µs
-/// more per call, and parsing its quotes and escapes cost keygate ~3k instructions per cache
-/// miss (RESULTS.md, 2026-11-25 03:30). No valid value contains a NUL; a corrupt one that did
+/// more per call, and parsing its quotes and escapes cost keygate ~2.4k instructions per cache
+/// miss (RESULTS.md, 2026-11-25 03:20). No valid value contains a NUL; a corrupt one that did
 /// would change the count of values, which is checked.
 const RESOLVE_SCRIPT: &str = r"
 local id = redis.call('GET', KEYS[1])
@@ -195,7 +195,7 @@ impl Store {
         let manager_cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.connect_timeout))
             // `Store::bounded` bounds every command with `command_timeout`, reconnects included;
-            // redis-rs's own timer on each one (500 ms unless set) cost a cache miss ~700
+            // redis-rs's own timer on each one (500 ms unless set) cost a cache miss ~800
             // instructions more and, when a command timed out, no reconnect either.
             .set_response_timeout(None)
             .set_number_of_retries(1)

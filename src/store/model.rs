@@ -21,7 +21,7 @@ use crate::proxy::forward::IdentityHeaders;
 
 /// Ids are `CompactString`s: up to 24 bytes are stored in place of the pointer, so the ids a cached
 /// key holds (its own, its org's and owner's, twice over) are no allocations of their own. That cut
-/// a cached key's memory by 12% (loadtests/RESULTS.md, 2026-11-25 03:00).
+/// a cached key's memory by 12% (loadtests/RESULTS.md, 2026-11-25 02:57).
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
