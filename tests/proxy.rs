@@ -517,37 +517,31 @@ async fn a_redis_that_lost_the_lookup_script_is_handed_it_again() {
 #[tokio::test]
 async fn a_corrupt_key_record_fails_closed() {
     let w = World::start().await;
-    let (bad_status, id) = new_key(&w.store, &w.gw.config, "alice", &["predict"], &[]).await;
-    w.redis
-        .cmd(&["HSET", &format!("kg:key:{id}"), "status", "bogus"]);
-    let (no_owner, id) = new_key(&w.store, &w.gw.config, "alice", &["predict"], &[]).await;
-    w.redis
-        .cmd(&["HSET", &format!("kg:key:{id}"), "user_id", "ghost"]);
-    let (no_hash, id) = new_key(&w.store, &w.gw.config, "alice", &["predict"], &[]).await;
-    w.redis.cmd(&["HDEL", &format!("kg:key:{id}"), "hash"]);
-    // A value with a quote and a backslash: read whole, then judged by its field.
-    let (odd_scope, id) = new_key(&w.store, &w.gw.config, "alice", &["predict"], &[]).await;
-    w.redis
-        .cmd(&["HSET", &format!("kg:key:{id}"), "scopes", "predict \"é\\"]);
-    // A NUL, which separates the values in the lookup's answer: refused, not read as two.
-    let (nul, id) = new_key(&w.store, &w.gw.config, "alice", &["predict"], &[]).await;
-    w.redis
-        .cmd(&["HSET", &format!("kg:key:{id}"), "scopes", "predict\0admin"]);
-    for key in [&bad_status, &no_owner, &no_hash, &odd_scope, &nul] {
-        let (status, _, body) = get_with(w.gw.addr, "/v1/projects/p1/x", &[("apikey", key)]).await;
+    // Each key's record is broken one way: each is refused, and the lookup names what is wrong.
+    let cases: [(&[&str], &str); 5] = [
+        (&["HSET", "status", "bogus"], "status"),
+        (&["HSET", "user_id", "ghost"], "user_id"), // an owner that does not exist
+        (&["HDEL", "hash"], "hash"),
+        // A quote and a backslash: read whole, then judged by its field.
+        (&["HSET", "scopes", "predict \"é\\"], "scopes"),
+        // A NUL, which separates the values in the lookup's answer: refused, not read as two.
+        (&["HSET", "scopes", "predict\0admin"], "key"),
+    ];
+    for (change, field) in cases {
+        let (key, id) = new_key(&w.store, &w.gw.config, "alice", &["predict"], &[]).await;
+        let record = format!("kg:key:{id}");
+        let mut cmd = vec![change[0], &record];
+        cmd.extend(&change[1..]);
+        w.redis.cmd(&cmd);
+        let (status, _, body) = get_with(w.gw.addr, "/v1/projects/p1/x", &[("apikey", &key)]).await;
         assert_eq!(
             (status.as_u16(), code(&body).as_str()),
-            (500, "internal_error")
+            (500, "internal_error"),
+            "{field}"
         );
-    }
-    for (key, field) in [
-        (&odd_scope, "scopes"),
-        (&nul, "key"),
-        (&no_owner, "user_id"),
-    ] {
         match w
             .store
-            .resolve_key(&keygate::credential::hash_key(key))
+            .resolve_key(&keygate::credential::hash_key(&key))
             .await
         {
             Err(keygate::store::StoreError::Corrupt(bad)) => assert_eq!(bad.0, field),
