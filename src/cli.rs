@@ -250,7 +250,7 @@ async fn execute(
     match command {
         AdminCommand::Org(OrgCommand::Create { id, name }) => {
             let org = store
-                .create_org(&OrgId::from(id.clone()), name.as_deref().unwrap_or(&id))
+                .create_org(&OrgId::from(id.as_str()), name.as_deref().unwrap_or(&id))
                 .await?;
             print(json, &org, |o| format!("created org {}\n", o.id));
         }
@@ -312,7 +312,7 @@ async fn project(store: &Store, command: ProjectCommand, json: bool) -> Result<(
             store
                 .create_project(
                     &OrgId::from(org),
-                    &ProjectId::from(id.clone()),
+                    &ProjectId::from(id.as_str()),
                     name.as_deref().unwrap_or(&id),
                     visibility,
                 )
@@ -487,7 +487,7 @@ async fn key(
                 .await?
         }
         KeyCommand::Delete { id } => {
-            store.delete_key(&KeyId::from(id.clone())).await?;
+            store.delete_key(&KeyId::from(id.as_str())).await?;
             print(json, &serde_json::json!({ "deleted": id }), |_| {
                 format!("deleted key {id}\n")
             });

@@ -74,7 +74,7 @@ pub async fn create_org(ctx: &Ctx<'_>, body: CreateOrg) -> Result<Response<Full<
     let name = body.name.as_deref().unwrap_or(&body.id);
     let org = ctx
         .store
-        .create_org(&OrgId::from(body.id.clone()), name)
+        .create_org(&OrgId::from(body.id.as_str()), name)
         .await?;
     Ok(json(StatusCode::CREATED, &org))
 }
@@ -156,7 +156,7 @@ pub async fn create_project(
         .store
         .create_project(
             &org,
-            &ProjectId::from(body.id.clone()),
+            &ProjectId::from(body.id.as_str()),
             name,
             body.visibility,
         )

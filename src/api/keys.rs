@@ -118,7 +118,7 @@ fn expiry(ctx: &Ctx<'_>, body: &CreateKey) -> Result<Option<u64>, ApiError> {
 /// The owner a new key is for: `user_id` (admins: anyone in their org) or the caller.
 async fn owner(ctx: &Ctx<'_>, user_id: Option<&String>) -> Result<UserId, ApiError> {
     let id = match (user_id, &ctx.caller.user) {
-        (Some(id), _) => UserId::from(id.clone()),
+        (Some(id), _) => UserId::from(id.as_str()),
         (None, Some(me)) => me.id.clone(),
         (None, None) => {
             return Err(ApiError::Invalid {
@@ -153,8 +153,7 @@ pub async fn create(ctx: &Ctx<'_>, body: CreateKey) -> Result<Response<Full<Byte
         project_ids: body
             .project_ids
             .iter()
-            .cloned()
-            .map(ProjectId::from)
+            .map(|p| ProjectId::from(p.as_str()))
             .collect(),
         expires_at: expiry(ctx, &body)?,
     };

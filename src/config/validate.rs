@@ -380,7 +380,7 @@ impl Validator<'_> {
             {
                 self.problem(&format!("{field}.path_prefix"), format!("`{}` must be a plain absolute path like \"/v1/predict\" (no trailing '/', '..', '%', ';')", f.path_prefix));
             }
-            let org = f.org.as_ref().map(|o| OrgId::from(o.clone()));
+            let org = f.org.as_ref().map(|o| OrgId::from(o.as_str()));
             match (&org, f.public) {
                 (None, false) => self.problem(
                     &format!("{field}.org"),
