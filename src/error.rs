@@ -21,6 +21,13 @@ use crate::store::StoreError;
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_SECS: u64 = 1;
 
+/// The challenge a 401 must carry (RFC 9110 §15.5.2), in the `Bearer` scheme (RFC 6750 §3), one of
+/// the ways a key may be sent. The management API's 401 carries it too.
+pub const CHALLENGE: HeaderValue = HeaderValue::from_static(r#"Bearer realm="keygate""#);
+/// The challenge when a key was presented but cannot be used: malformed, unknown, revoked, expired.
+const CHALLENGE_INVALID_KEY: HeaderValue =
+    HeaderValue::from_static(r#"Bearer realm="keygate", error="invalid_token""#);
+
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error("method not allowed")]
@@ -201,14 +208,22 @@ impl GatewayError {
         self.parts().1
     }
 
-    /// The JSON error response.
+    /// The JSON error response, with `Retry-After` on a 503 and a challenge on a 401.
     pub fn to_response(&self) -> Response<Full<Bytes>> {
         let (status, code, message) = self.parts();
-        let retry = matches!(self, GatewayError::KeyStoreUnavailable(_));
         let mut res = json_response(status, static_body(code, message));
-        if retry {
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        let headers = res.headers_mut();
+        match self {
+            GatewayError::KeyStoreUnavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            GatewayError::Credential(CredentialError::Missing) => {
+                headers.insert(header::WWW_AUTHENTICATE, CHALLENGE);
+            }
+            _ if status == StatusCode::UNAUTHORIZED => {
+                headers.insert(header::WWW_AUTHENTICATE, CHALLENGE_INVALID_KEY);
+            }
+            _ => {}
         }
         res
     }

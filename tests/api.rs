@@ -47,6 +47,12 @@ async fn callers_must_present_a_management_key() {
     );
     let (s, _) = api(a, "GET", "/v1/keys", Some("kg_not-a-key"), None).await;
     assert_eq!(s, 401);
+    let (s, headers, _) = get(a, "/v1/keys").await;
+    assert_eq!(
+        (s.as_u16(), headers.get("www-authenticate")),
+        (401, Some(&r#"Bearer realm="keygate""#.parse().unwrap())),
+        "a 401 names the scheme to authenticate with"
+    );
     let (s, v) = api(a, "GET", "/v1/keys", Some(&w.keys.alice), None).await;
     assert_eq!(
         (s, v["error"]["code"].as_str()),

@@ -303,6 +303,11 @@ async fn every_refusal_has_its_status_and_code_and_reaches_no_upstream() {
         );
         assert_eq!(res_headers["content-type"], "application/json", "{name}");
         assert!(res_headers.contains_key("x-request-id"), "{name}");
+        assert_eq!(
+            res_headers.contains_key("www-authenticate"),
+            *status == 401,
+            "{name}: a 401, and only a 401, carries a challenge"
+        );
     }
     // Disabling the owner, or demoting them to guest, stops their keys at once.
     w.store

@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-use crate::error::json_error;
+use crate::error::{CHALLENGE, json_error};
 use crate::policy::{self, Scope, grants};
 use crate::proxy::Gateway;
 use crate::store::audit::Actor;
@@ -80,7 +80,12 @@ impl ApiError {
 
     fn to_response(&self) -> Response<Full<Bytes>> {
         let (status, code) = self.parts();
-        json_error(status, code, &self.to_string())
+        let mut res = json_error(status, code, &self.to_string());
+        if status == StatusCode::UNAUTHORIZED {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, CHALLENGE);
+        }
+        res
     }
 
     /// A store "not found" as this API's 404 for `kind`; other store errors unchanged.

@@ -81,6 +81,13 @@ async fn every_variant_has_its_status_and_code() {
             status == 503,
             "{code}"
         );
+        let challenge = res.headers().get(header::WWW_AUTHENTICATE);
+        let want = match code {
+            _ if status != 401 => None,
+            "missing_api_key" => Some(r#"Bearer realm="keygate""#),
+            _ => Some(r#"Bearer realm="keygate", error="invalid_token""#),
+        };
+        assert_eq!(challenge.map(|v| v.to_str().unwrap()), want, "{code}");
         let body = res.into_body().collect().await.unwrap().to_bytes();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"]["code"], code);
