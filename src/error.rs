@@ -18,8 +18,9 @@ use crate::policy::{Denial, KeyRejection};
 use crate::proxy::route::{InvalidPath, ProjectError};
 use crate::store::StoreError;
 
-/// Seconds a client should wait before retrying a 503.
-const RETRY_AFTER_SECS: u64 = 1;
+/// `Retry-After` on a 503 of the key store: seconds a client should wait before retrying. The
+/// management API's 503 carries it too.
+pub const RETRY_AFTER: HeaderValue = HeaderValue::from_static("1");
 
 /// The challenge a 401 must carry (RFC 9110 §15.5.2), in the `Bearer` scheme (RFC 6750 §3), one of
 /// the ways a key may be sent. The management API's 401 carries it too.
@@ -215,7 +216,7 @@ impl GatewayError {
         let headers = res.headers_mut();
         match self {
             GatewayError::KeyStoreUnavailable(_) => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+                headers.insert(header::RETRY_AFTER, RETRY_AFTER);
             }
             GatewayError::Credential(CredentialError::Missing) => {
                 headers.insert(header::WWW_AUTHENTICATE, CHALLENGE);

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
+use http::Request;
+use http_body_util::Full;
 use keygate::store::model::*;
 
 /// Polls until a request with `key` gets `want`; returns how long that took.
@@ -130,6 +132,19 @@ async fn redis_outage_serves_cached_keys_until_max_stale_then_recovers() {
     assert_eq!(headers["retry-after"], "1");
     let (status, _, _) = get(w.gw.admin, "/readyz").await;
     assert_eq!(status.as_u16(), 503);
+    // The management API fails the same way.
+    let (status, headers, body) = send(
+        Request::get(format!("http://{}/v1/keys?org_id=acme", w.gw.admin))
+            .header("authorization", format!("Bearer {BOOTSTRAP}"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status.as_u16(), code(&body).as_str()),
+        (503, "key_store_unavailable")
+    );
+    assert_eq!(headers["retry-after"], "1");
     assert!(
         w.gw.metric("keygate_key_lookups_total{result=\"stale\"}")
             .await

@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-use crate::error::{CHALLENGE, json_error};
+use crate::error::{CHALLENGE, RETRY_AFTER, json_error};
 use crate::policy::{self, Scope, grants};
 use crate::proxy::Gateway;
 use crate::store::audit::Actor;
@@ -81,9 +81,15 @@ impl ApiError {
     fn to_response(&self) -> Response<Full<Bytes>> {
         let (status, code) = self.parts();
         let mut res = json_error(status, code, &self.to_string());
-        if status == StatusCode::UNAUTHORIZED {
-            res.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, CHALLENGE);
+        match status {
+            StatusCode::UNAUTHORIZED => {
+                res.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, CHALLENGE);
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                res.headers_mut().insert(header::RETRY_AFTER, RETRY_AFTER);
+            }
+            _ => {}
         }
         res
     }
