@@ -25,7 +25,8 @@ pub const RETRY_AFTER: HeaderValue = HeaderValue::from_static("1");
 /// The challenge a 401 must carry (RFC 9110 §15.5.2), in the `Bearer` scheme (RFC 6750 §3), one of
 /// the ways a key may be sent. The management API's 401 carries it too.
 pub const CHALLENGE: HeaderValue = HeaderValue::from_static(r#"Bearer realm="keygate""#);
-/// The challenge when a key was presented but cannot be used: malformed, unknown, revoked, expired.
+/// The challenge when a key was presented but cannot be used (malformed, unknown, revoked, expired,
+/// rotated out, past its sunset, or its owner disabled).
 const CHALLENGE_INVALID_KEY: HeaderValue =
     HeaderValue::from_static(r#"Bearer realm="keygate", error="invalid_token""#);
 
