@@ -18,9 +18,8 @@ use crate::policy::{Denial, KeyRejection};
 use crate::proxy::route::{InvalidPath, ProjectError};
 use crate::store::StoreError;
 
-/// `Retry-After` on a 503 of the key store: seconds a client should wait before retrying. The
-/// management API's 503 carries it too.
-pub const RETRY_AFTER: HeaderValue = HeaderValue::from_static("1");
+/// `Retry-After` on a 503 of the key store: seconds a client should wait before retrying.
+const RETRY_AFTER: HeaderValue = HeaderValue::from_static("1");
 
 /// The challenge a 401 must carry (RFC 9110 §15.5.2), in the `Bearer` scheme (RFC 6750 §3), one of
 /// the ways a key may be sent. The management API's 401 carries it too.
@@ -210,24 +209,31 @@ impl GatewayError {
         self.parts().1
     }
 
-    /// The JSON error response, with `Retry-After` on a 503 and a challenge on a 401.
+    /// The JSON error response, with the headers its status requires.
     pub fn to_response(&self) -> Response<Full<Bytes>> {
         let (status, code, message) = self.parts();
         let mut res = json_response(status, static_body(code, message));
-        let headers = res.headers_mut();
-        match self {
-            GatewayError::KeyStoreUnavailable(_) => {
-                headers.insert(header::RETRY_AFTER, RETRY_AFTER);
-            }
-            GatewayError::Credential(CredentialError::Missing) => {
-                headers.insert(header::WWW_AUTHENTICATE, CHALLENGE);
-            }
-            _ if status == StatusCode::UNAUTHORIZED => {
-                headers.insert(header::WWW_AUTHENTICATE, CHALLENGE_INVALID_KEY);
-            }
-            _ => {}
-        }
+        let challenge = match self {
+            GatewayError::Credential(CredentialError::Missing) => CHALLENGE,
+            _ => CHALLENGE_INVALID_KEY,
+        };
+        add_status_headers(&mut res, challenge);
         res
+    }
+}
+
+/// The headers an error's status requires: `challenge` on a 401, `Retry-After` on a 503 (every
+/// 503 of the data plane and the management API is the key store's).
+pub fn add_status_headers<B>(res: &mut Response<B>, challenge: HeaderValue) {
+    match res.status() {
+        StatusCode::UNAUTHORIZED => {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        StatusCode::SERVICE_UNAVAILABLE => {
+            res.headers_mut().insert(header::RETRY_AFTER, RETRY_AFTER);
+        }
+        _ => {}
     }
 }
 

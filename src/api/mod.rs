@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-use crate::error::{CHALLENGE, RETRY_AFTER, json_error};
+use crate::error::{CHALLENGE, add_status_headers, json_error};
 use crate::policy::{self, Scope, grants};
 use crate::proxy::Gateway;
 use crate::store::audit::Actor;
@@ -81,16 +81,7 @@ impl ApiError {
     fn to_response(&self) -> Response<Full<Bytes>> {
         let (status, code) = self.parts();
         let mut res = json_error(status, code, &self.to_string());
-        match status {
-            StatusCode::UNAUTHORIZED => {
-                res.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, CHALLENGE);
-            }
-            StatusCode::SERVICE_UNAVAILABLE => {
-                res.headers_mut().insert(header::RETRY_AFTER, RETRY_AFTER);
-            }
-            _ => {}
-        }
+        add_status_headers(&mut res, CHALLENGE);
         res
     }
 
