@@ -22,8 +22,8 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use keygate::proxy::pool::{Pool, PooledBody};
-use keygate::proxy::route::Upstream;
+use keygate::route::Upstream;
+use keygate::upstream::{Pool, PooledBody};
 
 const UNAUTHORIZED: &str = r#"{"error":{"code":"invalid_api_key"}}"#;
 

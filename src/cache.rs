@@ -24,15 +24,23 @@ use dashmap::DashMap;
 use futures_util::StreamExt;
 use tokio::sync::{OnceCell, watch};
 
-use crate::config::CacheConfig;
-use crate::credential::KeyHash;
-use crate::metrics::Metrics;
-use crate::store::model::{OrgId, Principal, Project, ProjectId};
+use crate::model::KeyHash;
+use crate::model::{OrgId, Principal, Project, ProjectId};
 use crate::store::{Invalidation, Store, StoreError};
+use prometheus::IntCounter;
 
 /// After a store failure, entries usable as stale are served without retrying Redis for this
 /// long, so an outage does not add a timeout to every request.
 const STALE_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The bounds of the hot cache, from the `[cache]` section of the config.
+#[derive(Clone, Copy, Debug)]
+pub struct CacheConfig {
+    pub max_entries: usize,
+    pub ttl: Duration,
+    pub negative_ttl: Duration,
+    pub max_stale: Duration,
+}
 
 /// How a lookup was answered (a metric label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -382,12 +390,13 @@ const SUBSCRIBER_RETRY_EVERY: Duration = Duration::from_millis(200);
 pub async fn subscribe(
     cache: Arc<Cache>,
     store: Store,
-    metrics: Arc<Metrics>,
+    invalidations: IntCounter,
+    redis_errors: IntCounter,
     mut shutdown: watch::Receiver<bool>,
 ) {
     while !*shutdown.borrow() {
-        if let Err(e) = subscription(&cache, &store, &metrics, &mut shutdown).await {
-            metrics.redis_errors.inc();
+        if let Err(e) = subscription(&cache, &store, &invalidations, &mut shutdown).await {
+            redis_errors.inc();
             tracing::warn!(error = %e, "invalidation subscription down; cache entries count as stale until it is back");
         }
         cache.set_subscribed(false);
@@ -402,7 +411,7 @@ pub async fn subscribe(
 async fn subscription(
     cache: &Cache,
     store: &Store,
-    metrics: &Metrics,
+    invalidations: &IntCounter,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), redis::RedisError> {
     let connect = tokio::time::timeout(SUBSCRIBER_PING_EVERY, store.client().get_async_pubsub());
@@ -421,7 +430,7 @@ async fn subscription(
                 let Some(msg) = msg else {
                     return Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset).into());
                 };
-                metrics.invalidations.inc();
+                invalidations.inc();
                 let text = String::from_utf8_lossy(msg.get_payload_bytes());
                 match Invalidation::decode(&text) {
                     Some(inv) => cache.apply(&inv),

@@ -10,12 +10,12 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::policy::Scope;
-use crate::store::audit::Actor;
-use crate::store::keys::NewKey;
-use crate::store::model::{
+use crate::model::Scope;
+use crate::model::{
     KeyId, KeyStatus, OrgId, ProjectId, Role, UserId, UserStatus, Visibility, unix_now,
 };
+use crate::store::audit::Actor;
+use crate::store::keys::NewKey;
 use crate::store::{Store, StoreError};
 
 /// Refused input (EX_DATAERR).
@@ -294,12 +294,12 @@ async fn execute(
 }
 
 async fn project(store: &Store, command: ProjectCommand, json: bool) -> Result<(), StoreError> {
-    let show = |p: &crate::store::model::Project| {
+    let show = |p: &crate::model::Project| {
         format!(
             "project {} ({}), members: {}\n",
             p.id,
             p.visibility,
-            crate::store::model::join(&p.members)
+            crate::store::codec::join(&p.members)
         )
     };
     let p = match command {
@@ -373,7 +373,7 @@ fn write_secrets(path: &std::path::Path, secrets: &[String]) -> std::io::Result<
     w.flush()
 }
 
-fn key_row(k: &crate::store::model::KeyRecord) -> String {
+fn key_row(k: &crate::model::KeyRecord) -> String {
     let expires = k.grant.expires_at.map_or("never".to_owned(), |at| {
         humantime::format_rfc3339_seconds(
             std::time::UNIX_EPOCH + std::time::Duration::from_secs(at),
@@ -385,7 +385,7 @@ fn key_row(k: &crate::store::model::KeyRecord) -> String {
         &k.display,
         &k.name,
         k.grant.status.as_str(),
-        &crate::store::model::join(&k.grant.scopes),
+        &crate::store::codec::join(&k.grant.scopes),
         &expires,
     ])
 }

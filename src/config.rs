@@ -3,7 +3,9 @@
 //! Owns: the defaults (in [`defaults`], each with its unit and reason), the runtime types, and
 //! loading: `file` (the schema, every struct `deny_unknown_fields`) → `validate` (runtime types:
 //! `Duration`, `SocketAddr`, TLS configs, the compiled route table; every problem reported at
-//! once). Does not own: what routes do with requests (`proxy`).
+//! once). Each setting's runtime type belongs to the module that uses it (`store::RedisConfig`,
+//! `cache::CacheConfig`, `telemetry::LogConfig`, `route::RouteTable`); this module builds them.
+//! Does not own: what routes do with requests (`proxy`).
 
 mod file;
 mod validate;
@@ -15,11 +17,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
-
+use crate::cache::CacheConfig;
 use crate::credential::KeyFormat;
-use crate::policy::Scope;
-use crate::proxy::route::RouteTable;
+use crate::model::{Scope, Secret};
+use crate::route::RouteTable;
+use crate::store::RedisConfig;
+use crate::telemetry::LogConfig;
 use file::FileConfig;
 use validate::Validator;
 
@@ -132,33 +135,6 @@ pub struct Sunset {
     pub header: http::HeaderValue,
 }
 
-/// A string that may hold a password: never printed.
-#[derive(Clone)]
-pub struct Secret(pub String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct RedisConfig {
-    pub url: Secret,
-    /// Prefix of every Redis key and of the invalidation channel, so deployments can share a Redis.
-    pub namespace: String,
-    pub connect_timeout: Duration,
-    pub command_timeout: Duration,
-}
-
-#[derive(Clone, Copy, Debug)]
-pub struct CacheConfig {
-    pub max_entries: usize,
-    pub ttl: Duration,
-    pub negative_ttl: Duration,
-    pub max_stale: Duration,
-}
-
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub max_header_bytes: usize,
@@ -170,20 +146,6 @@ pub struct Limits {
     pub upstream_idle_timeout: Duration,
     pub drain_timeout: Duration,
     pub max_connections: usize,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Human,
-    Json,
-}
-
-#[derive(Clone, Debug)]
-pub struct LogConfig {
-    pub format: LogFormat,
-    pub level: String,
-    pub access_log: bool,
 }
 
 /// Scope names → scopes: presets expanded, syntax checked, sorted, duplicates removed. The

@@ -12,11 +12,11 @@
 //! Invariant: the secret never leaves this module in a form that is logged or displayed; the
 //! [`Credential`] type's `Debug` prints only the masked form.
 
-use std::fmt;
-
 use http::{HeaderMap, HeaderName};
 use rand::Rng;
 use sha2::{Digest, Sha256};
+
+use crate::model::{Credential, KeyHash};
 
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 /// Random characters in a key: 32 × log2(62) ≈ 190 bits.
@@ -24,85 +24,6 @@ const RANDOM_LEN: usize = 32;
 /// Base62 characters of the CRC32 checksum (62^6 > 2^32).
 const CHECKSUM_LEN: usize = 6;
 
-/// SHA-256 of a credential: the only form in which it is stored or cached.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct KeyHash(pub [u8; 32]);
-
-impl KeyHash {
-    pub fn to_hex(&self) -> String {
-        self.to_string()
-    }
-
-    /// Parses the 64 lower- or upper-case hex digits `to_hex` writes.
-    pub fn from_hex(hex: &str) -> Option<KeyHash> {
-        let bytes = hex.as_bytes();
-        if bytes.len() != 64 {
-            return None;
-        }
-        // A match per digit: `char::to_digit` cost twice as much, and a cache miss parses one.
-        let nibble = |c: u8| match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
-        };
-        let mut out = [0u8; 32];
-        for (slot, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-            *slot = (nibble(pair[0])? << 4) | nibble(pair[1])?;
-        }
-        Some(KeyHash(out))
-    }
-}
-
-/// Hex: the form Redis key names and invalidation messages use (a hash is not a secret).
-/// Written in one piece: a cache miss names the hash in its lookup, and a `{:02x}` per byte
-/// cost more than the rest of building the command.
-impl fmt::Display for KeyHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut hex = [0u8; 64];
-        for (pair, b) in hex.chunks_exact_mut(2).zip(self.0) {
-            pair[0] = DIGITS[usize::from(b >> 4)];
-            pair[1] = DIGITS[usize::from(b & 0xf)];
-        }
-        f.write_str(std::str::from_utf8(&hex).expect("hex digits are ASCII"))
-    }
-}
-
-impl fmt::Debug for KeyHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "KeyHash({}…)", &self.to_hex()[..8])
-    }
-}
-
-/// A credential presented by a request, already checked for format.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Credential {
-    /// A keygate key (format and checksum valid). Only its hash is kept: nothing on the request
-    /// path needs more, and the secret must not linger.
-    Key { hash: KeyHash },
-    /// An imported key id + `apisecret` pair.
-    Legacy { hash: KeyHash, id: String },
-}
-
-impl Credential {
-    pub fn hash(&self) -> &KeyHash {
-        match self {
-            Credential::Key { hash, .. } | Credential::Legacy { hash, .. } => hash,
-        }
-    }
-}
-
-impl fmt::Debug for Credential {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Credential::Key { hash } => write!(f, "Key({hash:?})"),
-            Credential::Legacy { id, .. } => write!(f, "Legacy({id})"),
-        }
-    }
-}
-
-/// Why no usable credential could be taken from a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CredentialError {
     #[error("no API key was presented")]

@@ -15,7 +15,7 @@ use http_body_util::Full;
 
 use crate::credential::CredentialError;
 use crate::policy::{Denial, KeyRejection};
-use crate::proxy::route::{InvalidPath, ProjectError};
+use crate::route::{InvalidPath, ProjectError};
 use crate::store::StoreError;
 
 /// `Retry-After` on a 503 of the key store: seconds a client should wait before retrying.
@@ -56,7 +56,7 @@ pub enum GatewayError {
     #[error("key store returned a corrupt record")]
     KeyStoreCorrupt(#[source] Arc<StoreError>),
     #[error("upstream unavailable")]
-    UpstreamUnavailable(#[source] crate::proxy::pool::UpstreamError),
+    UpstreamUnavailable(#[source] crate::upstream::UpstreamError),
     #[error("upstream timed out")]
     UpstreamTimeout(Duration),
 }

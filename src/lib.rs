@@ -34,8 +34,8 @@
 
 #![forbid(unsafe_code)]
 
+// In layer order, bottom first (`tests/layers.rs` keeps imports pointing down).
 pub mod admin;
-pub mod api;
 pub mod cache;
 pub mod cli;
 pub mod client;
@@ -44,12 +44,16 @@ pub mod credential;
 pub mod demo;
 pub mod error;
 pub mod metrics;
+pub mod model;
 pub mod policy;
 pub mod proxy;
+pub mod replica;
+pub mod route;
+pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod telemetry;
-pub mod timer;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -61,6 +65,8 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
+use crate::replica::Replica;
+use crate::runtime::stopped;
 use crate::store::usage::Usage;
 use crate::store::{Store, StoreError};
 
@@ -149,15 +155,13 @@ pub async fn run(
     let cache = Arc::new(Cache::new(config.cache));
     let usage = Arc::new(Usage::default());
     let draining = Arc::new(AtomicBool::new(false));
-    let gateway = |store: Store| {
-        Arc::new(Gateway::new(
-            config.clone(),
-            store,
-            cache.clone(),
-            metrics.clone(),
-            usage.clone(),
-            draining.clone(),
-        ))
+    let replica = |store: Store| Replica {
+        config: config.clone(),
+        store,
+        cache: cache.clone(),
+        metrics: metrics.clone(),
+        usage: usage.clone(),
+        draining: draining.clone(),
     };
     let (stop_data, data_stopped) = watch::channel(false);
     let (stop_admin, admin_stopped) = watch::channel(false);
@@ -165,21 +169,22 @@ pub async fn run(
     let subscriber = tokio::spawn(cache::subscribe(
         cache.clone(),
         store.clone(),
-        metrics.clone(),
+        metrics.invalidations.clone(),
+        metrics.redis_errors.clone(),
         admin_stopped.clone(),
     ));
     // Usage is written one last time once the data plane has drained.
     let usage_writer = tokio::spawn(store::usage::flush_every(
         usage.clone(),
         store.clone(),
-        metrics.clone(),
+        metrics.redis_errors.clone(),
         config.usage_flush_interval,
         admin_stopped.clone(),
     ));
     let admin_listener = tokio::net::TcpListener::from_std(listeners.admin)?;
     tracing::info!(addr = %config.admin_addr, "admin listening");
-    let admin = tokio::spawn(admin::serve(
-        gateway(store.clone()),
+    let admin = tokio::spawn(server::serve_admin(
+        Arc::new(replica(store.clone())),
         admin_listener,
         admin_stopped,
     ));
@@ -206,7 +211,7 @@ pub async fn run(
         .map(|(i, (sockets, store))| {
             spawn_worker(
                 i,
-                gateway(store),
+                Arc::new(Gateway::new(replica(store))),
                 sockets,
                 data_stopped.clone(),
                 aborted.clone(),
@@ -263,7 +268,7 @@ fn spawn_worker(
                 }
                 tokio::select! {
                     _ = async { while servers.join_next().await.is_some() {} } => {}
-                    _ = server::stopped(&mut abort) => {}
+                    _ = stopped(&mut abort) => {}
                 }
             });
             let _ = done.send(());

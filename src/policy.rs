@@ -13,79 +13,21 @@
 //!    restricted to other projects; every scope the route requires is covered both by one of the
 //!    key's scopes and by the owner's role ceiling (effective scopes = key scopes ∩ role ceiling).
 
-use std::fmt;
-
-use compact_str::CompactString;
-use serde::{Deserialize, Serialize};
-
-use crate::credential::Credential;
-use crate::store::model::{KeyStatus, OrgId, Principal, Project, Role, UserStatus, Visibility};
-
-/// A permission: `resource:action`, `resource`, `resource:*` or `*`. Stored inline up to 24
-/// bytes, like ids ([`crate::store::model`]).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Scope(CompactString);
+use crate::model::{
+    Credential, KeyStatus, OrgId, Principal, Project, Role, Scope, UserStatus, Visibility,
+};
 
 /// Resources only an org admin may act on, whatever a member's key says.
 const ADMIN_ONLY_RESOURCES: [&str; 3] = ["admin", "org", "users"];
-
-impl Scope {
-    pub fn new(s: &str) -> Self {
-        Scope(s.into())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// `*`, or 1–3 `:`-separated parts of `[a-z0-9_.-]`, the last of which may be `*`.
-    pub fn is_well_formed(s: &str) -> bool {
-        if s == "*" {
-            return true;
-        }
-        let last = s.split(':').count() - 1;
-        last < 3
-            && s.split(':').enumerate().all(|(i, p)| {
-                (i == last && i > 0 && p == "*")
-                    || (!p.is_empty()
-                        && p.bytes().all(|b| {
-                            b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b)
-                        }))
-            })
-    }
-
-    /// Whether holding `self` grants `required`. `models:*` grants `models` and `models:read`.
-    pub fn covers(&self, required: &Scope) -> bool {
-        let (g, r) = (self.0.as_str(), required.0.as_str());
-        if g == "*" || g == r {
-            return true;
-        }
-        match g.strip_suffix(":*") {
-            Some(resource) => {
-                r == resource || (r.starts_with(resource) && r.as_bytes()[resource.len()] == b':')
-            }
-            None => false,
-        }
-    }
-
-    fn resource(&self) -> &str {
-        self.0.split(':').next().unwrap_or("")
-    }
-}
-
-impl fmt::Display for Scope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// Whether a role's ceiling includes `required`: admins everything, members everything but org
 /// administration, guests nothing.
 pub fn role_allows(role: Role, required: &Scope) -> bool {
     match role {
         Role::Admin => true,
-        Role::Member => required.0 != "*" && !ADMIN_ONLY_RESOURCES.contains(&required.resource()),
+        Role::Member => {
+            required.as_str() != "*" && !ADMIN_ONLY_RESOURCES.contains(&required.resource())
+        }
         Role::Guest => false,
     }
 }
@@ -206,8 +148,8 @@ pub fn authorize(p: &Principal, access: &Access<'_>) -> Result<(), Denial> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::credential::KeyHash;
-    use crate::store::model::{KeyGrant, KeyId, Owner, ProjectId, UserId};
+    use crate::model::KeyHash;
+    use crate::model::{KeyGrant, KeyId, Owner, ProjectId, UserId};
 
     fn s(x: &str) -> Scope {
         Scope::new(x)

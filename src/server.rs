@@ -9,16 +9,11 @@
 //! them. The caller bounds that wait with its drain deadline.
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
-
-use bytes::Bytes;
+use std::time::Duration;
 
 use http::{Request, Response};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -28,18 +23,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::admin;
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::proxy::{self, ConnInfo, Gateway, ResponseBody};
-use crate::timer::CoarseTimer;
-
-mod drain;
-pub use drain::{Drain, Watcher};
-
-/// Resolves once `stop` turns true (or its sender is gone).
-pub async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
+use crate::replica::Replica;
+use crate::runtime::drain::{Drain, Watcher};
+use crate::runtime::h2_idle::{Activity, CloseWhenIdle, Counted};
+use crate::runtime::stopped;
+use crate::runtime::timer::CoarseTimer;
 
 /// How a listener speaks HTTP/1.1 and HTTP/2.
 #[derive(Clone)]
@@ -123,7 +115,7 @@ pub async fn serve_data(
     tls: Option<TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let limits = gw.config.limits;
+    let limits = gw.replica.config.limits;
     let http = Http::new(&limits);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let drain = Arc::new(Drain::default());
@@ -145,7 +137,7 @@ pub async fn serve_data(
             _ = stopped(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
-        let open = OpenConnection::new(&gw.metrics);
+        let open = OpenConnection::new(&gw.replica.metrics);
         let watcher = drain.watcher();
         let (gw, http, tls) = (gw.clone(), http.clone(), tls.clone());
         tokio::spawn(async move {
@@ -174,6 +166,38 @@ pub async fn serve_data(
                 }
             }
         });
+    }
+    drop(listener);
+    drain.stop().await;
+}
+
+/// Serves the admin endpoints on one listener until `stop`, then drains its connections.
+pub async fn serve_admin(
+    replica: Arc<Replica>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    let http = Http::new(&replica.config.limits);
+    let drain = Arc::new(Drain::default());
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut stop) => break,
+        };
+        let replica = replica.clone();
+        let service = service_fn(move |req| {
+            let response = admin::handle(replica.clone(), req);
+            async move { Ok::<_, Infallible>(response.await.map(Either::Right)) }
+        });
+        let (http, watcher) = (http.clone(), drain.watcher());
+        tokio::spawn(async move { serve_plaintext(&http, stream, service, watcher).await });
     }
     drop(listener);
     drain.stop().await;
@@ -227,10 +251,7 @@ async fn serve_connection<I, S>(
                 let response = service.call(req);
                 async move {
                     let response = response.await?;
-                    Ok::<_, Infallible>(response.map(|body| Counted {
-                        body,
-                        _in_flight: in_flight,
-                    }))
+                    Ok::<_, Infallible>(response.map(|body| Counted { body, in_flight }))
                 }
             });
             let conn = http.h2.serve_connection(io, service);
@@ -240,140 +261,6 @@ async fn serve_connection<I, S>(
     };
     if let Err(e) = served {
         tracing::debug!(error = %e, "connection ended with an error");
-    }
-}
-
-/// The requests in flight on an HTTP/2 connection, and when the last one ended.
-struct Activity {
-    opened: Instant,
-    in_flight: AtomicUsize,
-    /// When the last request ended, in milliseconds since the connection opened.
-    ended_ms: AtomicU64,
-}
-
-impl Default for Activity {
-    fn default() -> Self {
-        Activity {
-            opened: Instant::now(),
-            in_flight: AtomicUsize::new(0),
-            ended_ms: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Activity {
-    fn start(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
-    }
-
-    /// How long the connection has had no request in flight (zero while it has one).
-    fn idle_for(&self) -> Duration {
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return Duration::ZERO;
-        }
-        let ended = Duration::from_millis(self.ended_ms.load(Ordering::Relaxed));
-        self.opened.elapsed().saturating_sub(ended)
-    }
-}
-
-/// One request in flight, until its response body is done or dropped.
-struct InFlight(Arc<Activity>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let ms = self.0.opened.elapsed().as_millis() as u64;
-        self.0.ended_ms.store(ms, Ordering::Relaxed);
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A response body that counts as a request in flight until it is done or dropped.
-struct Counted {
-    body: ResponseBody,
-    _in_flight: InFlight,
-}
-
-impl hyper::body::Body for Counted {
-    type Data = Bytes;
-    type Error = <ResponseBody as hyper::body::Body>::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// An HTTP/2 connection that is closed once it has had no request in flight for `idle`, as
-/// HTTP/1's keep-alive idle timeout closes an idle HTTP/1 connection. First it is asked to close
-/// (a GOAWAY); if the client has not finished closing by another `idle` later, it is dropped.
-/// Without this, a client could hold a connection slot for ever with an idle HTTP/2 connection.
-struct CloseWhenIdle<C> {
-    conn: Pin<Box<C>>,
-    activity: Arc<Activity>,
-    idle: Duration,
-    check: tokio::time::Interval,
-    asked: bool,
-}
-
-type H2Connection<I, S> = http2::Connection<I, S, TokioExecutor>;
-
-impl<I, S> CloseWhenIdle<H2Connection<I, S>>
-where
-    S: hyper::service::HttpService<Incoming, ResBody = Counted>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, Counted>,
-{
-    fn new(conn: H2Connection<I, S>, activity: Arc<Activity>, idle: Duration) -> Self {
-        let mut check = tokio::time::interval(CoarseTimer::tick(idle));
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        CloseWhenIdle {
-            conn: Box::pin(conn),
-            activity,
-            idle,
-            check,
-            asked: false,
-        }
-    }
-
-    /// Asks the connection to finish its streams and close (a GOAWAY).
-    fn close(mut self: Pin<&mut Self>) {
-        self.asked = true;
-        self.conn.as_mut().graceful_shutdown();
-    }
-}
-
-impl<I, S> Future for CloseWhenIdle<H2Connection<I, S>>
-where
-    S: hyper::service::HttpService<Incoming, ResBody = Counted>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, Counted>,
-{
-    type Output = hyper::Result<()>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        while self.check.poll_tick(cx).is_ready() {
-            let idle = self.activity.idle_for();
-            if idle >= self.idle * 2 && self.asked {
-                return Poll::Ready(Ok(()));
-            }
-            if idle >= self.idle && !self.asked {
-                self.as_mut().close();
-            }
-        }
-        self.conn.as_mut().poll(cx)
     }
 }
 

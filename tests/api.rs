@@ -237,8 +237,8 @@ async fn refusals_name_the_rule_or_field() {
     // Guests can do nothing, even with an old management key.
     w.store
         .update_user(
-            &keygate::store::model::UserId("alice".into()),
-            Some(keygate::store::model::Role::Guest),
+            &keygate::model::UserId("alice".into()),
+            Some(keygate::model::Role::Guest),
             None,
         )
         .await

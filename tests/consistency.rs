@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use http::Request;
 use http_body_util::Full;
-use keygate::store::model::*;
+use keygate::model::*;
 
 /// Polls until a request with `key` gets `want`; returns how long that took.
 async fn time_until(addr: SocketAddr, path: &str, key: &str, want: u16) -> Duration {

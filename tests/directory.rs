@@ -351,7 +351,7 @@ async fn the_openapi_document_matches_the_implementation() {
     assert_eq!(s, 200, "served without a token");
     assert_eq!(
         doc,
-        serde_json::from_str::<Value>(keygate::api::OPENAPI).unwrap()
+        serde_json::from_str::<Value>(keygate::admin::api::OPENAPI).unwrap()
     );
     let mut walked = 0;
     for (template, item) in doc["paths"].as_object().unwrap() {

@@ -149,7 +149,7 @@ async fn a_key_lives_and_dies_through_the_api_on_two_instances() {
         assert_eq!(answer(addr, &first).await, "ok", "old secret during grace");
     }
     let grace_ends = rotated["previous_expires_at"].as_u64().unwrap();
-    let now = keygate::store::model::unix_now();
+    let now = keygate::model::unix_now();
     tokio::time::sleep(Duration::from_secs(grace_ends.saturating_sub(now) + 1)).await;
     both(addrs, &first, "key_rotated").await;
     both(addrs, &second_secret, "ok").await;
@@ -288,7 +288,7 @@ async fn rotating_again_stops_the_older_secret_at_once_and_revoked_keys_cannot_r
 
 #[tokio::test]
 async fn usage_batches_span_script_calls_and_never_recreate_deleted_keys() {
-    use keygate::store::model::KeyId;
+    use keygate::model::KeyId;
     use keygate::store::usage::Used;
     let w = World::start().await;
     let (_, first) = new_key(&w.store, &w.gw.config, "bob", &["predict"], &[]).await;

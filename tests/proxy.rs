@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use http::StatusCode;
-use keygate::store::model::*;
+use keygate::model::*;
 
 #[tokio::test]
 async fn forwards_with_identity_and_never_leaks_credentials() {
@@ -118,7 +118,7 @@ async fn legacy_pairs_resolve_like_keys() {
     let new = keygate::store::keys::NewKey {
         user_id: UserId::from("alice"),
         name: "old system".into(),
-        scopes: vec![keygate::policy::Scope::new("predict")],
+        scopes: vec![keygate::model::Scope::new("predict")],
         project_ids: vec![],
         expires_at: None,
     };

@@ -185,7 +185,7 @@ async fn a_fetch_that_raced_an_invalidation_is_not_cached() {
 }
 
 fn principal(owner: &str, hash: u8) -> (KeyHash, Principal) {
-    use crate::store::model::*;
+    use crate::model::*;
     let user = Owner {
         id: UserId::from(owner),
         org_id: OrgId::from("o"),
@@ -220,9 +220,7 @@ async fn invalidations_drop_the_right_entries() {
             .unwrap();
     }
     assert_eq!(cache.keys.len(), 3);
-    cache.apply(&Invalidation::User(crate::store::model::UserId(
-        "alice".into(),
-    )));
+    cache.apply(&Invalidation::User(crate::model::UserId("alice".into())));
     assert_eq!(cache.keys.len(), 1);
     cache.apply(&Invalidation::Key(KeyHash([3; 32])));
     assert!(cache.keys.is_empty());
@@ -238,7 +236,7 @@ async fn a_failure_is_recent_for_the_retry_pause_only() {
     tokio::time::advance(STALE_RETRY_AFTER + Duration::from_millis(5)).await;
     assert!(!cache.recently_failed());
     // Failures that are not Redis being unavailable do not pause lookups.
-    let corrupt = StoreError::Corrupt(crate::store::model::BadRecord("x"));
+    let corrupt = StoreError::Corrupt(crate::store::codec::BadRecord("x"));
     let fresh = Cache::new(cfg(10));
     fresh.note(&Err::<(), _>(Arc::new(corrupt)));
     assert!(!fresh.recently_failed());

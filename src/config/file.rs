@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::LogFormat;
+use crate::telemetry::LogFormat;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use super::file::*;
 use super::*;
-use crate::proxy::route::{ProjectSource, Route, RouteTable, Upstream};
-use crate::store::model::{OrgId, ProjectId, is_valid_id};
+use crate::model::{OrgId, ProjectId, is_valid_id};
+use crate::route::{ProjectSource, Route, RouteTable, Upstream};
+use crate::telemetry::LogFormat;
 
 /// Collects problems instead of stopping at the first.
 pub(super) struct Validator<'a> {
@@ -375,7 +376,7 @@ impl Validator<'_> {
             if !is_valid_id(&f.id) {
                 self.problem(&field, "id must be letters, digits, '_' or '-'");
             }
-            if crate::proxy::route::normalise(&f.path_prefix).is_err()
+            if crate::route::normalise(&f.path_prefix).is_err()
                 || f.path_prefix.ends_with('/') && f.path_prefix != "/"
             {
                 self.problem(&format!("{field}.path_prefix"), format!("`{}` must be a plain absolute path like \"/v1/predict\" (no trailing '/', '..', '%', ';')", f.path_prefix));

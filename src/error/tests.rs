@@ -2,7 +2,7 @@ use super::*;
 use http_body_util::BodyExt;
 
 /// A real upstream error: a connection refused on a loopback port nobody listens on.
-async fn refused() -> crate::proxy::pool::UpstreamError {
+async fn refused() -> crate::upstream::UpstreamError {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -12,13 +12,13 @@ async fn refused() -> crate::proxy::pool::UpstreamError {
     let e = tokio::net::TcpStream::connect(&address)
         .await
         .expect_err("nothing listens there");
-    crate::proxy::pool::UpstreamError::Connect(address, e)
+    crate::upstream::UpstreamError::Connect(address, e)
 }
 
 #[tokio::test]
 async fn every_variant_has_its_status_and_code() {
     let store = || Arc::new(StoreError::Timeout);
-    let corrupt = || Arc::new(StoreError::Corrupt(crate::store::model::BadRecord("x")));
+    let corrupt = || Arc::new(StoreError::Corrupt(crate::store::codec::BadRecord("x")));
     let rows: Vec<(GatewayError, u16, &str)> = vec![
         (GatewayError::MethodNotAllowed, 405, "method_not_allowed"),
         (

@@ -15,24 +15,18 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, BytesMut};
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version};
 use http_body_util::{Either, Limited};
 use hyper::body::Incoming;
 
-use super::pool::Pool;
 use super::route::{Route, Upstream};
 use super::{ConnInfo, Gateway, Identity, ResponseBody};
 use crate::config::Limits;
 use crate::credential::CREDENTIAL_HEADERS;
 use crate::error::GatewayError;
-use crate::policy::Scope;
-use crate::store::model::{KeyGrant, Owner};
-use crate::timer::CoarseTimer;
-
-/// A request body on its way upstream, capped at `limits.max_body_bytes`.
-pub type UpstreamBody = Limited<Incoming>;
+use crate::runtime::timer::CoarseTimer;
+use crate::upstream::Pool;
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -196,51 +190,6 @@ fn rewrite_request_headers(
     if let Some(host) = original_host {
         headers.insert(X_FORWARDED_HOST, host);
     }
-}
-
-/// The values of a key's identity headers (`x-keygate-key-id`, `-user-id`, `-org-id`, `-role`,
-/// `-scopes`), made once per resolved key ([`Principal::new`](crate::store::model::Principal::new))
-/// from one buffer: a forwarded request clones five handles instead of building five values.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IdentityHeaders {
-    key_id: HeaderValue,
-    user_id: HeaderValue,
-    org_id: HeaderValue,
-    role: HeaderValue,
-    scopes: HeaderValue,
-}
-
-impl IdentityHeaders {
-    pub fn new(key: &KeyGrant, owner: &Owner) -> IdentityHeaders {
-        let (key_id, user_id, org_id) =
-            (key.id.as_str(), key.user_id.as_str(), key.org_id.as_str());
-        let role = owner.role.as_str();
-        let scopes = || key.scopes.iter().map(Scope::as_str);
-        let len = key_id.len()
-            + user_id.len()
-            + org_id.len()
-            + role.len()
-            + scopes().map(|s| s.len() + 1).sum::<usize>();
-        let mut buf = BytesMut::with_capacity(len);
-        IdentityHeaders {
-            key_id: cut(&mut buf, [key_id]),
-            user_id: cut(&mut buf, [user_id]),
-            org_id: cut(&mut buf, [org_id]),
-            role: cut(&mut buf, [role]),
-            scopes: cut(&mut buf, scopes()),
-        }
-    }
-}
-
-/// The words, space-separated, as a header value cut from `buf`.
-fn cut<'a>(buf: &mut BytesMut, words: impl IntoIterator<Item = &'a str>) -> HeaderValue {
-    for (i, word) in words.into_iter().enumerate() {
-        if i > 0 {
-            buf.put_u8(b' ');
-        }
-        buf.put_slice(word.as_bytes());
-    }
-    HeaderValue::from_maybe_shared(buf.split().freeze()).expect("ids and scopes are header-safe")
 }
 
 /// Removes hop-by-hop headers, every header the `Connection` header names, and the headers

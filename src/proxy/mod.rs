@@ -16,64 +16,47 @@
 //! the pair's import) and, when a sunset is configured, `Sunset` (RFC 9745, RFC 8594).
 
 pub mod forward;
-pub mod pool;
-pub mod route;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::cache::Cache;
-use crate::config::Config;
 use crate::credential;
 use crate::error::GatewayError;
-use crate::metrics::{self, Metrics, RouteMetrics};
+use crate::metrics::{self, RouteMetrics};
+use crate::model::{Credential, Principal, ProjectId, unix_now};
 use crate::policy::{self, Access};
-use crate::store::Store;
-use crate::store::model::{Principal, ProjectId, unix_now};
-use crate::store::usage::Usage;
-use forward::{Upstreams, X_REQUEST_ID};
-use route::Route;
+use crate::replica::Replica;
+use crate::route::{self, Route};
+use crate::telemetry::{X_REQUEST_ID, request_id};
+use crate::upstream::PooledBody;
+use forward::Upstreams;
 
 const DEPRECATION: HeaderName = HeaderName::from_static("deprecation");
 const SUNSET: HeaderName = HeaderName::from_static("sunset");
 
 /// A response body: the upstream's, streamed, or one of ours.
-pub type ResponseBody = Either<pool::PooledBody, Full<Bytes>>;
+pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
 
-/// Everything the request path needs: one per worker, sharing config, store, cache, metrics.
+/// What the request path needs: the replica's shared state, and this worker's upstream pool and
+/// metric handles.
 pub struct Gateway {
-    pub config: Arc<Config>,
-    pub store: Store,
-    /// Hot entries in front of `store`.
-    pub cache: Arc<Cache>,
-    pub metrics: Arc<Metrics>,
-    /// Key uses counted since the last flush to Redis.
-    pub usage: Arc<Usage>,
+    pub replica: Replica,
     /// Keep-alive connections to every upstream (one pool per worker).
     pub upstreams: Upstreams,
-    /// Set on SIGTERM: `/readyz` turns 503 so balancers stop sending new connections.
-    pub draining: Arc<AtomicBool>,
     /// Metric handles per route (by [`Route::index`]), then one for requests matching none.
     route_metrics: Vec<RouteMetrics>,
 }
 
 impl Gateway {
     /// One worker's gateway, with its own upstream pool.
-    pub fn new(
-        config: Arc<Config>,
-        store: Store,
-        cache: Arc<Cache>,
-        metrics: Arc<Metrics>,
-        usage: Arc<Usage>,
-        draining: Arc<AtomicBool>,
-    ) -> Gateway {
+    pub fn new(replica: Replica) -> Gateway {
+        let (config, metrics) = (&replica.config, &replica.metrics);
         let route_metrics = config
             .routes
             .iter()
@@ -82,12 +65,7 @@ impl Gateway {
             .collect();
         Gateway {
             upstreams: Upstreams::new(&config.limits),
-            config,
-            store,
-            cache,
-            metrics,
-            usage,
-            draining,
+            replica,
             route_metrics,
         }
     }
@@ -95,10 +73,6 @@ impl Gateway {
     fn route_metrics(&self, route: Option<&Route>) -> &RouteMetrics {
         let i = route.map_or(self.route_metrics.len() - 1, |r| r.index);
         &self.route_metrics[i]
-    }
-
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
     }
 }
 
@@ -161,7 +135,7 @@ pub fn handle(
         headers.insert(X_REQUEST_ID, request_id.clone());
         if let Some(since) = record.legacy_since {
             headers.insert(DEPRECATION, deprecation(since));
-            if let Some(sunset) = &gw.config.legacy_sunset {
+            if let Some(sunset) = &gw.replica.config.legacy_sunset {
                 headers.insert(SUNSET, sunset.header.clone());
             }
         }
@@ -185,7 +159,7 @@ pub fn handle(
         {
             tracing::warn!(request_id = ?request_id, route, error = %e, cause = ?std::error::Error::source(e), "request failed");
         }
-        if gw.config.log.access_log {
+        if gw.replica.config.log.access_log {
             tracing::info!(
                 target: "keygate::access",
                 request_id = request_id.to_str().unwrap_or(""),
@@ -217,6 +191,7 @@ fn proxy<'g>(
         refuse_tunnels(&req)?;
         let path = route::normalise(req.uri().path())?;
         let route = gw
+            .replica
             .config
             .routes
             .find(host(&req), path)
@@ -226,9 +201,9 @@ fn proxy<'g>(
             None
         } else {
             let project = route.project_of(path, req.uri().query())?;
-            Some(authenticate(gw, route, req.headers(), project, record).await?)
+            Some(authenticate(&gw.replica, route, req.headers(), project, record).await?)
         };
-        check_body_size(req.headers(), gw.config.limits.max_body_bytes)?;
+        check_body_size(req.headers(), gw.replica.config.limits.max_body_bytes)?;
         forward::forward(
             gw,
             route,
@@ -244,26 +219,26 @@ fn proxy<'g>(
 
 /// Steps 4–7: who is calling, and may they?
 async fn authenticate(
-    gw: &Gateway,
+    r: &Replica,
     route: &Route,
     headers: &HeaderMap,
     project: Option<ProjectId>,
     record: &mut Record<'_>,
 ) -> Result<Identity, GatewayError> {
-    let credential = credential::extract(headers, &gw.config.keys)?;
-    let lookup = gw.cache.principal(&gw.store, credential.hash()).await;
-    gw.metrics
+    let credential = credential::extract(headers, &r.config.keys)?;
+    let lookup = r.cache.principal(&r.store, credential.hash()).await;
+    r.metrics
         .key_lookup(lookup.as_ref().ok().map(|l| l.outcome));
     let principal = lookup
-        .inspect_err(|_| gw.metrics.redis_errors.inc())?
+        .inspect_err(|_| r.metrics.redis_errors.inc())?
         .value
         .ok_or(GatewayError::UnknownKey)?;
     record.principal = Some(principal.clone());
-    if matches!(credential, credential::Credential::Legacy { .. }) {
+    if matches!(credential, Credential::Legacy { .. }) {
         record.legacy_since = Some(principal.key.created_at);
     }
     let now = unix_now();
-    let sunset = gw.config.legacy_sunset.as_ref().map(|s| s.at);
+    let sunset = r.config.legacy_sunset.as_ref().map(|s| s.at);
     policy::check_key(&principal, &credential, now, sunset)?;
 
     let org = route
@@ -272,7 +247,7 @@ async fn authenticate(
         .expect("config validation: non-public routes have an org");
     let found = match &project {
         Some(id) if !id.as_str().is_empty() => {
-            Some(gw.cache.project(&gw.store, org, id).await?.value)
+            Some(r.cache.project(&r.store, org, id).await?.value)
         }
         Some(_) => Some(None),
         None => None,
@@ -283,7 +258,7 @@ async fn authenticate(
         project: found.as_ref().map(|p| p.as_deref()),
     };
     policy::authorize(&principal, &access)?;
-    gw.usage.record(&principal.key.id, now);
+    r.usage.record(&principal.key.id, now);
     Ok(Identity { principal, project })
 }
 
@@ -319,47 +294,7 @@ fn host(req: &Request<Incoming>) -> Option<&str> {
     })
 }
 
-/// The client's `x-request-id` when it is sane (1–128 visible ASCII), else a new random one.
-pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(X_REQUEST_ID)
-        && (1..=128).contains(&v.len())
-        && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
-    {
-        return v.clone();
-    }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let id: u128 = rand::random();
-    let mut hex = [0u8; 32];
-    for (i, digit) in hex.iter_mut().enumerate() {
-        *digit = HEX[(id >> (124 - 4 * i)) as usize & 0xf];
-    }
-    HeaderValue::from_bytes(&hex).expect("hex is a valid header value")
-}
-
 /// `Deprecation: @<unix seconds>` (RFC 9745).
 fn deprecation(since: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("@{since}")).expect("digits are a valid header value")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_are_kept_when_sane_else_new_hex() {
-        let mut h = HeaderMap::new();
-        let a = request_id(&h);
-        let b = request_id(&h);
-        assert_eq!(a.len(), 32);
-        assert!(
-            a.as_bytes()
-                .iter()
-                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-        );
-        assert_ne!(a, b);
-        h.insert(X_REQUEST_ID, HeaderValue::from_static("abc-123"));
-        assert_eq!(request_id(&h), "abc-123");
-        h.insert(X_REQUEST_ID, HeaderValue::from_static("has space"));
-        assert_ne!(request_id(&h), "has space");
-    }
 }

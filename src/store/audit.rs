@@ -10,8 +10,9 @@
 
 use serde::Serialize;
 
-use super::model::{Fields, KeyId, OrgId};
+use super::codec::Fields;
 use super::{Invalidation, Store, StoreError, pairs};
+use crate::model::{KeyId, OrgId};
 
 /// Entries kept per org: about 300 bytes each, so ~300 MB of Redis at most; the stream is
 /// trimmed (approximately, which is O(1)) as it grows past this.

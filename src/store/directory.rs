@@ -7,11 +7,11 @@
 use serde_json::json;
 
 use super::audit::Change;
-use super::model::{
+use super::{Invalidation, Store, StoreError};
+use crate::model::{
     Org, OrgId, Project, ProjectId, Role, User, UserId, UserStatus, Visibility, is_valid_id,
     unix_now,
 };
-use super::{Invalidation, Store, StoreError};
 
 fn check_id(kind: &str, id: &str) -> Result<(), StoreError> {
     if is_valid_id(id) {

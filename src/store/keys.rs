@@ -12,14 +12,16 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::audit::Change;
+use super::codec::{Fields, join};
 use super::directory::{check_name, new_id};
-use super::model::{
-    Fields, KeyGrant, KeyId, KeyRecord, KeyStatus, OrgId, ProjectId, Role, User, UserId,
-    UserStatus, unix_now,
-};
 use super::{Invalidation, Store, StoreError};
-use crate::credential::{KeyFormat, KeyHash, hash_key, hash_legacy};
-use crate::policy::{Scope, role_allows};
+use crate::credential::{KeyFormat, hash_key, hash_legacy};
+use crate::model::{
+    KeyGrant, KeyId, KeyRecord, KeyStatus, OrgId, ProjectId, Role, User, UserId, UserStatus,
+    unix_now,
+};
+use crate::model::{KeyHash, Scope};
+use crate::policy::role_allows;
 
 /// Shortest validity a key may be created with, in seconds.
 pub const MIN_VALIDITY_SECS: u64 = 60;
@@ -379,7 +381,7 @@ impl Store {
         scopes.sort();
         scopes.dedup();
         key.grant.scopes = scopes;
-        let fields = [("scopes", super::model::join(&key.grant.scopes))];
+        let fields = [("scopes", join(&key.grant.scopes))];
         self.update_key_fields(&key, &fields, "key.set_scopes")
             .await?;
         Ok(key)

@@ -31,9 +31,9 @@
 //! can become an enum behind `Store` without touching the request path.
 
 pub mod audit;
+pub mod codec;
 pub mod directory;
 pub mod keys;
-pub mod model;
 pub mod usage;
 
 use std::fmt;
@@ -42,12 +42,21 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::config::RedisConfig;
-use crate::credential::KeyHash;
-use audit::Actor;
-use model::{
-    BadRecord, Fields, KeyGrant, OrgId, Owner, Principal, Project, ProjectId, UserId, Values,
+use crate::model::{
+    KeyGrant, KeyHash, OrgId, Owner, Principal, Project, ProjectId, Secret, UserId,
 };
+use audit::Actor;
+use codec::{BadRecord, Fields, Values};
+
+/// How to reach Redis, from the `[redis]` section of the config.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    pub url: Secret,
+    /// Prefix of every Redis key and of the invalidation channel, so deployments can share a Redis.
+    pub namespace: String,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+}
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]

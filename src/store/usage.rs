@@ -18,9 +18,9 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio::sync::watch;
 
-use super::model::KeyId;
 use super::{Store, StoreError};
-use crate::metrics::Metrics;
+use crate::model::KeyId;
+use prometheus::IntCounter;
 
 /// Adds each key's count and moves its `last_used_at` forward, for keys that still exist.
 /// KEYS: key records; ARGV: request count and last use (Unix seconds) per key, in KEYS order.
@@ -131,7 +131,7 @@ impl Store {
 pub async fn flush_every(
     usage: Arc<Usage>,
     store: Store,
-    metrics: Arc<Metrics>,
+    redis_errors: IntCounter,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -140,10 +140,10 @@ pub async fn flush_every(
     loop {
         let stopping = tokio::select! {
             _ = tick.tick() => false,
-            _ = crate::server::stopped(&mut shutdown) => true,
+            _ = shutdown.wait_for(|s| *s) => true,
         };
         if let Err(e) = store.add_usage(&usage.drain()).await {
-            metrics.redis_errors.inc();
+            redis_errors.inc();
             tracing::warn!(error = %e, "key usage not written; these counts are lost");
         }
         if stopping {

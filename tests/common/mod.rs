@@ -21,9 +21,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use keygate::config::Config;
+use keygate::model::*;
 use keygate::store::Store;
 use keygate::store::keys::NewKey;
-use keygate::store::model::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -338,7 +338,7 @@ impl Gateway {
             .try_init();
         let mut config = Config::parse(toml, base).unwrap_or_else(|e| panic!("{e}"));
         // Set directly rather than through the environment, which tests share.
-        config.admin_token = Some(keygate::config::Secret(BOOTSTRAP.into()));
+        config.admin_token = Some(keygate::model::Secret(BOOTSTRAP.into()));
         let config = Arc::new(config);
         let listeners = keygate::Listeners::bind(&config).unwrap();
         let (addr, admin_addr) = (
@@ -645,7 +645,7 @@ pub async fn new_key(
                 name: format!("{user}'s key"),
                 scopes: scopes
                     .iter()
-                    .map(|s| keygate::policy::Scope::new(s))
+                    .map(|s| keygate::model::Scope::new(s))
                     .collect(),
                 project_ids: projects.iter().map(|p| ProjectId::from(*p)).collect(),
                 expires_at: Some(unix_now() + 3600),

@@ -23,10 +23,11 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use crate::error::{CHALLENGE, add_status_headers, json_error};
-use crate::policy::{self, Scope, grants};
-use crate::proxy::Gateway;
+use crate::model::Scope;
+use crate::model::{KeyId, OrgId, Owner, Role, UserId, unix_now};
+use crate::policy::{self, grants};
+use crate::replica::Replica;
 use crate::store::audit::Actor;
-use crate::store::model::{KeyId, OrgId, Owner, Role, UserId, unix_now};
 use crate::store::{Store, StoreError};
 
 /// Request bodies of the management API are small JSON documents.
@@ -133,7 +134,7 @@ impl Caller {
 
 /// One management request's context.
 pub struct Ctx<'a> {
-    gw: &'a Gateway,
+    replica: &'a Replica,
     caller: Caller,
     /// The store, acting as the caller (every write is audited as theirs).
     store: Store,
@@ -185,8 +186,8 @@ impl Ctx<'_> {
 }
 
 /// Serves one `/v1/…` request.
-pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let request_id = crate::proxy::request_id(req.headers());
+pub async fn handle(replica: &Replica, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let request_id = crate::telemetry::request_id(req.headers());
     let mut res = if (req.method(), req.uri().path()) == (&Method::GET, "/v1/openapi.json") {
         let mut res = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
         res.headers_mut().insert(
@@ -196,7 +197,7 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<Full<Bytes
         res
     } else {
         let result = async {
-            let caller = authenticate(gw, req.headers()).await?;
+            let caller = authenticate(replica, req.headers()).await?;
             let actor = Actor {
                 who: caller
                     .user
@@ -206,8 +207,8 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<Full<Bytes
                 request_id: request_id.to_str().ok().map(str::to_owned),
             };
             let ctx = Ctx {
-                gw,
-                store: gw.store.acting_as(actor),
+                replica,
+                store: replica.store.acting_as(actor),
                 query: req.uri().query().unwrap_or("").to_owned(),
                 caller,
             };
@@ -284,9 +285,9 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
         == 0
 }
 
-async fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<Caller, ApiError> {
+async fn authenticate(replica: &Replica, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let token = bearer(headers).ok_or(ApiError::Unauthenticated)?;
-    if let Some(admin) = &gw.config.admin_token
+    if let Some(admin) = &replica.config.admin_token
         && constant_time_eq(token, &admin.0)
     {
         return Ok(Caller {
@@ -295,18 +296,18 @@ async fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<Caller, ApiEr
             key_id: None,
         });
     }
-    let credential = gw
+    let credential = replica
         .config
         .keys
         .parse(token)
         .map_err(|_| ApiError::Unauthenticated)?;
     // Straight from the store: management is rare and must act on the latest state.
-    let principal = gw
+    let principal = replica
         .store
         .resolve_key(credential.hash())
         .await?
         .ok_or(ApiError::Unauthenticated)?;
-    let sunset = gw.config.legacy_sunset.as_ref().map(|s| s.at);
+    let sunset = replica.config.legacy_sunset.as_ref().map(|s| s.at);
     policy::check_key(&principal, &credential, unix_now(), sunset)
         .map_err(|_| ApiError::Unauthenticated)?;
     let (key, owner) = (&principal.key, &principal.owner);

@@ -13,9 +13,9 @@ use http_body_util::Full;
 use serde::Deserialize;
 
 use super::{ApiError, Ctx, json, no_content, page};
-use crate::policy::Scope;
+use crate::model::Scope;
+use crate::model::{KeyId, KeyRecord, KeyStatus, ProjectId, UserId, unix_now};
 use crate::store::keys::{CreatedKey, NewKey};
-use crate::store::model::{KeyId, KeyRecord, KeyStatus, ProjectId, UserId, unix_now};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,7 +63,7 @@ pub struct ImportLegacy {
 /// Scope names or presets → scopes; a caller who is not an admin may not hand out `admin`.
 fn scopes(ctx: &Ctx<'_>, names: &[String]) -> Result<Vec<Scope>, ApiError> {
     let scopes = ctx
-        .gw
+        .replica
         .config
         .scopes(names)
         .map_err(|message| ApiError::Invalid {
@@ -88,7 +88,7 @@ fn duration(field: &'static str, text: &str) -> Result<std::time::Duration, ApiE
 
 /// The expiry a request asks for, within the configured bounds.
 fn expiry(ctx: &Ctx<'_>, body: &CreateKey) -> Result<Option<u64>, ApiError> {
-    let cfg = &ctx.gw.config;
+    let cfg = &ctx.replica.config;
     let now = unix_now();
     let invalid = |message: String| ApiError::Invalid {
         field: "expires_in",
@@ -157,7 +157,7 @@ pub async fn create(ctx: &Ctx<'_>, body: CreateKey) -> Result<Response<Full<Byte
             .collect(),
         expires_at: expiry(ctx, &body)?,
     };
-    let created = ctx.store.create_key(&ctx.gw.config.keys, new).await?;
+    let created = ctx.store.create_key(&ctx.replica.config.keys, new).await?;
     Ok(with_secret(created, StatusCode::CREATED))
 }
 
@@ -276,7 +276,7 @@ pub async fn rotate(
     };
     let created = ctx
         .store
-        .rotate_key(&ctx.gw.config.keys, &key.grant.id, grace)
+        .rotate_key(&ctx.replica.config.keys, &key.grant.id, grace)
         .await?;
     Ok(with_secret(created, StatusCode::OK))
 }

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use http::HeaderValue;
 use http::uri::Scheme;
 
-use crate::policy::Scope;
-use crate::store::model::{OrgId, ProjectId, is_valid_id};
+use crate::model::Scope;
+use crate::model::{OrgId, ProjectId, is_valid_id};
 
 /// Why a path was rejected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]

@@ -11,7 +11,7 @@ use http_body_util::Full;
 use serde::Deserialize;
 
 use super::{ApiError, Ctx, json};
-use crate::store::model::{OrgId, Project, ProjectId, Role, User, UserId, UserStatus, Visibility};
+use crate::model::{OrgId, Project, ProjectId, Role, User, UserId, UserStatus, Visibility};
 
 /// Audit entries per page: default and most.
 const AUDIT_PAGE_DEFAULT: usize = 50;

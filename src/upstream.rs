@@ -29,8 +29,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::forward::UpstreamBody;
-use super::route::Upstream;
+use crate::route::Upstream;
+
+/// A request body on its way upstream, capped at `limits.max_body_bytes`.
+pub type UpstreamBody = http_body_util::Limited<Incoming>;
 
 /// TCP keepalive probes on upstream connections start after this much silence.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);

@@ -1,0 +1,66 @@
+//! The operators' endpoints: liveness, readiness and metrics.
+//!
+//! Owns: what `/healthz`, `/readyz` and `/metrics` answer. Does not own: the metrics themselves
+//! (`metrics`).
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+
+use super::api::json;
+use crate::error::json_error;
+use crate::replica::Replica;
+
+/// `/healthz`, `/readyz`, `/metrics`, or 404.
+pub async fn handle<B>(replica: &Replica, req: &Request<B>) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
+        (&Method::GET, "/readyz") => readiness(replica).await,
+        (&Method::GET, "/metrics") => metrics(replica),
+        _ => json_error(
+            StatusCode::NOT_FOUND,
+            "route_not_found",
+            "No such admin endpoint; see /healthz, /readyz, /metrics.",
+        ),
+    }
+}
+
+fn metrics(replica: &Replica) -> Response<Full<Bytes>> {
+    let m = &replica.metrics;
+    m.cache_entries
+        .with_label_values(&["keys"])
+        .set(replica.cache.keys.len() as i64);
+    m.cache_entries
+        .with_label_values(&["projects"])
+        .set(replica.cache.projects.len() as i64);
+    let mut res = Response::new(Full::new(Bytes::from(m.render())));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    res
+}
+
+async fn readiness(replica: &Replica) -> Response<Full<Bytes>> {
+    if replica.is_draining() {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "status": "draining" }),
+        );
+    }
+    let invalidations = if replica.cache.is_subscribed() {
+        "live"
+    } else {
+        "reconnecting"
+    };
+    match replica.store.ping().await {
+        Ok(()) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "status": "ready", "invalidations": invalidations }),
+        ),
+        Err(e) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "status": "key_store_unavailable", "error": e.to_string() }),
+        ),
+    }
+}

@@ -1,0 +1,38 @@
+//! The shared state of one keygate replica: what the data plane (`proxy`) and the management
+//! side (`admin`) both read.
+//!
+//! Owns: [`Replica`], one per worker thread (each has its own Redis connection; the rest is
+//! shared). Does not own: anything only the data plane needs (upstream pools, per-route metric
+//! handles: `proxy::Gateway`), or starting and stopping the replica (`lib.rs`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::store::usage::Usage;
+
+/// One worker's view of the replica.
+#[derive(Clone)]
+pub struct Replica {
+    /// The validated configuration, fixed for the life of the process.
+    pub config: Arc<Config>,
+    /// This worker's Redis connection: its driver runs on the worker's own thread.
+    pub store: Store,
+    /// Hot entries in front of `store`, shared by every worker.
+    pub cache: Arc<Cache>,
+    /// The one registry every part counts into.
+    pub metrics: Arc<Metrics>,
+    /// Key uses counted since the last flush to Redis.
+    pub usage: Arc<Usage>,
+    /// Set on SIGTERM: `/readyz` turns 503 so balancers stop sending new connections.
+    pub draining: Arc<AtomicBool>,
+}
+
+impl Replica {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+}
