@@ -1,13 +1,15 @@
 //! The `keygate` binary: parses the command line and hands over to the library.
 //!
-//! Exit codes: 0 ok; 1 runtime failure; 64 bad configuration (nothing was bound) or no API URL /
-//! key; 65 and 69 from `admin`, `keys`, `users`, `projects` (refused; unreachable).
+//! Exit codes: 0 ok; 1 runtime failure; 64 bad configuration (nothing was bound); the management
+//! commands (`orgs`, `users`, `projects`, `keys`) exit as `cli` says (64 usage, 65 refused, 69
+//! unreachable).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use keygate::cli::{self, KeysCommand, Manage, OrgsCommand, ProjectsCommand, Target, UsersCommand};
 use keygate::config::Config;
 
 /// mimalloc instead of glibc malloc: under load glibc's malloc/free/consolidate were ~7% of
@@ -43,33 +45,33 @@ enum Command {
         #[arg(long, short, env = "KEYGATE_CONFIG")]
         config: PathBuf,
     },
-    /// Manage orgs, users, projects and keys directly in the store (bootstrap / operators).
-    Admin {
-        #[arg(long, short, env = "KEYGATE_CONFIG")]
-        config: PathBuf,
+    /// Organisations (the platform's operators).
+    Orgs {
         #[command(flatten)]
-        args: keygate::cli::AdminArgs,
-    },
-    /// API keys, over the management API of a running keygate (KEYGATE_URL, KEYGATE_API_KEY).
-    Keys {
-        #[command(flatten)]
-        args: keygate::client::ClientArgs,
+        target: Target,
         #[command(subcommand)]
-        command: keygate::client::KeysCommand,
+        command: OrgsCommand,
     },
-    /// Users of the org, over the management API (org admins).
+    /// Users of an org: create, list, show, change role or status.
     Users {
         #[command(flatten)]
-        args: keygate::client::ClientArgs,
+        target: Target,
         #[command(subcommand)]
-        command: keygate::client::UsersCommand,
+        command: UsersCommand,
     },
-    /// Projects of the org and their members, over the management API.
+    /// Projects of an org and their members.
     Projects {
         #[command(flatten)]
-        args: keygate::client::ClientArgs,
+        target: Target,
         #[command(subcommand)]
-        command: keygate::client::ProjectsCommand,
+        command: ProjectsCommand,
+    },
+    /// API keys: create, list, show, rename, set scopes, revoke, activate, rotate, delete.
+    Keys {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        command: KeysCommand,
     },
     /// Run the demo upstream (a fixed 64-byte JSON answer) for demos and benchmarks.
     DemoUpstream {
@@ -130,19 +132,12 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Command::Admin { config, args } => match load(&config) {
-                Ok(c) => ExitCode::from(keygate::cli::run(&c, args).await),
-                Err(code) => code,
-            },
-            Command::Keys { args, command } => {
-                ExitCode::from(keygate::client::keys(args, command).await)
+            Command::Orgs { target, command } => manage(target, Manage::Orgs(command)).await,
+            Command::Users { target, command } => manage(target, Manage::Users(command)).await,
+            Command::Projects { target, command } => {
+                manage(target, Manage::Projects(command)).await
             }
-            Command::Users { args, command } => {
-                ExitCode::from(keygate::client::users(args, command).await)
-            }
-            Command::Projects { args, command } => {
-                ExitCode::from(keygate::client::projects(args, command).await)
-            }
+            Command::Keys { target, command } => manage(target, Manage::Keys(command)).await,
             Command::DemoUpstream { listen, echo } => {
                 let listener = match tokio::net::TcpListener::bind(listen).await {
                     Ok(l) => l,
@@ -162,6 +157,10 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+async fn manage(target: Target, command: Manage) -> ExitCode {
+    ExitCode::from(cli::run(target, command).await)
 }
 
 /// SIGTERM or SIGINT.

@@ -1,4 +1,5 @@
-//! The real `keygate` binary: check-config, the bootstrap admin CLI, and `serve` as a process
+//! The real `keygate` binary: check-config, the management CLI on both transports, and `serve`
+//! as a process
 //! that drains and exits 0 on SIGTERM (sent to its own pid).
 
 mod common;
@@ -60,10 +61,11 @@ fn check_config_reports_every_problem_and_exits_64() {
     );
 }
 
-/// Runs `keygate admin` with a config; returns (exit code, stdout, stderr).
+/// Runs a management command on the store directly (`--config`); returns (exit code, stdout,
+/// stderr).
 fn admin(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
-    let mut full = vec!["admin", "--config", config.to_str().unwrap()];
-    full.extend_from_slice(args);
+    let mut full = args.to_vec();
+    full.extend_from_slice(&["--config", config.to_str().unwrap()]);
     let out = keygate(&full);
     (
         out.status.code().unwrap_or(-1),
@@ -88,26 +90,26 @@ async fn bootstrap_cli_and_serve_work_end_to_end() {
         ),
     );
     for args in [
-        &["org", "create", "acme", "--name", "Acme"][..],
+        &["orgs", "create", "acme", "--name", "Acme"][..],
         &[
-            "user", "create", "--org", "acme", "--name", "Alice", "--id", "alice",
+            "users", "create", "--org", "acme", "--name", "Alice", "--id", "alice",
         ],
         &[
-            "user", "create", "--org", "acme", "--name", "Gus", "--id", "gus", "--role", "guest",
+            "users", "create", "--org", "acme", "--name", "Gus", "--id", "gus", "--role", "guest",
         ],
-        &["project", "create", "--org", "acme", "p1"],
-        &["project", "add-member", "--org", "acme", "p1", "alice"],
+        &["projects", "create", "--org", "acme", "p1"],
+        &["projects", "add-member", "--org", "acme", "p1", "alice"],
     ] {
         let (code, _, err) = admin(&config, args);
         assert_eq!(code, 0, "{args:?}: {err}");
     }
-    let (code, _, err) = admin(&config, &["org", "create", "acme"]);
+    let (code, _, err) = admin(&config, &["orgs", "create", "acme"]);
     assert_eq!(code, 65, "duplicate org: {err}");
     assert!(err.contains("already exists"));
     let (code, _, err) = admin(
         &config,
         &[
-            "key",
+            "keys",
             "create",
             "--user",
             "gus",
@@ -122,7 +124,7 @@ async fn bootstrap_cli_and_serve_work_end_to_end() {
     let (code, _, err) = admin(
         &config,
         &[
-            "key", "create", "--user", "alice", "--name", "k", "--scopes", "all",
+            "keys", "create", "--user", "alice", "--name", "k", "--scopes", "all",
         ],
     );
     assert_eq!(code, 65, "a member cannot hold `*`: {err}");
@@ -130,7 +132,7 @@ async fn bootstrap_cli_and_serve_work_end_to_end() {
     let (code, out, err) = admin(
         &config,
         &[
-            "key",
+            "keys",
             "create",
             "--user",
             "alice",
@@ -149,7 +151,7 @@ async fn bootstrap_cli_and_serve_work_end_to_end() {
     assert!(secret.starts_with("kg_"));
     assert_eq!(created["scopes"], serde_json::json!(["predict"]));
 
-    let (code, listing, _) = admin(&config, &["key", "list", "--org", "acme"]);
+    let (code, listing, _) = admin(&config, &["keys", "list", "--org", "acme"]);
     assert_eq!(code, 0);
     assert!(listing.contains(&key_id) && listing.contains("laptop") && listing.contains('…'));
     assert!(
@@ -162,7 +164,7 @@ async fn bootstrap_cli_and_serve_work_end_to_end() {
     let (code, _, err) = admin(
         &config,
         &[
-            "key",
+            "keys",
             "create-many",
             "--user",
             "alice",
@@ -239,10 +241,10 @@ async fn bootstrap_cli_and_serve_work_end_to_end() {
         assert_eq!(status.as_u16(), 200);
     }
 
-    let (code, _, err) = admin(&config, &["key", "delete", &key_id]);
+    let (code, _, err) = admin(&config, &["keys", "delete", &key_id]);
     assert_eq!(code, 65, "delete needs a revoked key: {err}");
     assert!(err.contains("revoked"));
-    assert_eq!(admin(&config, &["key", "revoke", &key_id]).0, 0);
+    assert_eq!(admin(&config, &["keys", "revoke", &key_id]).0, 0);
     let mut revoked = false;
     for _ in 0..100 {
         let (status, _, body) =
@@ -258,8 +260,8 @@ async fn bootstrap_cli_and_serve_work_end_to_end() {
         revoked,
         "revocation through the CLI reached the running gateway"
     );
-    assert_eq!(admin(&config, &["key", "delete", &key_id]).0, 0);
-    let (code, _, _) = admin(&config, &["key", "show", &key_id]);
+    assert_eq!(admin(&config, &["keys", "delete", &key_id]).0, 0);
+    let (code, _, _) = admin(&config, &["keys", "show", &key_id]);
     assert_eq!(code, 65);
 
     // SIGTERM (to this child's own pid): drain and exit 0; the access log never held the secret.
@@ -396,7 +398,9 @@ async fn the_http_client_manages_keys_users_and_projects() {
     let (code, out, _) = client(a, ada, &["projects", "add-member", "p1", "bob"]).await;
     assert_eq!((code, out.contains("alice,bob")), (0, true), "{out}");
     let (code, out, _) = client(a, BOOTSTRAP, &["projects", "list", "--org", "globex"]).await;
-    assert_eq!((code, out.lines().count()), (0, 1), "{out}");
+    // A header row, then globex's one project.
+    assert_eq!((code, out.lines().count()), (0, 2), "{out}");
+    assert!(out.starts_with("ID "), "{out}");
 
     // Refusals, a missing URL and an unreachable API each have their exit code.
     let (code, _, err) = client(a, &w.keys.alice, &["keys", "list"]).await;

@@ -32,7 +32,6 @@ const LAYERS: &[(&str, u8)] = &[
     // Listeners, the CLI, the demo upstream.
     ("server", 8),
     ("cli", 8),
-    ("client", 8),
     ("demo", 8),
 ];
 
@@ -116,7 +115,7 @@ fn imports_point_down() {
         }
     }
     assert!(
-        checked > 100,
+        checked > 50,
         "only {checked} references found: is the parser broken?"
     );
     assert!(

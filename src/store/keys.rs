@@ -17,10 +17,9 @@ use super::directory::{check_name, new_id};
 use super::{Invalidation, Store, StoreError};
 use crate::credential::{KeyFormat, hash_key, hash_legacy};
 use crate::model::{
-    KeyGrant, KeyId, KeyRecord, KeyStatus, OrgId, ProjectId, Role, User, UserId, UserStatus,
-    unix_now,
+    KeyGrant, KeyHash, KeyId, KeyRecord, KeyStatus, OrgId, ProjectId, Role, Scope, User, UserId,
+    UserStatus, unix_now,
 };
-use crate::model::{KeyHash, Scope};
 use crate::policy::role_allows;
 
 /// Shortest validity a key may be created with, in seconds.
@@ -30,6 +29,31 @@ pub const MIN_VALIDITY_SECS: u64 = 60;
 pub const MAX_ROTATION_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Key records read per round trip when listing.
 const LIST_BATCH: usize = 500;
+
+/// When a new key expires (Unix seconds; `None`: never), for the API and the CLI alike: the
+/// instant `asked` for, else never where `allow_no_expiry`, else `max_validity` from `now`.
+/// Refused unless it is between a minute and `max_validity` away.
+pub fn expiry(
+    now: u64,
+    asked: Option<u64>,
+    max_validity: Duration,
+    allow_no_expiry: bool,
+) -> Result<Option<u64>, String> {
+    let latest = now.saturating_add(max_validity.as_secs());
+    let at = match asked {
+        Some(at) => at,
+        None if allow_no_expiry => return Ok(None),
+        None => latest,
+    };
+    if at < now.saturating_add(MIN_VALIDITY_SECS) {
+        return Err("a key must be valid for at least 1 minute".into());
+    }
+    if at > latest {
+        let max = humantime::format_duration(max_validity);
+        return Err(format!("a key may be valid for at most {max}"));
+    }
+    Ok(Some(at))
+}
 
 /// What a caller asks for when creating a key.
 #[derive(Clone, Debug)]

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use super::{ApiError, Ctx, json, no_content, page};
 use crate::model::Scope;
 use crate::model::{KeyId, KeyRecord, KeyStatus, ProjectId, UserId, unix_now};
-use crate::store::keys::{CreatedKey, NewKey};
+use crate::store::keys::{CreatedKey, NewKey, expiry};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,32 +87,21 @@ fn duration(field: &'static str, text: &str) -> Result<std::time::Duration, ApiE
 }
 
 /// The expiry a request asks for, within the configured bounds.
-fn expiry(ctx: &Ctx<'_>, body: &CreateKey) -> Result<Option<u64>, ApiError> {
+fn key_expiry(ctx: &Ctx<'_>, body: &CreateKey) -> Result<Option<u64>, ApiError> {
     let cfg = &ctx.replica.config;
     let now = unix_now();
     let invalid = |message: String| ApiError::Invalid {
         field: "expires_in",
         message,
     };
-    let at = match (&body.expires_in, body.expires_at) {
+    let asked = match (&body.expires_in, body.expires_at) {
         (Some(_), Some(_)) => {
             return Err(invalid("give expires_in or expires_at, not both".into()));
         }
-        (Some(text), None) => Some(now + duration("expires_in", text)?.as_secs()),
-        (None, Some(at)) => Some(at),
-        (None, None) if cfg.allow_no_expiry => None,
-        (None, None) => Some(now + cfg.max_validity.as_secs()),
+        (Some(text), None) => Some(now.saturating_add(duration("expires_in", text)?.as_secs())),
+        (None, at) => at,
     };
-    if let Some(at) = at {
-        if at < now + crate::store::keys::MIN_VALIDITY_SECS {
-            return Err(invalid("a key must be valid for at least 1 minute".into()));
-        }
-        if at > now + cfg.max_validity.as_secs() {
-            let max = humantime::format_duration(cfg.max_validity);
-            return Err(invalid(format!("a key may be valid for at most {max}")));
-        }
-    }
-    Ok(at)
+    expiry(now, asked, cfg.max_validity, cfg.allow_no_expiry).map_err(invalid)
 }
 
 /// The owner a new key is for: `user_id` (admins: anyone in their org) or the caller.
@@ -155,7 +144,7 @@ pub async fn create(ctx: &Ctx<'_>, body: CreateKey) -> Result<Response<Full<Byte
             .iter()
             .map(|p| ProjectId::from(p.as_str()))
             .collect(),
-        expires_at: expiry(ctx, &body)?,
+        expires_at: key_expiry(ctx, &body)?,
     };
     let created = ctx.store.create_key(&ctx.replica.config.keys, new).await?;
     Ok(with_secret(created, StatusCode::CREATED))

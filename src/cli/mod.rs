@@ -1,0 +1,253 @@
+//! The management CLI: `keygate orgs|users|projects|keys <verb>`, one vocabulary over two
+//! transports.
+//!
+//! - Over the management API of a running keygate (the default): `--url` / `KEYGATE_URL` and
+//!   `--api-key` / `KEYGATE_API_KEY` (a key with `keys:manage` or `admin`, or the bootstrap
+//!   token). The API decides what the caller may do ([`remote`]).
+//! - On the store directly, with `--config FILE` (bootstrap and offline work by operators who can
+//!   reach Redis): the same store functions the API uses, acting as the operator ([`direct`]).
+//!
+//! Owns: the commands and their arguments, choosing the transport, printing ([`print`]) and
+//! the exit codes. Does not own any rule about keys (the store and the API decide).
+//! `keys create` and `keys rotate` print the secret once, to stdout, with a warning on stderr.
+//!
+//! Exit codes: 0 ok; 64 no transport (neither `--config` nor `--url` and `--api-key`), or a
+//! command only one transport offers; 65 refused (not found, exists, invalid; 4xx); 69
+//! unreachable (Redis or the API) or failing (5xx).
+
+pub mod direct;
+mod print;
+pub mod remote;
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+/// Usage error (EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
+/// Refused input (EX_DATAERR).
+pub const EXIT_REFUSED: u8 = 65;
+/// Redis or the API unreachable, or failing (EX_UNAVAILABLE).
+pub const EXIT_UNAVAILABLE: u8 = 69;
+
+/// Where a management command goes, and how its answer is printed.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// Work on the store named in this config file directly, not over the API.
+    #[arg(long, short, global = true, conflicts_with = "url")]
+    pub config: Option<PathBuf>,
+    /// The admin listener of a running keygate, e.g. http://127.0.0.1:9090.
+    #[arg(long, env = "KEYGATE_URL", global = true)]
+    pub url: Option<String>,
+    /// A key with keys:manage (or admin), or the bootstrap token.
+    #[arg(long, env = "KEYGATE_API_KEY", global = true, hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// The org to act on: needed on the store directly, and with the bootstrap token (a key
+    /// acts on its own org).
+    #[arg(long, global = true)]
+    pub org: Option<String>,
+    /// Print JSON (the API's shapes) instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// The nouns, each with its verbs.
+#[derive(Debug)]
+pub enum Manage {
+    Orgs(OrgsCommand),
+    Users(UsersCommand),
+    Projects(ProjectsCommand),
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OrgsCommand {
+    /// Create an organisation (the platform: the bootstrap token, or on the store).
+    Create {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List every organisation.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Add a user to the org.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Chosen id (default: generated).
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long, default_value = "member")]
+        role: String,
+    },
+    /// List the org's users.
+    List,
+    /// One user.
+    Show { id: String },
+    /// Change role and/or status; their keys follow at once on every replica.
+    Set {
+        id: String,
+        #[arg(long)]
+        role: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectsCommand {
+    /// Create a project in the org.
+    Create {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value = "private")]
+        visibility: String,
+    },
+    /// List the org's projects.
+    List,
+    /// One project with its members.
+    Show { id: String },
+    /// Change who may use a project: private (members) or public (every member of the org).
+    Set {
+        id: String,
+        #[arg(long)]
+        visibility: String,
+    },
+    /// Give a user access to a private project.
+    AddMember { id: String, user: String },
+    /// Take a user's access to a private project away.
+    RemoveMember { id: String, user: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; its secret is printed once.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Scopes or presets, comma-separated (e.g. `inference` or `predict,models:read`).
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        /// Validity, e.g. 30d or 12h: at least 1m, at most `keys.max_validity`. Default: never
+        /// where `keys.allow_no_expiry` is on, else `keys.max_validity`.
+        #[arg(long)]
+        expires_in: Option<String>,
+        /// Restrict the key to these projects (repeatable).
+        #[arg(long = "project")]
+        projects: Vec<String>,
+        /// The key's owner (admins: anyone in the org; on the store: required).
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Create many keys at once (benchmarks, migrations); secrets go to FILE, one per line.
+    /// On the store only.
+    CreateMany {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        #[arg(long, default_value = "90d")]
+        expires_in: humantime::Duration,
+        /// Where to write the secrets (mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Import a legacy key id + secret pair; the secret is read from standard input.
+    ImportLegacy {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        name: String,
+        /// The legacy key id clients send in `apikey`.
+        #[arg(long)]
+        legacy_id: String,
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+    },
+    /// List keys (masked): yours, or with --user another's (admins: every key of the org).
+    List {
+        #[arg(long)]
+        user: Option<String>,
+        /// active or revoked.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long)]
+        offset: Option<usize>,
+    },
+    /// One key (masked).
+    Show { id: String },
+    /// Give a key a new name.
+    Rename { id: String, name: String },
+    /// Replace a key's scopes (comma-separated).
+    SetScopes {
+        id: String,
+        #[arg(value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+    },
+    /// Stop a key at once, on every replica.
+    Revoke { id: String },
+    /// Let a revoked key work again.
+    Activate { id: String },
+    /// A new secret, printed once; the old one works for --grace (default: stops at once).
+    Rotate {
+        id: String,
+        #[arg(long)]
+        grace: Option<String>,
+    },
+    /// Delete a revoked key.
+    Delete { id: String },
+}
+
+/// Runs one management command on the chosen transport; returns the process exit code.
+pub async fn run(target: Target, command: Manage) -> u8 {
+    let answer = match (&target.config, &target.url, &target.api_key) {
+        (Some(config), _, _) => direct::run(config, target.org.as_deref(), command).await,
+        (None, Some(url), Some(key)) => remote::run(url, key, target.org.as_deref(), command).await,
+        (None, _, _) => Err(Failure::usage(
+            "set KEYGATE_URL and KEYGATE_API_KEY (or --url and --api-key) to use the management \
+             API, or give --config FILE to work on the store directly",
+        )),
+    };
+    match answer {
+        Ok(value) => {
+            print::answer(&value, target.json);
+            0
+        }
+        Err(Failure { code, message }) => {
+            eprintln!("error: {message}");
+            code
+        }
+    }
+}
+
+/// Why a command did not succeed: the exit code and what to tell the person.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn usage(message: impl Into<String>) -> Failure {
+        Failure {
+            code: EXIT_USAGE,
+            message: message.into(),
+        }
+    }
+
+    pub fn refused(message: impl Into<String>) -> Failure {
+        Failure {
+            code: EXIT_REFUSED,
+            message: message.into(),
+        }
+    }
+}
