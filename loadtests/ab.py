@@ -49,7 +49,7 @@ def main():
         keys, per_run = b.hot_keys, 0
         if args.scenario == "cold":
             keys = os.path.join(b.dir, "cold.txt")
-            b.admin("key", "create-many", "--user", "loadtest", "--count", str(cold_keys), "--scopes", "predict",
+            b.admin("keys", "create-many", "--user", "loadtest", "--count", str(cold_keys), "--scopes", "predict",
                     "--out", keys)
             # A slice of the keys per run, and one for each instance's fill.
             per_run = cold_keys // (args.runs + 2)

@@ -32,6 +32,7 @@ import platform
 import random
 import socket
 import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -106,6 +107,8 @@ class Bench:
         return p
 
     def stop_all(self):
+        """Stops every process this run started (by its own handle), then removes the run's
+        directory: configs, logs, key files and the upload body leave nothing behind."""
         for p in reversed(self.procs):
             if p.poll() is None:
                 p.terminate()
@@ -113,6 +116,7 @@ class Bench:
                     p.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     p.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def redis(self, *args):
         out = subprocess.run(["redis-cli", "-p", str(self.redis_port), *args], capture_output=True, text=True, check=True)
@@ -131,7 +135,7 @@ class Bench:
         return calls
 
     def admin(self, *args):
-        cmd = [self.bin, "admin", "--config", self.config_path, *args]
+        cmd = [self.bin, *args, "--config", self.config_path]
         return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
     def keygate(self, name, port, admin_port):
@@ -179,10 +183,10 @@ upstreams = ["http://127.0.0.1:{self.upstream_port}"]
         self.server_pids[self.upstream_port] = [upstream.pid]
         self.kg_port, self.kg_admin = free_port(), free_port()
         self.config_path, self.kg = self.keygate("keygate", self.kg_port, self.kg_admin)
-        self.admin("org", "create", "bench")
-        self.admin("user", "create", "--org", "bench", "--id", "loadtest", "--name", "load test")
+        self.admin("orgs", "create", "bench")
+        self.admin("users", "create", "--org", "bench", "--id", "loadtest", "--name", "load test")
         self.hot_keys = os.path.join(self.dir, "hot.txt")
-        self.admin("key", "create-many", "--user", "loadtest", "--count", str(a.hot_keys), "--scopes", "predict",
+        self.admin("keys", "create-many", "--user", "loadtest", "--count", str(a.hot_keys), "--scopes", "predict",
                    "--out", self.hot_keys)
         with open(self.hot_keys) as f:
             self.hot_list = [l.strip() for l in f]
@@ -207,7 +211,7 @@ upstreams = ["http://127.0.0.1:{self.upstream_port}"]
         a = self.args
         self.cold_file = os.path.join(self.dir, "cold.txt")
         started = time.time()
-        self.admin("key", "create-many", "--user", "loadtest", "--count", str(a.cold_keys), "--scopes", "predict",
+        self.admin("keys", "create-many", "--user", "loadtest", "--count", str(a.cold_keys), "--scopes", "predict",
                    "--out", self.cold_file)
         self.seed_seconds = time.time() - started
         print(f"  seeded {a.cold_keys} keys in {self.seed_seconds:.1f} s", flush=True)
@@ -395,7 +399,7 @@ http {{
         port2, admin2 = free_port(), free_port()
         self.keygate("keygate2", port2, admin2)
         path = os.path.join(self.dir, "revoke.txt")
-        self.admin("key", "create-many", "--user", "loadtest", "--count", str(a.revocations), "--scopes", "predict", "--out", path)
+        self.admin("keys", "create-many", "--user", "loadtest", "--count", str(a.revocations), "--scopes", "predict", "--out", path)
         with open(path) as f:
             keys = [l.strip() for l in f]
         load = subprocess.Popen(["taskset", "-c", a.wrk_core, "wrk", "-t1", f"-c{a.connections}", f"-d{a.duration * 6}s",
@@ -409,7 +413,7 @@ http {{
                 assert all(c.status(key) == 200 for c in conns), "key not usable before revocation"
                 hexhash = hashlib.sha256(key.encode()).hexdigest()
                 key_id = self.redis("GET", f"kg:keyhash:{hexhash}").strip()
-                self.admin("key", "revoke", key_id)
+                self.admin("keys", "revoke", key_id)
                 committed = time.perf_counter()
                 for i, c in enumerate(conns):
                     while c.status(key) != 401:
@@ -571,7 +575,7 @@ plot '{data}' using 2:xtic(1) title 'p50', '' using 3 title 'p99', '' using 4 ti
             lines.append(f"| {r['scenario']} | {r['config']} | {fmt(r['rps'])} | {fmt(r['p50_ms'], prec=3)} | "
                          f"{fmt(r['p99_ms'], prec=3)} | {fmt(r['p999_ms'], prec=3)} | {server_col} | {cpu_col} | {rss_col} |")
         if summary["seed_seconds"] is not None:
-            lines.append(f"\n- cold: {a.cold_keys} keys seeded in {summary['seed_seconds']:.1f} s (pipelined `admin key create-many`)")
+            lines.append(f"\n- cold: {a.cold_keys} keys seeded in {summary['seed_seconds']:.1f} s (pipelined `keys create-many`)")
         if summary["flood"]:
             fl = summary["flood"]
             lines.append(f"- flood: {fl['keys_sent']} distinct unknown keys sent; keygate RSS {fl['rss_before_mb']:.0f} MB before, "

@@ -67,7 +67,7 @@ def main():
         keys = {"hot": b.hot_keys, "reject": os.path.join(b.dir, "unknown.txt")}.get(args.scenario)
         if args.scenario == "cold":
             keys = os.path.join(b.dir, "cold.txt")
-            b.admin("key", "create-many", "--user", "loadtest", "--count", str(COLD_KEYS), "--scopes", "predict",
+            b.admin("keys", "create-many", "--user", "loadtest", "--count", str(COLD_KEYS), "--scopes", "predict",
                     "--out", keys)
         for i, binary in enumerate(args.bins):
             out = os.path.join(b.dir, f"callgrind{i}.out")

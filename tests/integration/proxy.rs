@@ -1,8 +1,6 @@
 //! The request path end to end: keygate in process, a real Redis, a real upstream.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use http::StatusCode;
 use keygate::model::*;
 

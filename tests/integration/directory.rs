@@ -1,33 +1,13 @@
 //! The management API beyond keys: orgs, users, projects and members, legacy pairs (with their
 //! sunset), and the OpenAPI document, walked operation by operation against the implementation.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::harness::*;
 use serde_json::{Value, json};
 
 fn err(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or_default()
-}
-
-/// Polls the data plane until `key` on `path` gets `want` ("ok" for 200, else the error code).
-async fn eventually(w: &World, path: &str, key: &str, want: &str) {
-    let mut got = String::new();
-    for _ in 0..200 {
-        let (status, _, body) = get_with(w.gw.addr, path, &[("apikey", key)]).await;
-        got = if status == 200 {
-            "ok".into()
-        } else {
-            code(&body)
-        };
-        if got == want {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    panic!("{path} never answered {want} (last: {got})");
 }
 
 #[tokio::test]
@@ -150,7 +130,7 @@ async fn admins_manage_users_and_their_keys_follow_at_once() {
 
     // Disabling bob, or making him a guest, stops his keys at once; re-enabling restores them.
     let path = "/v1/projects/p2/x";
-    eventually(&w, path, &w.keys.bob, "ok").await;
+    answers(w.gw.addr, path, &w.keys.bob, "ok").await;
     let (s, bob) = api(
         a,
         "PATCH",
@@ -160,7 +140,7 @@ async fn admins_manage_users_and_their_keys_follow_at_once() {
     )
     .await;
     assert_eq!((s, bob["status"].as_str()), (200, Some("disabled")));
-    eventually(&w, path, &w.keys.bob, "user_disabled").await;
+    answers(w.gw.addr, path, &w.keys.bob, "user_disabled").await;
     api(
         a,
         "PATCH",
@@ -169,7 +149,7 @@ async fn admins_manage_users_and_their_keys_follow_at_once() {
         Some(json!({"status": "active", "role": "guest"})),
     )
     .await;
-    eventually(&w, path, &w.keys.bob, "guest_not_allowed").await;
+    answers(w.gw.addr, path, &w.keys.bob, "guest_not_allowed").await;
     api(
         a,
         "PATCH",
@@ -178,7 +158,7 @@ async fn admins_manage_users_and_their_keys_follow_at_once() {
         Some(json!({"role": "member"})),
     )
     .await;
-    eventually(&w, path, &w.keys.bob, "ok").await;
+    answers(w.gw.addr, path, &w.keys.bob, "ok").await;
     // Admins cannot lock themselves out.
     let (s, v) = api(
         a,
@@ -214,17 +194,17 @@ async fn admins_manage_projects_and_members() {
     .await;
     assert_eq!((s, err(&v)), (422, "invalid_field"));
     let path = "/v1/projects/p9/predict";
-    eventually(&w, path, &w.keys.alice, "project_access_denied").await;
+    answers(w.gw.addr, path, &w.keys.alice, "project_access_denied").await;
     let (s, p) = api(a, "PUT", "/v1/projects/p9/members/alice", ada, None).await;
     assert_eq!((s, p["members"].clone()), (200, json!(["alice"])));
-    eventually(&w, path, &w.keys.alice, "ok").await;
+    answers(w.gw.addr, path, &w.keys.alice, "ok").await;
     assert_eq!(
         api(a, "DELETE", "/v1/projects/p9/members/alice", ada, None)
             .await
             .0,
         200
     );
-    eventually(&w, path, &w.keys.alice, "project_access_denied").await;
+    answers(w.gw.addr, path, &w.keys.alice, "project_access_denied").await;
     let (s, p) = api(
         a,
         "PATCH",
@@ -234,7 +214,7 @@ async fn admins_manage_projects_and_members() {
     )
     .await;
     assert_eq!((s, p["visibility"].as_str()), (200, Some("public")));
-    eventually(&w, path, &w.keys.alice, "ok").await;
+    answers(w.gw.addr, path, &w.keys.alice, "ok").await;
     assert_eq!(
         api(a, "PUT", "/v1/projects/p9/members/gina", ada, None)
             .await

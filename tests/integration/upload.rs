@@ -1,14 +1,12 @@
 //! A 50 MB upload streams through keygate without keygate's memory growing by its size.
 //! (Its own test binary: RSS is per process, so nothing else may run beside it.)
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::harness::*;
 use bytes::Bytes;
-use common::*;
 use http::Request;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;

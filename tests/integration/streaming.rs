@@ -1,13 +1,11 @@
 //! Streaming, protocols and shutdown: server-sent events chunk by chunk, TLS with ALPN (HTTP/1.1
 //! and HTTP/2), HTTP/2 prior knowledge on plaintext, and graceful drain.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::harness::*;
 use bytes::Bytes;
-use common::*;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -45,17 +43,12 @@ async fn server_sent_events_arrive_chunk_by_chunk() {
     );
 }
 
-/// A certificate for `localhost` written to PEM files; returns the TOML line and the cert.
-fn tls_files() -> (String, rustls::pki_types::CertificateDer<'static>) {
+/// A certificate for `localhost` written to PEM files in `dir`; returns the TOML line and the
+/// cert.
+fn tls_files(dir: &tempfile::TempDir) -> (String, rustls::pki_types::CertificateDer<'static>) {
     let rcgen::CertifiedKey { cert, signing_key } =
         rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let dir = std::env::temp_dir().join(format!(
-        "keygate-tls-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let (c, k) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&c, cert.pem()).unwrap();
     std::fs::write(&k, signing_key.serialize_pem()).unwrap();
     let line = format!(
@@ -105,7 +98,9 @@ fn request(w: &World, version: http::Version) -> Request<Empty<Bytes>> {
 
 #[tokio::test]
 async fn tls_serves_http1_and_http2_by_alpn() {
-    let (line, cert) = tls_files();
+    // The private key is removed when the test ends, pass or fail.
+    let dir = temp_dir("keygate-tls-");
+    let (line, cert) = tls_files(&dir);
     let w = World::start_with(&line).await;
 
     let io = TokioIo::new(tls_connect(w.gw.addr, &cert, b"http/1.1").await);

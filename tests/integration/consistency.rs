@@ -1,12 +1,10 @@
 //! Replicas sharing one Redis: changes made anywhere are seen everywhere within 100 ms, and a
 //! Redis outage degrades to cached keys (until `max_stale`) and 503s, then recovers by itself.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
 use http::Request;
 use http_body_util::Full;
 use keygate::model::*;
@@ -14,17 +12,20 @@ use keygate::model::*;
 /// Polls until a request with `key` gets `want`; returns how long that took.
 async fn time_until(addr: SocketAddr, path: &str, key: &str, want: u16) -> Duration {
     let started = Instant::now();
-    loop {
-        let (status, _, _) = get_with(addr, path, &[("apikey", key)]).await;
-        if status.as_u16() == want {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "never got {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let what = format!("{path} answers {want}");
+    eventually(
+        &what,
+        Duration::from_secs(5),
+        Duration::from_millis(2),
+        || async {
+            match get_with(addr, path, &[("apikey", key)]).await.0.as_u16() {
+                status if status == want => Ok(()),
+                status => Err(status.to_string()),
+            }
+        },
+    )
+    .await;
+    started.elapsed()
 }
 
 async fn both_answer(addrs: [SocketAddr; 2], key: &str, want: u16) -> [Duration; 2] {

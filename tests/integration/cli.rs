@@ -2,13 +2,11 @@
 //! as a process
 //! that drains and exits 0 on SIGTERM (sent to its own pid).
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_keygate");
 
@@ -16,21 +14,18 @@ fn keygate(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().unwrap()
 }
 
-fn write_config(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "keygate-cli-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
+/// Writes `text` to `name` in `dir`; returns the file's path.
+fn write_config(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+    let path = dir.path().join(name);
     std::fs::write(&path, text).unwrap();
     path
 }
 
 #[test]
 fn check_config_reports_every_problem_and_exits_64() {
+    let dir = temp_dir("keygate-cli-");
     let bad = write_config(
+        &dir,
         "bad.toml",
         "[admin]\naddr = \"nowhere\"\n[redis]\nurl = \"http://x\"\n[[route]]\nid = \"r\"\npath_prefix = \"v1\"\nupstreams = []\n",
     );
@@ -47,7 +42,7 @@ fn check_config_reports_every_problem_and_exits_64() {
     ] {
         assert!(err.contains(needle), "{needle} missing from:\n{err}");
     }
-    let typo = write_config("typo.toml", "[admin]\nadr = \"127.0.0.1:1\"\n");
+    let typo = write_config(&dir, "typo.toml", "[admin]\nadr = \"127.0.0.1:1\"\n");
     let out = keygate(&["check-config", "--config", typo.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("adr"));
@@ -79,7 +74,10 @@ async fn bootstrap_cli_and_serve_work_end_to_end() {
     let redis = Redis::start();
     let upstream = Upstream::start().await;
     let (port, admin_port) = (free_port(), free_port());
+    // The config, and the bulk secrets file beside it, go when the test ends.
+    let dir = temp_dir("keygate-cli-");
     let config = write_config(
+        &dir,
         "keygate.toml",
         &format!(
             "[[listener]]\naddr = \"127.0.0.1:{port}\"\n[admin]\naddr = \"127.0.0.1:{admin_port}\"\n[redis]\nurl = \"{}\"\n\
@@ -204,17 +202,22 @@ async fn bootstrap_cli_and_serve_work_end_to_end() {
         .unwrap();
     let gw: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    let mut ready = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(admin_addr).await.is_ok()
-            && get(admin_addr, "/readyz").await.0 == 200
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(ready, "keygate serve never became ready");
+    let what = "keygate serve is ready";
+    eventually(
+        what,
+        Duration::from_secs(5),
+        Duration::from_millis(25),
+        || async {
+            match tokio::net::TcpStream::connect(admin_addr).await {
+                Ok(_) => match get(admin_addr, "/readyz").await.0.as_u16() {
+                    200 => Ok(()),
+                    status => Err(status.to_string()),
+                },
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
     let (status, _, _) = get_with(gw, "/v1/projects/p1/predict", &[("apikey", &secret)]).await;
     assert_eq!(status.as_u16(), 200);
     assert_eq!(upstream.last().headers["x-keygate-key-id"], key_id.as_str());
@@ -245,21 +248,8 @@ async fn bootstrap_cli_and_serve_work_end_to_end() {
     assert_eq!(code, 65, "delete needs a revoked key: {err}");
     assert!(err.contains("revoked"));
     assert_eq!(admin(&config, &["keys", "revoke", &key_id]).0, 0);
-    let mut revoked = false;
-    for _ in 0..100 {
-        let (status, _, body) =
-            get_with(gw, "/v1/projects/p1/predict", &[("apikey", &secret)]).await;
-        if status.as_u16() == 401 {
-            assert_eq!(common::code(&body), "key_revoked");
-            revoked = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert!(
-        revoked,
-        "revocation through the CLI reached the running gateway"
-    );
+    // The revocation through the CLI reaches the running gateway.
+    answers(gw, "/v1/projects/p1/predict", &secret, "key_revoked").await;
     assert_eq!(admin(&config, &["keys", "delete", &key_id]).0, 0);
     let (code, _, _) = admin(&config, &["keys", "show", &key_id]);
     assert_eq!(code, 65);

@@ -1,26 +1,11 @@
 //! The management API's key endpoints and their rules, end to end through the data plane.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use serde_json::{Value, json};
 
-/// Polls the data plane until a key gets `want` (an error code, or "ok" for 200); changes reach
-/// replicas through pub/sub, within milliseconds but not synchronously.
+/// Waits until the data plane answers a key on p1 with `want` ("ok" or an error code).
 async fn eventually(w: &World, key: &str, want: &str) {
-    for _ in 0..200 {
-        let (status, _, body) = get_with(w.gw.addr, "/v1/projects/p1/x", &[("apikey", key)]).await;
-        let got = if status == 200 {
-            "ok".to_owned()
-        } else {
-            code(&body)
-        };
-        if got == want {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    panic!("the data plane never answered {want}");
+    answers(w.gw.addr, "/v1/projects/p1/x", key, want).await
 }
 
 /// A member's key that may manage their own keys.

@@ -1,0 +1,15 @@
+//! The integration tests, in one binary (one link instead of nine, and one copy of the
+//! harness): keygate in process or as its real binary, against a real `redis-server` and real
+//! HTTP upstreams, all on 127.0.0.1.
+
+mod harness;
+
+mod api;
+mod cli;
+mod consistency;
+mod directory;
+mod layers;
+mod lifecycle;
+mod proxy;
+mod streaming;
+mod upload;
