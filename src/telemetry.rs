@@ -4,6 +4,8 @@
 //! The access log is the `keygate::access` target: one line per request with request id, route,
 //! key id, status, duration and outcome; never a key or secret.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -26,8 +28,10 @@ pub struct LogConfig {
 /// Installs the global subscriber. Call once, from the binary.
 pub fn init(cfg: &LogConfig) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
+    // Colour only on a terminal: a log file or a collector gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match cfg.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

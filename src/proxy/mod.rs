@@ -168,7 +168,7 @@ pub fn handle(
                 key_id = record.principal.as_ref().map_or("", |p| p.key.id.as_str()),
                 status = status.as_u16(),
                 outcome,
-                duration_ms = elapsed * 1000.0,
+                duration_ms = (elapsed * 1e6).round() / 1e3,
             );
         }
         Ok(response)
