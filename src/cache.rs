@@ -69,9 +69,9 @@ struct Slot<V> {
     fetched_at: Instant,
 }
 
-/// Keys are hashed with foldhash, seeded per process (as is `store::usage`'s map). SipHash, the
-/// default, cost ~370 instructions per lookup of a 32-byte credential hash; foldhash a tenth of
-/// that. Clients choose the credentials, but without the seed they cannot choose colliding ones.
+/// Keys are hashed with foldhash, seeded per process (as is `store::usage`'s map): SipHash, the
+/// default, costs several times more per lookup of a 32-byte credential hash. Clients choose the
+/// credentials, but without the seed they cannot choose colliding ones.
 type Hasher = foldhash::fast::RandomState;
 
 /// A bounded read-through map in front of the store.

@@ -243,8 +243,7 @@ pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Ful
 }
 
 /// The body of one of the data plane's own errors. Its code and message are fixed, so each
-/// worker thread writes it once: a rejected request should cost little more than parsing it
-/// (loadtests/RESULTS.md, scenario reject).
+/// worker thread writes it once: a rejected request should cost little more than parsing it.
 fn static_body(code: &'static str, message: &'static str) -> Bytes {
     thread_local! {
         static BODIES: RefCell<Vec<(&'static str, &'static str, Bytes)>> =

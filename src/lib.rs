@@ -6,24 +6,24 @@
 //! replica keeps hot entries in process and drops them when Redis announces a change.
 //!
 //! # Layout
-//! - `main.rs` + [`cli`]: the CLI (`serve`, `check-config`, `admin …` on the store directly,
-//!   `demo-upstream`); [`client`]: `keys|users|projects …` over the management API.
-//! - [`config`]: TOML file → validated runtime config and compiled route table.
-//! - [`server`]: accept loops, TLS, HTTP/1.1 + HTTP/2, connection limits, graceful drain;
-//!   `run()` here starts one single-threaded runtime per worker (thread-per-core).
-//! - [`proxy`]: `handle()`, the request path; [`proxy::route`] matching on the normalised path;
-//!   [`proxy::forward`] header rewrite, timeouts and streaming; [`proxy::pool`] the per-worker
-//!   keep-alive connections to upstreams.
-//! - [`credential`]: key format (generate, parse, checksum, hash, mask) and header extraction.
-//! - [`store`]: records and the Redis schema; every write is audited and publishes its
-//!   invalidations; key usage is counted in process and written in batches.
-//! - [`cache`]: hot entries (bounded, TTL, negative entries, one fetch in flight per key,
-//!   stale-if-error) and the invalidation subscriber.
-//! - [`policy`]: pure: may this key do this on this route and project, now?
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`; [`api`]: the management API under `/v1`.
-//! - [`timer`]: the coarse clock of the per-request timeouts that almost never fire.
-//! - [`metrics`], [`telemetry`], [`error`]: as named.
-//! - [`demo`]: a tiny upstream for the demo and benchmarks.
+//! In layers, bottom first; a module names only modules of lower layers (`tests/integration/
+//! layers.rs` checks it).
+//! 1. [`model`]: ids, records, roles, scopes, the principal, the identity headers. No I/O.
+//! 2. [`credential`]: the key format and header extraction. [`runtime`]: the hand-written runtime
+//!    parts (coarse timer, drain, HTTP/2 idle close). [`telemetry`]: logging and request ids.
+//! 3. [`policy`]: pure: may this key do this on this route and project, now? [`route`]: the
+//!    route table and path normalisation.
+//! 4. [`store`]: Redis (schema, field codec, audit, usage counts). [`upstream`]: pooled
+//!    keep-alive connections to backends.
+//! 5. [`cache`]: hot entries over the store (bounded, TTL, negative entries, one fetch in flight
+//!    per key, stale-if-error) and the invalidation subscriber.
+//! 6. [`config`]: TOML file → validated config. [`error`]: the data plane's errors and their
+//!    responses. [`metrics`]: the Prometheus registry.
+//! 7. [`replica`]: the shared state of a replica.
+//! 8. [`proxy`]: `handle()`, the request path. [`admin`]: the ops endpoints and the `/v1` API.
+//! 9. [`server`]: accept loops, TLS, HTTP/1.1 + HTTP/2, limits, drain. [`cli`]: the management
+//!    commands (over the API or on the store). [`demo`]: a tiny upstream for demos and
+//!    benchmarks. This file: [`run`], one replica on bound listeners.
 //!
 //! # The request path
 //! 1. Refuse `CONNECT` and upgrades. 2. Normalise the path (reject anything ambiguous).
@@ -34,26 +34,33 @@
 
 #![forbid(unsafe_code)]
 
-// In layer order, bottom first (`tests/layers.rs` keeps imports pointing down).
-pub mod admin;
+// In layer order, bottom first (see the layout above).
+pub mod model;
+
+pub mod credential;
+pub mod runtime;
+pub mod telemetry;
+
+pub mod policy;
+pub mod route;
+
+pub mod store;
+pub mod upstream;
+
 pub mod cache;
-pub mod cli;
 
 pub mod config;
-pub mod credential;
-pub mod demo;
 pub mod error;
 pub mod metrics;
-pub mod model;
-pub mod policy;
-pub mod proxy;
+
 pub mod replica;
-pub mod route;
-pub mod runtime;
+
+pub mod admin;
+pub mod proxy;
+
+pub mod cli;
+pub mod demo;
 pub mod server;
-pub mod store;
-pub mod telemetry;
-pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -12,8 +12,8 @@ use clap::{Parser, Subcommand};
 use keygate::cli::{self, KeysCommand, Manage, OrgsCommand, ProjectsCommand, Target, UsersCommand};
 use keygate::config::Config;
 
-/// mimalloc instead of glibc malloc: under load glibc's malloc/free/consolidate were ~7% of
-/// keygate's CPU profile (many small, short-lived allocations per request across threads).
+/// mimalloc instead of glibc malloc: under load glibc's malloc/free/consolidate were a large
+/// share of keygate's CPU profile (many small, short-lived allocations per request).
 /// mimalloc's v2, not v3 (Cargo.toml): v3 over-allocates every aligned request above its small
 /// sizes, and Rust asks for every allocation aligned.
 #[global_allocator]

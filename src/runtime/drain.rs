@@ -2,9 +2,8 @@
 //! close, then wait until all are gone.
 //!
 //! In place of hyper-util's `GracefulShutdown`, whose watcher polls a `watch` channel, taking a
-//! lock, every time its connection wakes: several times a request, ~0.3k instructions of the hot
-//! path (loadtests/RESULTS.md). Here a connection takes a place before it is served, registers its
-//! waker once, and on every other wake reads one flag.
+//! lock, every time its connection wakes, several times a request. Here a connection takes a
+//! place before it is served, registers its waker once, and on every other wake reads one flag.
 
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};

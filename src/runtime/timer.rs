@@ -6,8 +6,7 @@
 //! a keep-alive connection is once per request, and drops it unfired a moment later; the
 //! response timeout is armed while each request waits for its upstream. On tokio's timer every
 //! arming is a timer-wheel insert and remove under the driver's lock. Often it also writes the
-//! driver's eventfd to wake it, a system call, 0.3 per request under the hot load
-//! (loadtests/RESULTS.md, 2026-11-24). Here a timeout is a slot in one list per timer, filled
+//! driver's eventfd to wake it, a system call on the hot path. Here a timeout is a slot in one list per timer, filled
 //! the first time the timeout is polled and emptied when it is dropped. A ticker wakes the
 //! expired ones every [`CoarseTimer::tick`]. So a timeout fires between its deadline and one
 //! tick later, and costs no system call.

@@ -128,17 +128,16 @@ impl Invalidation {
 
 /// GET the index, then the key's grant and its owner, in one round trip. HMGET of only the fields
 /// the request path reads ([`KeyGrant::FIELDS`], [`Owner::FIELDS`]), filled in by
-/// [`resolve_script`]: every field named or returned is a Lua string to make, and HGETALL of the
-/// whole key cost Redis 7.1 µs per call against 5.7 (loadtests/RESULTS.md, 2026-11-25).
+/// [`resolve_script`]: every field named or returned is a Lua string for Redis to make, so
+/// HGETALL of the whole key costs Redis more per call.
 ///
 /// The answer is one string: the key's values, then the owner's, separated by NULs
 /// ([`SEPARATOR`]), an absent field as an empty value; only the key's when the owner is missing.
 /// One string rather than nested RESP arrays: decoding RESP bulk strings into `redis::Value`s
-/// cost keygate more CPU per cache miss than anything else it does for one (RESULTS.md,
-/// 2026-11-24 cold profile). Joined rather than JSON-encoded: `cjson.encode` cost Redis ~0.6 µs
-/// more per call, and parsing its quotes and escapes cost keygate ~2.4k instructions per cache
-/// miss (RESULTS.md, 2026-11-25 03:20). No valid value contains a NUL; a corrupt one that did
-/// would change the count of values, which is checked.
+/// was the largest cost of a cache miss in keygate. Joined rather than JSON-encoded:
+/// `cjson.encode` costs Redis more, and parsing quotes and escapes costs keygate more. No valid
+/// value contains a NUL; a corrupt one that did would change the count of values, which is
+/// checked.
 const RESOLVE_SCRIPT: &str = r"
 local id = redis.call('GET', KEYS[1])
 if not id then return false end
@@ -204,8 +203,8 @@ impl Store {
         let manager_cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.connect_timeout))
             // `Store::bounded` bounds every command with `command_timeout`, reconnects included;
-            // redis-rs's own timer on each one (500 ms unless set) cost a cache miss ~800
-            // instructions more and, when a command timed out, no reconnect either.
+            // redis-rs's own timer on each one (500 ms unless set) would be a second timer per
+            // cache miss and, when a command timed out, would not reconnect either.
             .set_response_timeout(None)
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
@@ -321,7 +320,7 @@ impl Store {
         let mut values = [None; KEY + Owner::FIELDS.len()];
         let mut count = 0;
         let mut start = 0;
-        // `memchr` rather than `str::split`, whose char search cost ~10 instructions a byte.
+        // `memchr` (SIMD) rather than `str::split`, whose char search goes byte by byte.
         let ends = memchr::memchr_iter(SEPARATOR, answer.as_bytes()).chain([answer.len()]);
         for end in ends {
             let value = &answer[start..end];
