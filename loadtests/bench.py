@@ -500,6 +500,7 @@ http {{
             ("hot keygate-full / keygate (req/s): a full cache's cost", ("hot", "keygate-full"), ("hot", "keygate"), "rps"),
             ("hot keygate-full / nginx (req/s)", ("hot", "keygate-full"), ("hot", "nginx"), "rps"),
             ("hot keygate-full p99 / nginx p99", ("hot", "keygate-full"), ("hot", "nginx"), "p99_ms"),
+            ("hot keygate-full / nginx-identity (req/s)", ("hot", "keygate-full"), ("hot", "nginx-identity"), "rps"),
             ("cold keygate / hot keygate (req/s)", ("cold", "keygate"), ("hot", "keygate"), "rps"),
             ("reject malformed / hot keygate (req/s)", ("reject", "malformed"), ("hot", "keygate"), "rps"),
             ("reject unknown / hot keygate (req/s)", ("reject", "unknown"), ("hot", "keygate"), "rps"),
@@ -557,8 +558,11 @@ plot '{data}' using 2:xtic(1) title 'p50', '' using 3 title 'p99', '' using 4 ti
         a = self.args
         cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
         fmt = lambda t, unit="", prec=0: "—" if t is None else f"{t[0]:.{prec}f}{unit} ({t[1]:.{prec}f}–{t[2]:.{prec}f})"
+        when = f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True).stdout.strip() or "?"
         lines = [
-            f"\n## {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n",
+            f"{LATEST}\n\n{when}, on {commit}\n",
             f"- command: `bash loadtests/run.sh {' '.join(sys.argv[1:])}`".rstrip(),
             f"- machine: {os.cpu_count()} cores ({cpu}), {platform.platform()}; shared and noisy",
             f"- wrk pinned to core {a.wrk_core}, 1 thread, {a.connections} connections, {a.duration} s per run, "
@@ -594,9 +598,33 @@ plot '{data}' using 2:xtic(1) title 'p50', '' using 3 title 'p99', '' using 4 ti
         lines.append("\n| ratio (same run) | value |\n|---|---|")
         lines += [f"| {k} | {v:.2f} |" for k, v in ratios.items()]
         lines.append("\n![latency percentiles](latency.png)\n")
-        with open(os.path.join(HERE, "RESULTS.md"), "a") as f:
-            f.write("\n".join(lines) + "\n")
-        print(f"results appended to loadtests/RESULTS.md; raw files in {self.dir}")
+        self.record_in_results("\n".join(lines) + "\n", history_row(when, commit, a, ratios, summary))
+        print("results written to loadtests/RESULTS.md: the latest run, and a row of its history table")
+
+    def record_in_results(self, latest, row):
+        """RESULTS.md is a report: the latest run replaces the previous one (everything after
+        LATEST), and the run's headline ratios become the last row of the history table (the
+        table ends at HISTORY_END)."""
+        path = os.path.join(HERE, "RESULTS.md")
+        text = open(path).read()
+        head = text[:text.index(LATEST)]
+        head = head.replace(HISTORY_END, row + "\n" + HISTORY_END)
+        with open(path, "w") as f:
+            f.write(head + latest)
+
+
+LATEST = "## Latest run"
+HISTORY_END = "<!-- the history table ends here -->"
+
+
+def history_row(when, commit, a, ratios, summary):
+    """One row of RESULTS.md's history table: the figures the targets in README.md name."""
+    r = lambda label: f"{ratios[label]:.2f}" if label in ratios else "—"
+    rv = summary["revocation"]
+    revocation = " / ".join(f"{v['p99_ms']:.1f}" for v in rv.values()) if rv else "—"
+    return (f"| {when[:10]} | {commit} | {','.join(a.scenarios)} | {r('hot keygate / nginx-identity (req/s): the same job')} | "
+            f"{r('hot keygate-full / nginx-identity (req/s)')} | {r('hot keygate / nginx (req/s)')} | "
+            f"{r('reject unknown keygate / nginx (req/s)')} | {r('cold keygate / hot keygate (req/s)')} | {revocation} |")
 
 
 def main():
