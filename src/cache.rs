@@ -24,8 +24,7 @@ use dashmap::DashMap;
 use futures_util::StreamExt;
 use tokio::sync::{OnceCell, watch};
 
-use crate::model::KeyHash;
-use crate::model::{OrgId, Principal, Project, ProjectId};
+use crate::model::{KeyHash, OrgId, Principal, Project, ProjectId};
 use crate::store::{Invalidation, Store, StoreError};
 use prometheus::IntCounter;
 

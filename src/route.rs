@@ -2,7 +2,8 @@
 //!
 //! Owns: path normalisation (rejecting, never rewriting, anything ambiguous), the compiled route
 //! table and its matching (host, then the longest path prefix on a segment boundary), resolving
-//! a route's project from the request, and the upstream URL for a request.
+//! a route's project from the request, and the upstream URL for a request. Does not own:
+//! building the table from the config file (`config`), or forwarding (`proxy`).
 //!
 //! Invariant: the path that is matched and authorised is byte for byte the path the upstream
 //! receives (less the route prefix when `strip_prefix` is set). We never decode and re-encode.
@@ -13,8 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use http::HeaderValue;
 use http::uri::Scheme;
 
-use crate::model::Scope;
-use crate::model::{OrgId, ProjectId, is_valid_id};
+use crate::model::{OrgId, ProjectId, Scope, is_valid_id};
 
 /// Why a path was rejected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]

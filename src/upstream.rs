@@ -3,7 +3,8 @@
 //! Owns: connecting (under `limits.upstream_connect_timeout`, `TCP_NODELAY`, TCP keepalive),
 //! reusing idle connections (a request that a reused connection hands back unsent, because the
 //! upstream just closed it, goes on the next idle one or a new one), and closing connections
-//! idle longer than `limits.upstream_idle_timeout`.
+//! idle longer than `limits.upstream_idle_timeout`. Does not own: the per-request response
+//! timeout, the header rewrite or the body cap (`proxy::forward`).
 //!
 //! A connection goes back to the pool when the response body it carried has been read to the
 //! end ([`PooledBody`]); a body dropped half-read takes its connection with it, since the rest

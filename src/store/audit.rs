@@ -1,8 +1,8 @@
 //! The audit log: who changed what, when, and through which request.
 //!
 //! Owns: [`Actor`] (carried by a [`Store`] handle, so the CLI, the API and tests share one set of
-//! write functions), [`Change`] (one per write), appending it in the write's own MULTI/EXEC
-//! ([`Store::commit`], the one way a write reaches Redis), and reading it back newest first.
+//! write functions), the entry each write appends in its own MULTI/EXEC ([`Store::commit`] calls
+//! [`Actor::append_entry`]), and reading the log back newest first.
 //!
 //! Schema: one stream per org, `kg:org:{org}:audit`, capped near [`AUDIT_MAX_ENTRIES`] (XADD
 //! MAXLEN ~). Fields: `actor`, `key_id`, `request_id`, `action`, `target`, `details` (JSON).
@@ -11,7 +11,7 @@
 use serde::Serialize;
 
 use super::codec::Fields;
-use super::{Invalidation, Store, StoreError, pairs};
+use super::{Change, Store, StoreError, pairs};
 use crate::model::{KeyId, OrgId};
 
 /// Entries kept per org: about 300 bytes each, so ~300 MB of Redis at most; the stream is
@@ -40,19 +40,36 @@ impl Actor {
     }
 }
 
-/// One write, as the audit log records it.
-#[derive(Debug)]
-pub struct Change<'a> {
-    /// The org whose log it goes to.
-    pub org: &'a OrgId,
-    /// `key.create`, `user.update`, `project.member.add`, …
-    pub action: &'static str,
-    /// `key:{id}`, `user:{id}`, `project:{id}`, `org:{id}`.
-    pub target: String,
-    /// What changed (never a secret).
-    pub details: serde_json::Value,
-    /// What every replica must drop from its hot cache.
-    pub invalidations: Vec<Invalidation>,
+impl Actor {
+    /// Appends `change`'s audit entry, as this actor's, to the write's transaction `pipe`.
+    pub(super) fn append_entry(
+        &self,
+        pipe: &mut redis::Pipeline,
+        stream: String,
+        change: &Change<'_>,
+    ) {
+        let fields = [
+            ("actor", self.who.clone()),
+            (
+                "key_id",
+                self.key_id
+                    .as_ref()
+                    .map(|k| k.to_string())
+                    .unwrap_or_default(),
+            ),
+            ("request_id", self.request_id.clone().unwrap_or_default()),
+            ("action", change.action.to_owned()),
+            ("target", change.target.clone()),
+            ("details", change.details.to_string()),
+        ];
+        pipe.xadd_maxlen(
+            stream,
+            redis::streams::StreamMaxlen::Approx(AUDIT_MAX_ENTRIES),
+            "*",
+            &fields,
+        )
+        .ignore();
+    }
 }
 
 /// An audit entry as the API returns it.
@@ -103,41 +120,6 @@ fn is_stream_id(s: &str) -> bool {
 }
 
 impl Store {
-    /// Runs a write's MULTI/EXEC with its audit entry and its invalidations: the one way a
-    /// change reaches Redis.
-    pub(super) async fn commit(
-        &self,
-        mut pipe: redis::Pipeline,
-        change: Change<'_>,
-    ) -> Result<(), StoreError> {
-        let a = &self.actor;
-        let fields = [
-            ("actor", a.who.clone()),
-            (
-                "key_id",
-                a.key_id.as_ref().map(|k| k.to_string()).unwrap_or_default(),
-            ),
-            ("request_id", a.request_id.clone().unwrap_or_default()),
-            ("action", change.action.to_owned()),
-            ("target", change.target),
-            ("details", change.details.to_string()),
-        ];
-        pipe.atomic()
-            .xadd_maxlen(
-                self.name(format_args!("org:{}:audit", change.org)),
-                redis::streams::StreamMaxlen::Approx(AUDIT_MAX_ENTRIES),
-                "*",
-                &fields,
-            )
-            .ignore();
-        for inv in &change.invalidations {
-            pipe.publish(self.channel(), inv.encode()).ignore();
-        }
-        let mut c = self.conn.clone();
-        self.bounded(async { Ok(pipe.query_async::<()>(&mut c).await?) })
-            .await
-    }
-
     /// An org's audit entries, newest first: up to `limit`, older than the cursor `before` (an
     /// entry id) when given.
     pub async fn audit(

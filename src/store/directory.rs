@@ -6,7 +6,7 @@
 
 use serde_json::json;
 
-use super::audit::Change;
+use super::Change;
 use super::{Invalidation, Store, StoreError};
 use crate::model::{
     Org, OrgId, Project, ProjectId, Role, User, UserId, UserStatus, Visibility, is_valid_id,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::audit::Change;
+use super::Change;
 use super::codec::{Fields, join};
 use super::directory::{check_name, new_id};
 use super::{Invalidation, Store, StoreError};

@@ -48,6 +48,21 @@ use crate::model::{
 use audit::Actor;
 use codec::{BadRecord, Fields, Values};
 
+/// One write, as the audit log records it.
+#[derive(Debug)]
+pub struct Change<'a> {
+    /// The org whose log it goes to.
+    pub org: &'a OrgId,
+    /// `key.create`, `user.update`, `project.member.add`, …
+    pub action: &'static str,
+    /// `key:{id}`, `user:{id}`, `project:{id}`, `org:{id}`.
+    pub target: String,
+    /// What changed (never a secret).
+    pub details: serde_json::Value,
+    /// What every replica must drop from its hot cache.
+    pub invalidations: Vec<Invalidation>,
+}
+
 /// How to reach Redis, from the `[redis]` section of the config.
 #[derive(Clone, Debug)]
 pub struct RedisConfig {
@@ -251,6 +266,23 @@ impl Store {
             ns: &self.ns,
             parts,
         }
+    }
+
+    /// Runs a write's MULTI/EXEC with its audit entry and its invalidations: the one way a
+    /// change reaches Redis.
+    async fn commit(
+        &self,
+        mut pipe: redis::Pipeline,
+        change: Change<'_>,
+    ) -> Result<(), StoreError> {
+        let stream = self.name(format_args!("org:{}:audit", change.org));
+        self.actor.append_entry(pipe.atomic(), stream, &change);
+        for inv in &change.invalidations {
+            pipe.publish(self.channel(), inv.encode()).ignore();
+        }
+        let mut c = self.conn.clone();
+        self.bounded(async { Ok(pipe.query_async::<()>(&mut c).await?) })
+            .await
     }
 
     /// Runs a store future with the command timeout as an absolute bound (reconnects included).

@@ -13,8 +13,7 @@ use http_body_util::Full;
 use serde::Deserialize;
 
 use super::{ApiError, Ctx, json, no_content, page};
-use crate::model::Scope;
-use crate::model::{KeyId, KeyRecord, KeyStatus, ProjectId, UserId, unix_now};
+use crate::model::{KeyId, KeyRecord, KeyStatus, ProjectId, Scope, UserId, unix_now};
 use crate::store::keys::{CreatedKey, NewKey, expiry};
 
 #[derive(Debug, Deserialize)]

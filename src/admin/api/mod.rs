@@ -23,8 +23,7 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use crate::error::{CHALLENGE, add_status_headers, json_error};
-use crate::model::Scope;
-use crate::model::{KeyId, OrgId, Owner, Role, UserId, unix_now};
+use crate::model::{KeyId, OrgId, Owner, Role, Scope, UserId, unix_now};
 use crate::policy::{self, grants};
 use crate::replica::Replica;
 use crate::store::audit::Actor;
