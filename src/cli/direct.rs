@@ -248,6 +248,9 @@ async fn keys(
             let scopes = scopes(config, &names)?;
             store.set_key_scopes(&KeyId::from(id), scopes).await?
         }
+        K::Revoke { id } if super::is_secret(&id) => {
+            store.revoke_by_secret(&config.keys, &id).await?
+        }
         K::Revoke { id } => {
             store
                 .set_key_status(&KeyId::from(id), KeyStatus::Revoked)

@@ -193,7 +193,8 @@ pub enum KeysCommand {
         #[arg(value_delimiter = ',', required = true)]
         scopes: Vec<String>,
     },
-    /// Stop a key at once, on every replica.
+    /// Stop a key at once, on every replica. Give its id, or, for a leaked key, its secret
+    /// (anything but a `key_…` id is taken as a secret; no management key is needed for it).
     Revoke { id: String },
     /// Let a revoked key work again.
     Activate { id: String },
@@ -211,8 +212,10 @@ pub enum KeysCommand {
 pub async fn run(target: Target, command: Manage) -> u8 {
     let answer = match (&target.config, &target.url, &target.api_key) {
         (Some(config), _, _) => direct::run(config, target.org.as_deref(), command).await,
-        (None, Some(url), Some(key)) => remote::run(url, key, target.org.as_deref(), command).await,
-        (None, _, _) => Err(Failure::usage(
+        (None, Some(url), key) => {
+            remote::run(url, key.as_deref(), target.org.as_deref(), command).await
+        }
+        (None, None, _) => Err(Failure::usage(
             "set KEYGATE_URL and KEYGATE_API_KEY (or --url and --api-key) to use the management \
              API, or give --config FILE to work on the store directly",
         )),
@@ -227,6 +230,12 @@ pub async fn run(target: Target, command: Manage) -> u8 {
             code
         }
     }
+}
+
+/// Whether `keys revoke` was given a secret rather than a key id: keygate makes every key id
+/// `key_` and 16 characters, and a secret is longer than any id.
+pub fn is_secret(id_or_secret: &str) -> bool {
+    !id_or_secret.starts_with("key_")
 }
 
 /// Why a command did not succeed: the exit code and what to tell the person.

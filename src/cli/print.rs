@@ -55,7 +55,7 @@ pub fn answer(value: &Value, as_json: bool) {
         (_, Some(items)) if items.is_empty() => println!("(none)"),
         (_, Some(items)) => print!("{}", table(items)),
         (Value::Null, _) => println!("done"),
-        (Value::Object(map), _) if !map.contains_key("id") => {
+        (Value::Object(map), _) if !map.contains_key("name") => {
             for (name, v) in map {
                 println!("{name}: {}", cell(name, v));
             }

@@ -23,10 +23,21 @@ type Call = (Method, String, Option<Value>);
 /// Sends `command` to the API at `url` as the holder of `api_key`; the API's answer.
 pub async fn run(
     url: &str,
-    api_key: &str,
+    api_key: Option<&str>,
     org: Option<&str>,
     command: Manage,
 ) -> Result<Value, Failure> {
+    if let Manage::Keys(KeysCommand::Revoke { id }) = &command
+        && super::is_secret(id)
+    {
+        let body = json!({ "secret": id });
+        return send(url, api_key, Method::POST, "/v1/keys/revoke", Some(body)).await;
+    }
+    let Some(api_key) = api_key else {
+        return Err(Failure::usage(
+            "set KEYGATE_API_KEY (or --api-key): a key with keys:manage, or the bootstrap token",
+        ));
+    };
     let (method, mut path, body) = match command {
         Manage::Orgs(c) => orgs_call(c),
         Manage::Users(c) => users_call(c),
@@ -37,7 +48,7 @@ pub async fn run(
         let sep = if path.contains('?') { '&' } else { '?' };
         path = format!("{path}{sep}org_id={org}");
     }
-    send(url, api_key, method, &path, body).await
+    send(url, Some(api_key), method, &path, body).await
 }
 
 fn orgs_call(cmd: OrgsCommand) -> Call {
@@ -184,7 +195,7 @@ fn without_nulls(mut body: Value) -> Value {
 
 async fn send(
     url: &str,
-    api_key: &str,
+    api_key: Option<&str>,
     method: Method,
     path: &str,
     body: Option<Value>,
@@ -193,10 +204,11 @@ async fn send(
     let body = body
         .map(without_nulls)
         .map_or(Bytes::new(), |b| Bytes::from(b.to_string()));
-    let request = Request::builder()
-        .method(method)
-        .uri(&uri)
-        .header(header::AUTHORIZATION, format!("Bearer {api_key}"))
+    let mut request = Request::builder().method(method).uri(&uri);
+    if let Some(key) = api_key {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {key}"));
+    }
+    let request = request
         .header(header::CONTENT_TYPE, "application/json")
         .body(Full::new(body))
         .map_err(|e| Failure::usage(format!("`{uri}` is not a URL: {e}")))?;

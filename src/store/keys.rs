@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::Change;
+use super::audit::Actor;
 use super::codec::{Fields, join};
 use super::directory::{check_name, new_id};
 use super::{Invalidation, Store, StoreError};
@@ -382,6 +383,34 @@ impl Store {
         self.update_key_fields(&key, &[("status", status.to_string())], action)
             .await?;
         Ok(key)
+    }
+
+    /// Revokes the key a leaked `secret` belongs to (its current secret, or one rotated out),
+    /// audited as the secret's holder: whoever holds a secret may stop it, as the large token
+    /// issuers let anyone who finds a leaked token do.
+    pub async fn revoke_by_secret(
+        &self,
+        format: &KeyFormat,
+        secret: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        let credential = format.parse(secret.trim()).map_err(|_| {
+            StoreError::Rejected("that is not an API key of this deployment".into())
+        })?;
+        let principal =
+            self.resolve_key(credential.hash())
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    kind: "key",
+                    id: format.mask(secret.trim()),
+                })?;
+        let holder = Actor {
+            who: "secret-holder".into(),
+            key_id: Some(principal.key.id.clone()),
+            request_id: self.actor.request_id.clone(),
+        };
+        self.acting_as(holder)
+            .set_key_status(&principal.key.id, KeyStatus::Revoked)
+            .await
     }
 
     pub async fn rename_key(&self, id: &KeyId, name: &str) -> Result<KeyRecord, StoreError> {

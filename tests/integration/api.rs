@@ -284,3 +284,56 @@ async fn an_admin_manages_every_key_of_the_org() {
     let (s, _) = api(a, "GET", "/v1/keys?status=lost", t, None).await;
     assert_eq!(s, 422);
 }
+
+/// Whoever holds a leaked secret can stop it, with no management key: the secret is the
+/// credential. The revocation reaches the data plane and the audit log names the holder.
+#[tokio::test]
+async fn a_secret_revokes_its_own_key_without_a_token() {
+    let w = World::start().await;
+    let a = w.gw.admin;
+    let (leaked, id) = new_key(&w.store, &w.gw.config, "bob", &["predict"], &[]).await;
+    eventually(&w, &leaked, "project_access_denied").await; // bob is no member of p1: usable, refused there
+    let revoke = |body: Value| api(a, "POST", "/v1/keys/revoke", None, Some(body));
+    let (s, v) = revoke(json!({ "secret": leaked })).await;
+    assert_eq!((s, v), (200, json!({ "id": id, "status": "revoked" })));
+    eventually(&w, &leaked, "key_revoked").await;
+
+    let (s, log) = api(
+        a,
+        "GET",
+        "/v1/audit?org_id=acme&limit=1",
+        Some(BOOTSTRAP),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let entry = &log["items"][0];
+    assert_eq!(
+        (
+            entry["action"].as_str(),
+            entry["actor"].as_str(),
+            entry["key_id"].as_str()
+        ),
+        (Some("key.revoke"), Some("secret-holder"), Some(id.as_str()))
+    );
+
+    let (other, _) = new_key(&w.store, &w.gw.config, "bob", &["predict"], &[]).await;
+    w.store.delete_key(&id).await.unwrap();
+    for (body, status, code) in [
+        (json!({}), 400, "invalid_json"),
+        (json!({ "secret": "kg_nonsense" }), 422, "invalid_field"),
+        (json!({ "secret": leaked }), 404, "not_found"),
+    ] {
+        let (s, v) = revoke(body.clone()).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}"
+        );
+        assert!(
+            !v.to_string().contains(&leaked[3..]),
+            "the secret is never echoed"
+        );
+    }
+    eventually(&w, &other, "project_access_denied").await; // another key stays untouched
+}

@@ -392,6 +392,36 @@ async fn the_http_client_manages_keys_users_and_projects() {
     assert_eq!((code, out.lines().count()), (0, 2), "{out}");
     assert!(out.starts_with("ID "), "{out}");
 
+    // A leaked secret revokes its own key, with no management key at all.
+    let (code, leaked, err) = client(
+        a,
+        ada,
+        &[
+            "keys",
+            "create",
+            "--name",
+            "leaked",
+            "--scopes",
+            "inference",
+            "--user",
+            "bob",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let leaked = leaked.trim();
+    let out = tokio::process::Command::new(BIN)
+        .args(["keys", "revoke", leaked])
+        .env("KEYGATE_URL", format!("http://{a}"))
+        .env_remove("KEYGATE_API_KEY")
+        .output()
+        .await
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(printed.contains("status: revoked"), "{printed}");
+    answers(w.gw.addr, "/v1/projects/p2/x", leaked, "key_revoked").await;
+
     // Refusals, a missing URL and an unreachable API each have their exit code.
     let (code, _, err) = client(a, &w.keys.alice, &["keys", "list"]).await;
     assert_eq!(code, 65, "a data-plane key cannot manage: {err}");

@@ -168,6 +168,27 @@ pub async fn import_legacy(
     Ok(json(StatusCode::CREATED, &record))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBySecret {
+    /// The key's secret (current or rotated out).
+    secret: String,
+}
+
+/// `POST /v1/keys/revoke`, without a token: the secret revokes its own key. The answer names
+/// the key and its status, and nothing more of it.
+pub async fn revoke_by_secret(
+    format: &crate::credential::KeyFormat,
+    store: &crate::store::Store,
+    body: &RevokeBySecret,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let key = store.revoke_by_secret(format, &body.secret).await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "id": key.grant.id, "status": key.grant.status }),
+    ))
+}
+
 /// A key the caller may see, or not found.
 async fn visible_key(ctx: &Ctx<'_>, id: &str) -> Result<KeyRecord, ApiError> {
     let key = ctx

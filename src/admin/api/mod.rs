@@ -187,7 +187,20 @@ impl Ctx<'_> {
 /// Serves one `/v1/…` request.
 pub async fn handle(replica: &Replica, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let request_id = crate::telemetry::request_id(req.headers());
-    let mut res = if (req.method(), req.uri().path()) == (&Method::GET, "/v1/openapi.json") {
+    let public = (req.method(), req.uri().path());
+    let mut res = if public == (&Method::POST, "/v1/keys/revoke") {
+        // Whoever holds a secret may revoke its key: the secret is the credential.
+        let store = replica.store.acting_as(Actor {
+            who: "secret-holder".into(),
+            key_id: None,
+            request_id: request_id.to_str().ok().map(str::to_owned),
+        });
+        let revoked = async {
+            let body: keys::RevokeBySecret = json_body(req).await?;
+            keys::revoke_by_secret(&replica.config.keys, &store, &body).await
+        };
+        revoked.await.unwrap_or_else(|e| e.to_response())
+    } else if public == (&Method::GET, "/v1/openapi.json") {
         let mut res = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
         res.headers_mut().insert(
             header::CONTENT_TYPE,
