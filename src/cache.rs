@@ -18,15 +18,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use dashmap::DashMap;
 use futures_util::StreamExt;
+use prometheus::IntCounter;
 use tokio::sync::{OnceCell, watch};
+use tokio::time::Instant;
 
 use crate::model::{KeyHash, OrgId, Principal, Project, ProjectId};
 use crate::store::{Invalidation, Store, StoreError};
-use prometheus::IntCounter;
 
 /// After a store failure, entries usable as stale are served without retrying Redis for this
 /// long, so an outage does not add a timeout to every request.
@@ -381,11 +380,16 @@ impl Cache {
 
 /// How often the subscriber pings Redis to notice a dead subscription.
 const SUBSCRIBER_PING_EVERY: Duration = Duration::from_secs(1);
-/// Pause between subscription attempts while Redis is down.
-const SUBSCRIBER_RETRY_EVERY: Duration = Duration::from_millis(200);
+/// The first pause between subscription attempts while Redis is down; it doubles up to
+/// [`SUBSCRIBER_RETRY_MAX`], with up to a fifth added at random so replicas do not retry in step.
+const SUBSCRIBER_RETRY_FIRST: Duration = Duration::from_millis(200);
+/// The longest pause: while the subscription is down no entry counts as fresh, so the wait for
+/// its return stays short.
+const SUBSCRIBER_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Receives invalidations until `shutdown` turns true, reconnecting as needed. Each
-/// (re)subscription clears the cache first; while unsubscribed, no entry counts as fresh.
+/// (re)subscription clears the cache first; while unsubscribed, no entry counts as fresh. Logs
+/// once when the subscription goes down and once when it is back, not once per attempt.
 pub async fn subscribe(
     cache: Arc<Cache>,
     store: Store,
@@ -393,16 +397,28 @@ pub async fn subscribe(
     redis_errors: IntCounter,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut pause = SUBSCRIBER_RETRY_FIRST;
+    let mut down = false;
     while !*shutdown.borrow() {
-        if let Err(e) = subscription(&cache, &store, &invalidations, &mut shutdown).await {
-            redis_errors.inc();
-            tracing::warn!(error = %e, "invalidation subscription down; cache entries count as stale until it is back");
+        let result = subscription(&cache, &store, &invalidations, &mut shutdown).await;
+        if cache.is_subscribed() {
+            pause = SUBSCRIBER_RETRY_FIRST; // it was live: start the backoff afresh
+            down = false;
         }
         cache.set_subscribed(false);
+        if let Err(e) = result {
+            redis_errors.inc();
+            if !down {
+                tracing::warn!(error = %e, "invalidation subscription down; cache entries count as stale until it is back");
+                down = true;
+            }
+        }
+        let jitter = pause.mul_f64(rand::random::<f64>() / 5.0);
         tokio::select! {
-            _ = tokio::time::sleep(SUBSCRIBER_RETRY_EVERY) => {}
+            _ = tokio::time::sleep(pause + jitter) => {}
             _ = shutdown.changed() => {}
         }
+        pause = (pause * 2).min(SUBSCRIBER_RETRY_MAX);
     }
 }
 

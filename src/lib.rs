@@ -72,7 +72,7 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
-use crate::replica::Replica;
+use crate::replica::{Health, Replica};
 use crate::runtime::stopped;
 use crate::store::usage::Usage;
 use crate::store::{Store, StoreError};
@@ -162,6 +162,7 @@ pub async fn run(
     let cache = Arc::new(Cache::new(config.cache));
     let usage = Arc::new(Usage::default());
     let draining = Arc::new(AtomicBool::new(false));
+    let health = Arc::new(Health::new(config.routes.iter().count()));
     let replica = |store: Store| Replica {
         config: config.clone(),
         store,
@@ -169,6 +170,7 @@ pub async fn run(
         metrics: metrics.clone(),
         usage: usage.clone(),
         draining: draining.clone(),
+        health: health.clone(),
     };
     let (stop_data, data_stopped) = watch::channel(false);
     let (stop_admin, admin_stopped) = watch::channel(false);

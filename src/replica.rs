@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::store::usage::Usage;
+use crate::telemetry::Condition;
 
 /// One worker's view of the replica.
 #[derive(Clone)]
@@ -29,6 +30,29 @@ pub struct Replica {
     pub usage: Arc<Usage>,
     /// Set on SIGTERM: `/readyz` turns 503 so balancers stop sending new connections.
     pub draining: Arc<AtomicBool>,
+    /// What is failing now, so that each failure is logged when it starts and ends.
+    pub health: Arc<Health>,
+}
+
+/// The failures a replica logs once per change (see [`Condition`]).
+#[derive(Debug)]
+pub struct Health {
+    /// Redis, as the request path sees it.
+    pub store: Condition,
+    /// A record in Redis that does not parse.
+    pub corrupt_records: Condition,
+    /// Each route's upstreams, by `Route::index`.
+    pub upstreams: Vec<Condition>,
+}
+
+impl Health {
+    pub fn new(routes: usize) -> Health {
+        Health {
+            store: Condition::default(),
+            corrupt_records: Condition::default(),
+            upstreams: (0..routes).map(|_| Condition::default()).collect(),
+        }
+    }
 }
 
 impl Replica {

@@ -5,6 +5,7 @@
 //! key id, status, duration and outcome; never a key or secret.
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing_subscriber::EnvFilter;
 
@@ -59,6 +60,38 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     HeaderValue::from_bytes(&hex).expect("hex is a valid header value")
 }
 
+/// Something that is either fine or failing, logged once when it starts failing and once when
+/// it is fine again, never once per event: in an outage every request fails alike, and a line
+/// each would drown the log. The events themselves are counted in metrics.
+#[derive(Debug, Default)]
+pub struct Condition {
+    failing: AtomicBool,
+}
+
+impl Condition {
+    /// Records a failure; true when this one starts the failing state (the caller logs it).
+    pub fn failed(&self) -> bool {
+        !self.failing.swap(true, Ordering::Relaxed)
+    }
+
+    /// Records a success; true when this one ends a failing state. A plain load while fine.
+    pub fn recovered(&self) -> bool {
+        self.failing.load(Ordering::Relaxed) && self.failing.swap(false, Ordering::Relaxed)
+    }
+}
+
+/// An error and its causes, outermost first, as one line: "a: b: c".
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +112,25 @@ mod tests {
         assert_eq!(request_id(&h), "abc-123");
         h.insert(X_REQUEST_ID, HeaderValue::from_static("has space"));
         assert_ne!(request_id(&h), "has space");
+    }
+
+    #[test]
+    fn a_condition_reports_each_change_once() {
+        let c = Condition::default();
+        assert!(!c.recovered(), "fine to begin with");
+        assert!(c.failed(), "the first failure starts it");
+        assert!(!c.failed(), "later ones do not");
+        assert!(c.recovered(), "the first success ends it");
+        assert!(!c.recovered());
+        assert!(c.failed(), "and it can fail again");
+    }
+
+    #[test]
+    fn a_chain_names_every_cause() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("the key store is unreachable")]
+        struct Outer(#[source] std::io::Error);
+        let outer = Outer(std::io::Error::other("broken pipe"));
+        assert_eq!(chain(&outer), "the key store is unreachable: broken pipe");
     }
 }

@@ -26,14 +26,15 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
+use crate::cache::Outcome;
 use crate::credential;
 use crate::error::GatewayError;
 use crate::metrics::{self, RouteMetrics};
 use crate::model::{Credential, Principal, ProjectId, unix_now};
 use crate::policy::{self, Access};
-use crate::replica::Replica;
+use crate::replica::{Health, Replica};
 use crate::route::{self, Route};
-use crate::telemetry::{X_REQUEST_ID, request_id};
+use crate::telemetry::{X_REQUEST_ID, chain, request_id};
 use crate::upstream::PooledBody;
 use forward::Upstreams;
 
@@ -154,11 +155,7 @@ pub fn handle(
         if let Some(secs) = record.upstream_seconds {
             m.upstream_duration.observe(secs);
         }
-        if let Some(e) = &error
-            && status.is_server_error()
-        {
-            tracing::warn!(request_id = ?request_id, route, error = %e, cause = ?std::error::Error::source(e), "request failed");
-        }
+        log_health(&gw.replica.health, record.route, error.as_ref());
         if gw.replica.config.log.access_log {
             tracing::info!(
                 target: "keygate::access",
@@ -172,6 +169,30 @@ pub fn handle(
             );
         }
         Ok(response)
+    }
+}
+
+/// keygate's own failures and its upstreams', logged when they start and when they end, not per
+/// request: each request is in the access log and the metrics.
+fn log_health(health: &Health, route: Option<&Route>, error: Option<&GatewayError>) {
+    let upstream = route.map(|r| (r.id.as_str(), &health.upstreams[r.index]));
+    match (error, upstream) {
+        (Some(e @ GatewayError::KeyStoreUnavailable(_)), _) if health.store.failed() => {
+            tracing::warn!(error = %chain(e), "key store unreachable: cached keys are served until cache.max_stale, other requests get 503");
+        }
+        (Some(e @ GatewayError::KeyStoreCorrupt(_)), _) if health.corrupt_records.failed() => {
+            tracing::error!(error = %chain(e), "a record in the key store is corrupt: requests that need it get 500");
+        }
+        (
+            Some(e @ (GatewayError::UpstreamUnavailable(_) | GatewayError::UpstreamTimeout(_))),
+            Some((route, failing)),
+        ) if failing.failed() => {
+            tracing::warn!(route, error = %chain(e), "upstream failing: requests get 502 or 504");
+        }
+        (None, Some((route, failing))) if failing.recovered() => {
+            tracing::info!(route, "upstream answers again");
+        }
+        _ => {}
     }
 }
 
@@ -229,10 +250,17 @@ async fn authenticate(
     let lookup = r.cache.principal(&r.store, credential.hash()).await;
     r.metrics
         .key_lookup(lookup.as_ref().ok().map(|l| l.outcome));
-    let principal = lookup
-        .inspect_err(|_| r.metrics.redis_errors.inc())?
-        .value
-        .ok_or(GatewayError::UnknownKey)?;
+    let lookup = lookup.inspect_err(|_| r.metrics.redis_errors.inc())?;
+    match lookup.outcome {
+        Outcome::Miss if r.health.store.recovered() => tracing::info!("key store reachable again"),
+        Outcome::Stale if r.health.store.failed() => {
+            tracing::warn!(
+                "key store unreachable: cached keys are served until cache.max_stale, other requests get 503"
+            );
+        }
+        _ => {}
+    }
+    let principal = lookup.value.ok_or(GatewayError::UnknownKey)?;
     record.principal = Some(principal.clone());
     if matches!(credential, Credential::Legacy { .. }) {
         record.legacy_since = Some(principal.key.created_at);

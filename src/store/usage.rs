@@ -16,11 +16,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
+use prometheus::IntCounter;
 use tokio::sync::watch;
 
 use super::{Store, StoreError};
 use crate::model::KeyId;
-use prometheus::IntCounter;
+use crate::telemetry::Condition;
 
 /// Adds each key's count and moves its `last_used_at` forward, for keys that still exist.
 /// KEYS: key records; ARGV: request count and last use (Unix seconds) per key, in KEYS order.
@@ -135,6 +136,7 @@ pub async fn flush_every(
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let failing = Condition::default();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -142,9 +144,15 @@ pub async fn flush_every(
             _ = tick.tick() => false,
             _ = shutdown.wait_for(|s| *s) => true,
         };
-        if let Err(e) = store.add_usage(&usage.drain()).await {
-            redis_errors.inc();
-            tracing::warn!(error = %e, "key usage not written; these counts are lost");
+        match store.add_usage(&usage.drain()).await {
+            Err(e) => {
+                redis_errors.inc();
+                if failing.failed() {
+                    tracing::warn!(error = %e, "key usage not written: counts are lost until Redis answers again");
+                }
+            }
+            Ok(()) if failing.recovered() => tracing::info!("key usage written again"),
+            Ok(()) => {}
         }
         if stopping {
             return;

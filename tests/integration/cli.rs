@@ -71,7 +71,7 @@ fn admin(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
 
 #[tokio::test]
 async fn bootstrap_cli_and_serve_work_end_to_end() {
-    let redis = Redis::start();
+    let mut redis = Redis::start();
     let upstream = Upstream::start().await;
     let (port, admin_port) = (free_port(), free_port());
     // The config, and the bulk secrets file beside it, go when the test ends.
@@ -254,6 +254,17 @@ async fn bootstrap_cli_and_serve_work_end_to_end() {
     let (code, _, _) = admin(&config, &["keys", "show", &key_id]);
     assert_eq!(code, 65);
 
+    // An outage: every request for an uncached key fails alike, and the log says so once when
+    // it starts and once when it ends.
+    redis.stop();
+    let fresh = &bulk[1]; // never used yet: not cached
+    for _ in 0..5 {
+        let (status, _, _) = get_with(gw, "/v1/projects/p1/predict", &[("apikey", fresh)]).await;
+        assert_eq!(status.as_u16(), 503);
+    }
+    redis.restart();
+    answers(gw, "/v1/projects/p1/predict", fresh, "ok").await;
+
     // SIGTERM (to this child's own pid): drain and exit 0; the access log never held the secret.
     let term = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -284,6 +295,23 @@ async fn bootstrap_cli_and_serve_work_end_to_end() {
         !out.1.contains(&secret[3..]),
         "the secret never reaches a log"
     );
+    let log = &out.1;
+    assert!(
+        !log.contains('\x1b'),
+        "no colour codes when stderr is not a terminal"
+    );
+    for (line, times) in [
+        ("key store unreachable", 1),
+        ("key store reachable again", 1),
+        ("invalidation subscription down", 1),
+    ] {
+        assert_eq!(log.matches(line).count(), times, "`{line}` in:\n{log}");
+    }
+    let management = log
+        .lines()
+        .find(|l| l.contains(r#"path="/v1/keys""#) && l.contains("status=401"))
+        .unwrap_or_else(|| panic!("no access line for the refused management call:\n{log}"));
+    assert!(management.contains(r#"actor="anonymous""#) && management.contains("method=GET"));
 }
 
 /// Runs `keygate <args>` against a gateway's management API; returns (exit code, stdout, stderr).

@@ -184,57 +184,80 @@ impl Ctx<'_> {
     }
 }
 
-/// Serves one `/v1/…` request.
+/// Serves one `/v1/…` request, and writes its access line (method, path, status, actor,
+/// request id; never a secret).
 pub async fn handle(replica: &Replica, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let request_id = crate::telemetry::request_id(req.headers());
-    let public = (req.method(), req.uri().path());
-    let mut res = if public == (&Method::POST, "/v1/keys/revoke") {
-        // Whoever holds a secret may revoke its key: the secret is the credential.
-        let store = replica.store.acting_as(Actor {
-            who: "secret-holder".into(),
-            key_id: None,
-            request_id: request_id.to_str().ok().map(str::to_owned),
-        });
-        let revoked = async {
-            let body: keys::RevokeBySecret = json_body(req).await?;
-            keys::revoke_by_secret(&replica.config.keys, &store, &body).await
-        };
-        revoked.await.unwrap_or_else(|e| e.to_response())
-    } else if public == (&Method::GET, "/v1/openapi.json") {
-        let mut res = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
-        res.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        res
-    } else {
-        let result = async {
-            let caller = authenticate(replica, req.headers()).await?;
-            let actor = Actor {
-                who: caller
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let mut actor = Actor::named("anonymous");
+    actor.request_id = request_id.to_str().ok().map(str::to_owned);
+    let result = match (&method, path.as_str()) {
+        (&Method::GET, "/v1/openapi.json") => Ok(openapi()),
+        (&Method::POST, "/v1/keys/revoke") => {
+            // Whoever holds a secret may revoke its key: the secret is the credential.
+            actor.who = "secret-holder".into();
+            let store = replica.store.acting_as(actor.clone());
+            match json_body::<keys::RevokeBySecret>(req).await {
+                Ok(body) => keys::revoke_by_secret(&replica.config.keys, &store, &body).await,
+                Err(e) => Err(e),
+            }
+        }
+        _ => match authenticate(replica, req.headers()).await {
+            Ok(caller) => {
+                actor.who = caller
                     .user
                     .as_ref()
-                    .map_or("bootstrap".to_owned(), |u| format!("user:{}", u.id)),
-                key_id: caller.key_id.clone(),
-                request_id: request_id.to_str().ok().map(str::to_owned),
-            };
-            let ctx = Ctx {
-                replica,
-                store: replica.store.acting_as(actor),
-                query: req.uri().query().unwrap_or("").to_owned(),
-                caller,
-            };
-            route(&ctx, req).await
-        }
-        .await;
-        result.unwrap_or_else(|e| {
-            if e.parts().0.is_server_error() {
-                tracing::warn!(error = %e, "management request failed");
+                    .map_or("bootstrap".to_owned(), |u| format!("user:{}", u.id));
+                actor.key_id = caller.key_id.clone();
+                let ctx = Ctx {
+                    replica,
+                    store: replica.store.acting_as(actor.clone()),
+                    query: req.uri().query().unwrap_or("").to_owned(),
+                    caller,
+                };
+                route(&ctx, req).await
             }
-            e.to_response()
-        })
+            Err(e) => Err(e),
+        },
     };
+    let mut res = result.unwrap_or_else(|e| {
+        log_failure(replica, &e);
+        e.to_response()
+    });
+    tracing::info!(
+        target: "keygate::access",
+        request_id = actor.request_id.as_deref().unwrap_or(""),
+        method = %method,
+        path,
+        status = res.status().as_u16(),
+        actor = actor.who,
+        key_id = actor.key_id.as_ref().map_or("", |k| k.as_str()),
+    );
     res.headers_mut().insert("x-request-id", request_id);
+    res
+}
+
+/// keygate's own failures, logged once when they start (the data plane logs them ending).
+fn log_failure(replica: &Replica, e: &ApiError) {
+    let health = &replica.health;
+    match e {
+        ApiError::Store(store) if store.is_unavailable() && health.store.failed() => {
+            tracing::warn!(error = %crate::telemetry::chain(e), "key store unreachable: the management API answers 503");
+        }
+        ApiError::Store(StoreError::Corrupt(_)) if health.corrupt_records.failed() => {
+            tracing::error!(error = %crate::telemetry::chain(e), "a record in the key store is corrupt");
+        }
+        _ => {}
+    }
+}
+
+/// This API's OpenAPI document.
+fn openapi() -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     res
 }
 
