@@ -8,6 +8,7 @@
 use std::sync::Mutex;
 
 use crate::cache::Outcome;
+use prometheus::process_collector::ProcessCollector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -117,6 +118,11 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric names are unique");
         }
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, … from
+        // /proc: what an operator checks first when a replica misbehaves.
+        registry
+            .register(Box::new(ProcessCollector::for_self()))
+            .expect("metric names are unique");
         let key_lookup_results = LOOKUP_RESULTS.map(|r| key_lookups.with_label_values(&[r]));
         Metrics {
             registry,

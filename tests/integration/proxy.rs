@@ -488,6 +488,9 @@ async fn ops_endpoints_report_health_and_metrics() {
         "keygate_open_connections",
         "keygate_invalidations_received_total",
         "keygate_redis_errors_total 0",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
