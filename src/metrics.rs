@@ -49,6 +49,12 @@ pub struct Metrics {
     pub invalidations: IntCounter,
     /// `keygate_open_connections`: downstream connections on data-plane listeners.
     pub open_connections: IntGauge,
+    /// `keygate_key_store_reachable`: 0 while the request path finds Redis failing (set when
+    /// scraped).
+    pub store_reachable: IntGauge,
+    /// `keygate_invalidations_live`: 0 while the invalidation subscription is down, when no cache
+    /// entry counts as fresh (set when scraped).
+    pub invalidations_live: IntGauge,
 }
 
 impl Metrics {
@@ -103,6 +109,16 @@ impl Metrics {
             "Invalidation messages received from Redis pub/sub.",
         )
         .expect("valid metric");
+        let store_reachable = IntGauge::new(
+            "keygate_key_store_reachable",
+            "1 while the request path reaches Redis, 0 while it finds it failing.",
+        )
+        .expect("valid metric");
+        let invalidations_live = IntGauge::new(
+            "keygate_invalidations_live",
+            "1 while the invalidation subscription is live, 0 while cache entries count as stale.",
+        )
+        .expect("valid metric");
         let open_connections =
             IntGauge::new("keygate_open_connections", "Open data-plane connections.")
                 .expect("valid metric");
@@ -115,6 +131,8 @@ impl Metrics {
             Box::new(cache_entries.clone()),
             Box::new(invalidations.clone()),
             Box::new(open_connections.clone()),
+            Box::new(store_reachable.clone()),
+            Box::new(invalidations_live.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -135,6 +153,8 @@ impl Metrics {
             cache_entries,
             invalidations,
             open_connections,
+            store_reachable,
+            invalidations_live,
         }
     }
 

@@ -74,6 +74,11 @@ impl Condition {
         !self.failing.swap(true, Ordering::Relaxed)
     }
 
+    /// Whether it is failing now.
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+
     /// Records a success; true when this one ends a failing state. A plain load while fine.
     pub fn recovered(&self) -> bool {
         self.failing.load(Ordering::Relaxed) && self.failing.swap(false, Ordering::Relaxed)

@@ -33,6 +33,10 @@ fn metrics(replica: &Replica) -> Response<Full<Bytes>> {
     m.cache_entries
         .with_label_values(&["projects"])
         .set(replica.cache.projects.len() as i64);
+    m.store_reachable
+        .set(i64::from(!replica.health.store.is_failing()));
+    m.invalidations_live
+        .set(i64::from(replica.cache.is_subscribed()));
     let mut res = Response::new(Full::new(Bytes::from(m.render())));
     res.headers_mut().insert(
         header::CONTENT_TYPE,

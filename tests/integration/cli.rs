@@ -262,8 +262,16 @@ async fn bootstrap_cli_and_serve_work_end_to_end() {
         let (status, _, _) = get_with(gw, "/v1/projects/p1/predict", &[("apikey", fresh)]).await;
         assert_eq!(status.as_u16(), 503);
     }
+    let (_, _, metrics) = get(admin_addr, "/metrics").await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("keygate_key_store_reachable 0"),
+        "{metrics}"
+    );
     redis.restart();
     answers(gw, "/v1/projects/p1/predict", fresh, "ok").await;
+    let (_, _, metrics) = get(admin_addr, "/metrics").await;
+    assert!(String::from_utf8_lossy(&metrics).contains("keygate_key_store_reachable 1"));
 
     // SIGTERM (to this child's own pid): drain and exit 0; the access log never held the secret.
     let term = Command::new("kill")

@@ -488,6 +488,8 @@ async fn ops_endpoints_report_health_and_metrics() {
         "keygate_open_connections",
         "keygate_invalidations_received_total",
         "keygate_redis_errors_total 0",
+        "keygate_key_store_reachable 1",
+        "keygate_invalidations_live 1",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
         "process_open_fds",
