@@ -18,6 +18,8 @@ cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 log=$(mktemp)
 cargo test --all-targets 2>&1 | tee "$log"
+# The deploy kit, checked statically (installs hadolint, kubernetes-validate, promtool if missing).
+bash deploy/check.sh target/debug/keygate
 # The benchmark harness, in smoke mode (a few seconds; installs wrk, nginx, gnuplot if missing).
 bash loadtests/run.sh --smoke
 python3 loadtests/ab.py --smoke target/debug/keygate target/debug/keygate

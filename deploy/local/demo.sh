@@ -8,13 +8,15 @@
 # SIGHUP stop everything it started. The store lives in deploy/local/run and is kept between runs.
 #
 # Ports (each settable): KEYGATE_PORT 8080, ADMIN_PORT 9090, UPSTREAM_PORT 9000, REDIS_PORT 6399.
+# DEMO_DIR (default deploy/local/run) holds the store; KEYGATE_BIN runs that binary instead of
+# building one (the tests do both).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 KEYGATE_PORT=${KEYGATE_PORT:-8080}
 ADMIN_PORT=${ADMIN_PORT:-9090}
 UPSTREAM_PORT=${UPSTREAM_PORT:-9000}
 REDIS_PORT=${REDIS_PORT:-6399}
-RUN=deploy/local/run
+RUN=${DEMO_DIR:-deploy/local/run}
 
 # Ports first: a demo already running holds them, and its data must not be touched.
 for pair in "KEYGATE_PORT $KEYGATE_PORT" "ADMIN_PORT $ADMIN_PORT" "UPSTREAM_PORT $UPSTREAM_PORT" "REDIS_PORT $REDIS_PORT"; do
@@ -34,9 +36,13 @@ if ! command -v redis-server >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
 fi
 
-echo "==> building keygate (release; the first build takes a few minutes)"
-cargo build --release --quiet
-KG=$PWD/target/release/keygate
+if [ -n "${KEYGATE_BIN:-}" ]; then
+  KG=$(realpath "$KEYGATE_BIN")
+else
+  echo "==> building keygate (release; the first build takes a few minutes)"
+  cargo build --release --quiet
+  KG=$PWD/target/release/keygate
+fi
 
 PIDS=()
 cleanup() {
@@ -49,7 +55,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM HUP
 
 # A private Redis, persisting to deploy/local/run (AOF on, as in production).
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$PWD/$RUN" --appendonly yes --save "" >"$RUN/redis.log" 2>&1 &
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$(realpath "$RUN")" --appendonly yes --save "" >"$RUN/redis.log" 2>&1 &
 PIDS+=($!)
 "$KG" demo-upstream --echo --listen "127.0.0.1:$UPSTREAM_PORT" 2>"$RUN/upstream.log" &
 PIDS+=($!)
@@ -88,7 +94,7 @@ Without a key:  curl -i http://127.0.0.1:$KEYGATE_PORT/v1/projects/my-model/pred
 
 To manage keys as ada, the demo org's admin (README "After the demo"), in another shell:
 
-  export PATH="$PWD/target/release:\$PATH"
+  export PATH="$(dirname "$KG"):\$PATH"
   export KEYGATE_URL=http://127.0.0.1:$ADMIN_PORT KEYGATE_API_KEY=$MANAGE_KEY
   keygate keys list
 

@@ -7,6 +7,7 @@ mod harness;
 mod api;
 mod cli;
 mod consistency;
+mod demo;
 mod directory;
 mod layers;
 mod lifecycle;
