@@ -172,3 +172,34 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every command and sub-command says in its `--help` what it does.
+    #[test]
+    fn every_command_says_what_it_does() {
+        fn walk(cmd: &clap::Command, path: &str, silent: &mut Vec<String>) {
+            for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                let path = format!("{path} {}", sub.get_name());
+                if sub
+                    .get_about()
+                    .is_none_or(|a| a.to_string().trim().is_empty())
+                {
+                    silent.push(path.clone());
+                }
+                walk(sub, &path, silent);
+            }
+        }
+        let mut silent = Vec::new();
+        walk(&Cli::command(), "keygate", &mut silent);
+        assert!(
+            silent.is_empty(),
+            "commands without a description: {silent:?}"
+        );
+        Cli::command().debug_assert();
+    }
+}
