@@ -16,6 +16,10 @@ Configurations measured in the same run, interleaved (run 1 of each, then run 2 
   keygate-full - a second keygate instance whose cache is full (filled from the cold keys at
             setup, then by the cold runs): the same hot keys among `cache.max_entries` others,
             as in production
+tls and h2 compare keygate with nginx-identity on TLS listeners (the same self-signed P-256
+certificate, TLS 1.3): tls-new makes a new connection, so a full handshake, for every request
+(wrk, `Connection: close`); tls keeps connections alive; h2 sends many concurrent streams on a
+few HTTP/2 connections (h2load, ALPN h2).
 plus keygate-only scenarios: reject (malformed / unknown keys), cold (every request a different
 key from 1,000,000 in Redis, on keygate-full, so the first instance's cache holds only the hot
 keys in every run), flood (1,000,000 distinct unknown keys), revocation under load, and a 100 MB
@@ -30,6 +34,7 @@ import json
 import os
 import platform
 import random
+import re
 import socket
 import statistics
 import shutil
@@ -138,14 +143,20 @@ class Bench:
         cmd = [self.bin, *args, "--config", self.config_path]
         return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
-    def keygate(self, name, port, admin_port):
+    def keygate(self, name, port, admin_port, tls_port=None):
         path = os.path.join(self.dir, f"{name}.toml")
+        tls = "" if tls_port is None else f"""
+[[listener]]
+addr = "127.0.0.1:{tls_port}"
+tls = {{ cert = "{self.dir}/cert.pem", key = "{self.dir}/key.pem" }}
+"""
         with open(path, "w") as f:
             f.write(f"""
 [server]
 workers = {self.args.workers}
 [[listener]]
 addr = "127.0.0.1:{port}"
+{tls}
 [admin]
 addr = "127.0.0.1:{admin_port}"
 [redis]
@@ -169,6 +180,10 @@ upstreams = ["http://127.0.0.1:{self.upstream_port}"]
         wait_port(admin_port)
         self.server_pids[port] = [proc.pid]
         self.keygates[port] = proc
+        if tls_port is not None:
+            wait_port(tls_port)
+            self.server_pids[tls_port] = [proc.pid]
+            self.keygates[tls_port] = proc
         return path, proc
 
     def setup(self):
@@ -182,7 +197,15 @@ upstreams = ["http://127.0.0.1:{self.upstream_port}"]
         wait_port(self.upstream_port)
         self.server_pids[self.upstream_port] = [upstream.pid]
         self.kg_port, self.kg_admin = free_port(), free_port()
-        self.config_path, self.kg = self.keygate("keygate", self.kg_port, self.kg_admin)
+        self.with_tls = "tls" in a.scenarios or "h2" in a.scenarios
+        if self.with_tls:
+            # One self-signed P-256 certificate for keygate and nginx alike.
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                            "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout", os.path.join(self.dir, "key.pem"),
+                            "-out", os.path.join(self.dir, "cert.pem")], check=True, capture_output=True)
+            self.kg_tls_port = free_port()
+        self.config_path, self.kg = self.keygate("keygate", self.kg_port, self.kg_admin,
+                                                 self.kg_tls_port if self.with_tls else None)
         self.admin("orgs", "create", "bench")
         self.admin("users", "create", "--org", "bench", "--id", "loadtest", "--name", "load test")
         self.hot_keys = os.path.join(self.dir, "hot.txt")
@@ -196,7 +219,7 @@ upstreams = ["http://127.0.0.1:{self.upstream_port}"]
             with open(os.path.join(self.dir, f"{name}.txt"), "w") as f:
                 f.write("\n".join(gen() for _ in range(a.hot_keys)) + "\n")
         if a.with_nginx:
-            self.nginx_port, self.nginx_identity_port = free_port(), free_port()
+            self.nginx_port, self.nginx_identity_port, self.nginx_tls_port = free_port(), free_port(), free_port()
             self.nginx()
         if a.with_floor:
             self.floor_port = free_port()
@@ -235,6 +258,30 @@ upstreams = ["http://127.0.0.1:{self.upstream_port}"]
             proxy_set_header Connection "";
             proxy_set_header apikey "";
 """
+        identity = checked + """            proxy_set_header X-Keygate-Key-Id $kg_key_id;
+            proxy_set_header X-Keygate-User-Id "loadtest";
+            proxy_set_header X-Keygate-Org-Id "bench";
+            proxy_set_header X-Keygate-Role "member";
+            proxy_set_header X-Keygate-Scopes "predict";
+            proxy_set_header X-Request-Id $request_id;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
+            add_header X-Request-Id $request_id;
+            proxy_pass http://backend;
+"""
+        # nginx-identity's job on TLS (HTTP/1.1 and HTTP/2 by ALPN). No cap on requests per
+        # connection (nginx closes one after 1,000 by default; keygate never does), so h2load's
+        # few connections stay open for the whole run.
+        tls = "" if not self.with_tls else f"""    server {{
+        listen 127.0.0.1:{self.nginx_tls_port} ssl http2 reuseport;
+        ssl_certificate {self.dir}/cert.pem;
+        ssl_certificate_key {self.dir}/key.pem;
+        ssl_protocols TLSv1.3;
+        keepalive_requests 100000000;
+        location / {{
+{identity}        }}
+    }}"""
         with open(conf, "w") as f:
             f.write(f"""
 worker_processes {self.args.workers};
@@ -265,26 +312,19 @@ http {{
     server {{
         listen 127.0.0.1:{self.nginx_identity_port} reuseport;
         location / {{
-{checked}            proxy_set_header X-Keygate-Key-Id $kg_key_id;
-            proxy_set_header X-Keygate-User-Id "loadtest";
-            proxy_set_header X-Keygate-Org-Id "bench";
-            proxy_set_header X-Keygate-Role "member";
-            proxy_set_header X-Keygate-Scopes "predict";
-            proxy_set_header X-Request-Id $request_id;
-            proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-Host $host;
-            add_header X-Request-Id $request_id;
-            proxy_pass http://backend;
-        }}
+{identity}        }}
     }}
+{tls}
 }}
 """)
         master = self.start(["nginx", "-c", conf, "-p", self.dir], "nginx")
         wait_port(self.nginx_port)
         wait_port(self.nginx_identity_port)
+        if self.with_tls:
+            wait_port(self.nginx_tls_port)
         workers = [int(d) for d in os.listdir("/proc") if d.isdigit() and self.parent_pid(int(d)) == master.pid]
-        self.server_pids[self.nginx_port] = self.server_pids[self.nginx_identity_port] = [master.pid] + workers
+        for port in [self.nginx_port, self.nginx_identity_port, self.nginx_tls_port]:
+            self.server_pids[port] = [master.pid] + workers
 
     # ------------------------------------------------------------------ measuring
     @staticmethod
@@ -313,10 +353,12 @@ http {{
                     return int(line.split()[1]) / 1024
         return 0.0
 
-    def wrk(self, port, keys_file, offset=0, duration=None, connections=None):
+    def wrk(self, port, keys_file, offset=0, duration=None, connections=None, scheme="http", close=False):
+        """wrk with keys.lua; `close` asks for a new connection per request (`Connection: close`)."""
         a = self.args
         cmd = ["taskset", "-c", a.wrk_core, "wrk", "-t1", f"-c{connections or a.connections}", f"-d{duration or a.duration}s",
-               "-s", os.path.join(HERE, "keys.lua"), f"http://127.0.0.1:{port}/v1/predict", "--", keys_file, str(offset)]
+               "-s", os.path.join(HERE, "keys.lua"), f"{scheme}://127.0.0.1:{port}/v1/predict", "--", keys_file, str(offset),
+               "close" if close else "keep-alive"]
         server = self.server_pids[port]
         kg = self.keygates.get(port, self.kg)
         kg0, server0 = self.cpu_times([kg.pid]), self.cpu_times(server)
@@ -332,10 +374,37 @@ http {{
         r["keygate_rss_mb"] = self.rss_mb(kg.pid)
         return r
 
+    def h2load(self, port):
+        """h2load over TLS (ALPN h2): few connections, many concurrent streams, one cached key.
+        h2load reports mean and spread, not percentiles: the mean stands in the p50 column."""
+        a = self.args
+        cmd = ["taskset", "-c", a.wrk_core, "h2load", "-t1", "-c8", "-m32", f"-D{a.duration}", "-H",
+               f"apikey: {self.hot_list[0]}", f"https://127.0.0.1:{port}/v1/predict"]
+        server = self.server_pids[port]
+        kg = self.keygates.get(port, self.kg)
+        kg0, server0 = self.cpu_times([kg.pid]), self.cpu_times(server)
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        kg1, server1 = self.cpu_times([kg.pid]), self.cpu_times(server)
+        finished = re.search(r"finished in ([0-9.]+)s, ([0-9.]+) req/s", out)
+        counts = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded", out)
+        mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
+        if not (finished and counts and mean):
+            sys.exit(f"h2load: cannot read its output:\n{out}")
+        seconds, done, ok = float(finished.group(1)), int(counts.group(2)), int(counts.group(3))
+        unit = mean.group(1)
+        mean_ms = float(re.sub(r"[a-z]+$", "", unit)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[re.sub(r"[0-9.]+", "", unit)]
+        requests = max(done, 1)
+        return {"requests": done, "seconds": seconds, "rps": float(finished.group(2)), "p50_ms": mean_ms,
+                "p99_ms": None, "p999_ms": None, "non2xx": done - ok, "socket_errors": 0,
+                "keygate_cpu": (sum(kg1) - sum(kg0)) / seconds,
+                "user_us": 1e6 * (server1[0] - server0[0]) / requests, "sys_us": 1e6 * (server1[1] - server0[1]) / requests,
+                "keygate_rss_mb": self.rss_mb(kg.pid)}
+
     def record(self, scenario, config, r):
         self.results.setdefault((scenario, config), []).append(r)
-        print(f"  {scenario:<10} {config:<14} {r['rps']:>10.0f} req/s  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms"
-              f"  p99.9 {r['p999_ms']:.3f} ms  non-2xx {r['non2xx']}  CPU/req {r['user_us']:.1f} + {r['sys_us']:.1f} µs",
+        ms = lambda v: "—" if v is None else f"{v:.3f} ms"
+        print(f"  {scenario:<10} {config:<14} {r['rps']:>10.0f} req/s  p50 {ms(r['p50_ms'])}  p99 {ms(r['p99_ms'])}"
+              f"  p99.9 {ms(r['p999_ms'])}  non-2xx {r['non2xx']}  CPU/req {r['user_us']:.1f} + {r['sys_us']:.1f} µs",
               flush=True)
 
     def median(self, scenario, config, field):
@@ -369,6 +438,21 @@ http {{
             self.record("reject", "nginx", self.wrk(self.nginx_port, os.path.join(self.dir, "unknown.txt")))
         if self.args.with_floor:
             self.record("reject", "floor", self.wrk(self.floor_port, os.path.join(self.dir, "unknown.txt")))
+
+    def tls(self, run):
+        targets = [("keygate", self.kg_tls_port)]
+        if self.args.with_nginx:
+            targets.append(("nginx-identity", self.nginx_tls_port))
+        for config, port in targets:
+            self.record("tls-new", config, self.wrk(port, self.hot_keys, scheme="https", close=True))
+            self.record("tls", config, self.wrk(port, self.hot_keys, scheme="https"))
+
+    def h2(self, run):
+        targets = [("keygate", self.kg_tls_port)]
+        if self.args.with_nginx:
+            targets.append(("nginx-identity", self.nginx_tls_port))
+        for config, port in targets:
+            self.record("h2", config, self.h2load(port))
 
     def cold(self, run):
         a = self.args
@@ -465,7 +549,7 @@ http {{
 
     def run(self):
         self.setup()
-        scenarios = [s for s in ["hot", "reject", "cold"] if s in self.args.scenarios]
+        scenarios = [s for s in ["hot", "reject", "cold", "tls", "h2"] if s in self.args.scenarios]
         for run in range(self.args.runs):
             print(f"run {run + 1}/{self.args.runs}", flush=True)
             for s in scenarios:
@@ -507,6 +591,9 @@ http {{
             ("reject unknown keygate / nginx (req/s)", ("reject", "unknown"), ("reject", "nginx"), "rps"),
             ("reject nginx / hot nginx (req/s), for scale", ("reject", "nginx"), ("hot", "nginx"), "rps"),
             ("reject floor / hot floor (req/s), for scale", ("reject", "floor"), ("hot", "floor"), "rps"),
+            ("tls-new keygate / nginx-identity (req/s): a handshake per request", ("tls-new", "keygate"), ("tls-new", "nginx-identity"), "rps"),
+            ("tls keygate / nginx-identity (req/s): kept-alive TLS", ("tls", "keygate"), ("tls", "nginx-identity"), "rps"),
+            ("h2 keygate / nginx-identity (req/s): streams over TLS", ("h2", "keygate"), ("h2", "nginx-identity"), "rps"),
         ]:
             n, d = self.median(*num, field), self.median(*den, field)
             if n and d:
@@ -642,7 +729,7 @@ def main():
     p.add_argument("--flood-duration", type=int, default=60, help="seconds; long enough to send every flood key once")
     p.add_argument("--revocations", type=int, default=100)
     p.add_argument("--upload-mb", type=int, default=100)
-    p.add_argument("--scenarios", default="hot,reject,cold,flood,revocation,upload")
+    p.add_argument("--scenarios", default="hot,reject,cold,tls,h2,flood,revocation,upload")
     p.add_argument("--no-nginx", dest="with_nginx", action="store_false")
     p.add_argument("--floor-bin", help="default: examples/floor beside --bin")
     p.add_argument("--no-floor", dest="with_floor", action="store_false")

@@ -1,14 +1,18 @@
 -- wrk script: each request carries the next key from a file (round robin) in the `apikey`
 -- header, and `done` prints one machine-readable RESULT line.
--- usage: wrk ... -s keys.lua URL -- KEYS_FILE [START_OFFSET]
+-- usage: wrk ... -s keys.lua URL -- KEYS_FILE [START_OFFSET] [close|keep-alive]
+-- `close` asks for a new connection per request (`Connection: close`): a TLS handshake each.
 -- Every request is formatted once, in `init`: formatting one per request (`wrk.format` in
 -- `request`) cost the pinned wrk core so much that it, not the server, capped the reject runs.
 local requests = {}
 local i = 0
 
 function init(args)
+  local close = args[3] == "close"
   for line in io.lines(args[1]) do
-    requests[#requests + 1] = wrk.format("GET", nil, { apikey = line }, nil)
+    local headers = { apikey = line }
+    if close then headers["Connection"] = "close" end
+    requests[#requests + 1] = wrk.format("GET", nil, headers, nil)
   end
   i = tonumber(args[2] or "0")
 end
