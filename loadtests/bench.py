@@ -408,7 +408,7 @@ http {{
               flush=True)
 
     def median(self, scenario, config, field):
-        vals = [r[field] for r in self.results.get((scenario, config), [])]
+        vals = [r[field] for r in self.results.get((scenario, config), []) if r.get(field) is not None]
         return (statistics.median(vals), min(vals), max(vals)) if vals else None
 
     # ------------------------------------------------------------------ scenarios
