@@ -32,6 +32,7 @@ use crate::runtime::drain::{Drain, Watcher};
 use crate::runtime::h2_idle::{Activity, CloseWhenIdle, Counted};
 use crate::runtime::stopped;
 use crate::runtime::timer::CoarseTimer;
+use crate::telemetry::Condition;
 
 /// How a listener speaks HTTP/1.1 and HTTP/2.
 #[derive(Clone)]
@@ -119,21 +120,14 @@ pub async fn serve_data(
     let http = Http::new(&limits);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let drain = Arc::new(Drain::default());
+    let failing = Condition::default();
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             _ = stopped(&mut stop) => break,
         };
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = accept(&listener, &failing, "data plane") => accepted,
             _ = stopped(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
@@ -171,6 +165,34 @@ pub async fn serve_data(
     drain.stop().await;
 }
 
+/// The pause after a failed accept (out of file descriptors and the like), instead of spinning.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// The next connection. While accepting fails it backs off, logging once when the failures start
+/// and once when they end.
+async fn accept(
+    listener: &TcpListener,
+    failing: &Condition,
+    name: &'static str,
+) -> (TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => {
+                if failing.recovered() {
+                    tracing::info!(listener = name, "accepting connections again");
+                }
+                return accepted;
+            }
+            Err(e) => {
+                if failing.failed() {
+                    tracing::warn!(listener = name, error = %e, "accept failing; retrying every 50 ms");
+                }
+                tokio::time::sleep(ACCEPT_RETRY).await;
+            }
+        }
+    }
+}
+
 /// Serves the admin endpoints on one listener until `stop`, then drains its connections.
 pub async fn serve_admin(
     replica: Arc<Replica>,
@@ -179,16 +201,10 @@ pub async fn serve_admin(
 ) {
     let http = Http::new(&replica.config.limits);
     let drain = Arc::new(Drain::default());
+    let failing = Condition::default();
     loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let (stream, _) = tokio::select! {
+            accepted = accept(&listener, &failing, "admin") => accepted,
             _ = stopped(&mut stop) => break,
         };
         let replica = replica.clone();
