@@ -68,6 +68,25 @@ pub mod defaults {
     /// Environment variable holding the management API's bootstrap token.
     pub const ADMIN_TOKEN_ENV: &str = "KEYGATE_ADMIN_TOKEN";
     pub const LOG_LEVEL: &str = "info";
+    /// Request headers never forwarded (`*` ends a prefix): headers that make a proxy or
+    /// framework behind keygate rewrite the path or the method, and identity headers of other
+    /// gateways, which an upstream might trust. keygate's own `x-keygate-*`, `X-Forwarded-*`,
+    /// `Forwarded`, credentials and hop-by-hop headers are always removed besides.
+    pub const STRIP_HEADERS: [&str; 13] = [
+        "x-original-url",
+        "x-rewrite-url",
+        "x-envoy-*",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-consumer-*",
+        "x-authenticated-*",
+        "x-remote-user",
+        "x-remote-group",
+        "x-auth-request-*",
+        "x-userinfo",
+        "x-credential-identifier",
+    ];
     /// Scope presets every deployment has (a config may add or override).
     pub const PRESETS: [(&str, &[&str]); 3] = [
         ("inference", &["predict"]),
@@ -107,6 +126,52 @@ pub struct Config {
     pub presets: BTreeMap<String, Vec<Scope>>,
     pub log: LogConfig,
     pub routes: RouteTable,
+    /// Request headers removed before forwarding, besides those keygate always removes.
+    pub strip_headers: StripHeaders,
+}
+
+/// Request header names, and name prefixes, that are never forwarded.
+#[derive(Clone, Debug, Default)]
+pub struct StripHeaders {
+    names: Vec<http::HeaderName>,
+    prefixes: Vec<String>,
+}
+
+impl StripHeaders {
+    /// From lower-case names, each exact or ending in `*` for a prefix; `None` for one that is
+    /// neither.
+    pub fn parse(entries: &[String]) -> Result<StripHeaders, String> {
+        let mut out = StripHeaders::default();
+        for entry in entries {
+            let lower = entry.to_ascii_lowercase();
+            match lower.strip_suffix('*') {
+                Some(prefix)
+                    if !prefix.is_empty()
+                        && http::HeaderName::from_bytes(prefix.as_bytes()).is_ok() =>
+                {
+                    out.prefixes.push(prefix.to_owned())
+                }
+                None if http::HeaderName::from_bytes(lower.as_bytes()).is_ok() => out
+                    .names
+                    .push(http::HeaderName::from_bytes(lower.as_bytes()).expect("checked")),
+                _ => {
+                    return Err(format!(
+                        "`{entry}` is not a header name, or a prefix ending in `*`"
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `name` is removed.
+    pub fn matches(&self, name: &http::HeaderName) -> bool {
+        self.names.contains(name)
+            || self
+                .prefixes
+                .iter()
+                .any(|p| name.as_str().starts_with(p.as_str()))
+    }
 }
 
 #[derive(Clone)]
@@ -172,6 +237,12 @@ pub fn expand_scopes(
 }
 
 impl Config {
+    /// The validity a rotated key that never expired gets: the longest a new key may have,
+    /// unless keys may live for ever.
+    pub fn validity_of_rotated(&self) -> Option<Duration> {
+        (!self.allow_no_expiry).then_some(self.max_validity)
+    }
+
     /// Scope names or presets (from the CLI or the API) → scopes.
     pub fn scopes(&self, names: &[String]) -> Result<Vec<Scope>, String> {
         expand_scopes(&self.presets, names)

@@ -203,6 +203,21 @@ mod tests {
     }
 
     #[test]
+    fn a_prefix_may_hold_underscores() {
+        // The shape the LandingLens SDK checks for before it sends a key.
+        let f = KeyFormat::new("land_sk");
+        let key = f.generate();
+        assert!(key.starts_with("land_sk_"), "{key}");
+        assert_eq!(
+            f.parse(&key),
+            Ok(Credential::Key {
+                hash: hash_key(&key)
+            })
+        );
+        assert_eq!(fmt().parse(&key), Err(CredentialError::Malformed));
+    }
+
+    #[test]
     fn hashes_round_trip_through_hex() {
         let h = hash_key("kg_x");
         assert_eq!(h.to_hex().len(), 64);

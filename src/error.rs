@@ -32,9 +32,11 @@ const CHALLENGE_INVALID_KEY: HeaderValue =
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error("method not allowed")]
-    MethodNotAllowed,
+    MethodNotAllowed(HeaderValue),
     #[error("protocol upgrades are not supported")]
     UpgradeNotSupported,
+    #[error("no Host, two Hosts, or a Host that contradicts :authority")]
+    InvalidHost,
     #[error(transparent)]
     InvalidPath(#[from] InvalidPath),
     #[error("no route")]
@@ -51,6 +53,8 @@ pub enum GatewayError {
     Denied(#[from] Denial),
     #[error("request body too large")]
     PayloadTooLarge,
+    #[error("the request body could not be read")]
+    InvalidRequestBody,
     #[error("key store unavailable")]
     KeyStoreUnavailable(#[source] Arc<StoreError>),
     #[error("key store returned a corrupt record")]
@@ -76,15 +80,25 @@ impl GatewayError {
     pub fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         use GatewayError as E;
         match self {
-            E::MethodNotAllowed => (
+            E::MethodNotAllowed(_) => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
-                "CONNECT is not supported; send plain HTTP requests.",
+                "This endpoint does not take this method; the Allow header lists those it takes.",
             ),
             E::UpgradeNotSupported => (
                 StatusCode::BAD_REQUEST,
                 "upgrade_not_supported",
                 "Protocol upgrades (WebSocket, h2c upgrade) are not supported; use HTTP/1.1 or HTTP/2.",
+            ),
+            E::InvalidRequestBody => (
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                "The request body could not be read (a malformed chunked encoding, or it stopped short); send it again.",
+            ),
+            E::InvalidHost => (
+                StatusCode::BAD_REQUEST,
+                "invalid_host",
+                "Send exactly one Host header (HTTP/1.1), equal to :authority on HTTP/2.",
             ),
             E::InvalidPath(_) => (
                 StatusCode::BAD_REQUEST,
@@ -218,6 +232,9 @@ impl GatewayError {
             _ => CHALLENGE_INVALID_KEY,
         };
         add_status_headers(&mut res, challenge);
+        if let GatewayError::MethodNotAllowed(allow) = self {
+            res.headers_mut().insert(header::ALLOW, allow.clone());
+        }
         res
     }
 }

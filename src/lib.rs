@@ -26,11 +26,12 @@
 //!    benchmarks. This file: [`run`], one replica on bound listeners.
 //!
 //! # The request path
-//! 1. Refuse `CONNECT` and upgrades. 2. Normalise the path (reject anything ambiguous).
+//! 1. Refuse `CONNECT` and ambiguous hosts. 2. Normalise the path (reject anything ambiguous).
 //! 3. Match host + path to a route; read its project. 4. Extract the credential; check its format
 //!    and checksum (no store access). 5. Resolve it: hot cache, Redis on a miss. 6. Check the key's
-//!    state against the clock. 7. Authorize (pure policy). 8. Check the body size.
-//! 9. Rewrite headers and stream to an upstream. Then one metrics update and one access-log line.
+//!    state against the clock. 7. Authorize (pure policy). 8. Check the method, upgrades and the
+//!    body size. 9. Rewrite headers and stream to an upstream. Then one metrics update and one
+//!    access-log line.
 
 #![forbid(unsafe_code)]
 

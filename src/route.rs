@@ -11,10 +11,31 @@
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use http::HeaderValue;
 use http::uri::Scheme;
+use http::{HeaderValue, Method};
 
 use crate::model::{OrgId, ProjectId, Scope, is_valid_id};
+
+/// The methods a route forwards unless its config names others: the usual API methods.
+pub const DEFAULT_METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
+
+/// Methods no route forwards: `TRACE` and `TRACK` echo the request (credentials included) back,
+/// and `CONNECT` asks for a tunnel.
+pub const NEVER_FORWARDED: [&str; 3] = ["TRACE", "TRACK", "CONNECT"];
+
+/// `GET, HEAD, …`.
+pub fn allow_header(methods: &[Method]) -> HeaderValue {
+    let names: Vec<&str> = methods.iter().map(Method::as_str).collect();
+    HeaderValue::from_str(&names.join(", ")).expect("method names are header-safe")
+}
 
 /// Why a path was rejected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -137,6 +158,10 @@ pub struct Route {
     /// Needs no key; credentials are still stripped before forwarding.
     pub public: bool,
     pub strip_prefix: bool,
+    /// The methods the route forwards; others get 405 with this list in `Allow`.
+    methods: Vec<Method>,
+    /// `methods` as the `Allow` header value.
+    allow: HeaderValue,
     /// Position in the [`RouteTable`], for per-route state kept elsewhere (metric handles).
     pub index: usize,
     /// Round-robin cursor over `upstreams`.
@@ -166,9 +191,28 @@ impl Route {
             upstreams,
             public,
             strip_prefix,
+            methods: DEFAULT_METHODS.to_vec(),
+            allow: allow_header(&DEFAULT_METHODS),
             index: 0,
             next: AtomicUsize::new(0),
         }
+    }
+
+    /// Forwards only `methods` (never [`NEVER_FORWARDED`]: the config refuses them).
+    pub fn with_methods(mut self, methods: Vec<Method>) -> Route {
+        self.allow = allow_header(&methods);
+        self.methods = methods;
+        self
+    }
+
+    /// Whether the route forwards `method`.
+    pub fn allows(&self, method: &Method) -> bool {
+        self.methods.contains(method)
+    }
+
+    /// The `Allow` header of a 405 on this route.
+    pub fn allow(&self) -> &HeaderValue {
+        &self.allow
     }
 
     fn matches_path(&self, path: &str) -> bool {

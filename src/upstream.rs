@@ -251,6 +251,11 @@ impl<B> Body for PooledBody<B> {
         match &polled {
             Poll::Ready(None) => self.release(),
             Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.release(),
+            Poll::Ready(Some(Err(e))) => {
+                // The client gets a response cut short, which is worth a line each.
+                let upstream = self.lease.as_ref().map_or("", |l| l.address.as_str());
+                tracing::warn!(upstream, error = %crate::telemetry::chain(e), "upstream response cut off mid-body");
+            }
             _ => {}
         }
         polled

@@ -30,6 +30,15 @@ pub(super) struct FileConfig {
     pub(super) log: LogFile,
     #[serde(default, rename = "route")]
     pub(super) routes: Vec<RouteFile>,
+    #[serde(default)]
+    pub(super) headers: HeadersFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HeadersFile {
+    /// Replaces the default list of request headers never forwarded.
+    pub(super) strip: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,6 +141,8 @@ pub(super) struct RouteFile {
     pub(super) public: bool,
     #[serde(default)]
     pub(super) strip_prefix: bool,
+    /// The methods the route forwards (default: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS).
+    pub(super) methods: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -142,3 +142,62 @@ fn tls_files_must_exist() {
         "{p}"
     );
 }
+
+#[test]
+fn key_prefixes_may_hold_inner_underscores() {
+    for (prefix, ok) in [
+        ("land_sk", true),
+        ("kg", true),
+        ("_kg", false),
+        ("kg_", false),
+        ("k-g", false),
+        ("", false),
+    ] {
+        let text = format!("[keys]\nprefix = \"{prefix}\"\n{MINIMAL}");
+        let found = problems_or_none(&text)
+            .iter()
+            .any(|p| p.starts_with("keys.prefix"));
+        assert_eq!(!found, ok, "{prefix}");
+    }
+}
+
+#[test]
+fn methods_and_stale_windows_that_contradict_themselves_are_refused() {
+    let text = MINIMAL.replace(
+        "org = \"acme\"",
+        "org = \"acme\"\nmethods = [\"GET\", \"TRACE\", \"post\"]",
+    );
+    let p = problems(&text).join("\n");
+    assert!(
+        p.contains("`TRACE` is never forwarded") && p.contains("`post` is not a method"),
+        "{p}"
+    );
+    let text = format!("[cache]\nttl = \"60s\"\nmax_stale = \"30s\"\n{MINIMAL}");
+    let p = problems(&text).join("\n");
+    assert!(
+        p.contains("cache.max_stale") && p.contains("shorter than cache.ttl"),
+        "{p}"
+    );
+    let text = format!("[headers]\nstrip = [\"x-ok\", \"x-prefix-*\", \"bad header\"]\n{MINIMAL}");
+    let p = problems(&text).join("\n");
+    assert!(
+        p.contains("headers.strip") && p.contains("`bad header`"),
+        "{p}"
+    );
+    let config = Config::parse(MINIMAL, Path::new(".")).unwrap();
+    let route = config.routes.iter().next().unwrap();
+    assert!(route.allows(&http::Method::POST) && !route.allows(&http::Method::TRACE));
+    let name = |n: &str| http::HeaderName::from_bytes(n.as_bytes()).unwrap();
+    assert!(config.strip_headers.matches(&name("x-consumer-id")));
+    assert!(config.strip_headers.matches(&name("x-original-url")));
+    assert!(!config.strip_headers.matches(&name("x-request-id")));
+}
+
+/// The problems a config has; none when it is valid.
+fn problems_or_none(text: &str) -> Vec<String> {
+    match Config::parse(text, Path::new(".")) {
+        Ok(_) => Vec::new(),
+        Err(ConfigError::Invalid(p)) => p,
+        Err(e) => panic!("{e}"),
+    }
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::file::*;
 use super::*;
 use crate::model::{OrgId, ProjectId, is_valid_id};
-use crate::route::{ProjectSource, Route, RouteTable, Upstream};
+use crate::route::{NEVER_FORWARDED, ProjectSource, Route, RouteTable, Upstream};
 use crate::telemetry::LogFormat;
 
 /// Collects problems instead of stopping at the first.
@@ -129,18 +129,31 @@ impl Validator<'_> {
         if cache.max_entries == 0 {
             self.problem("cache.max_entries", "must be at least 1");
         }
+        if cache.max_stale < cache.ttl {
+            self.problem(
+                "cache.max_stale",
+                format!(
+                    "{} is shorter than cache.ttl ({}): max_stale counts from an entry's fetch, so most cached keys would fail from the first second of a Redis outage; make it at least the ttl",
+                    humantime::format_duration(cache.max_stale),
+                    humantime::format_duration(cache.ttl)
+                ),
+            );
+        }
         let limits = self.limits(&f.limits);
         let prefix = f
             .keys
             .prefix
             .unwrap_or_else(|| defaults::KEY_PREFIX.to_owned());
+        let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
         if prefix.is_empty()
             || prefix.len() > 16
-            || !prefix.bytes().all(|b| b.is_ascii_alphanumeric())
+            || !prefix.bytes().all(word)
+            || prefix.starts_with('_')
+            || prefix.ends_with('_')
         {
             self.problem(
                 "keys.prefix",
-                format!("`{prefix}` must be 1-16 ASCII letters or digits, e.g. \"kg\""),
+                format!("`{prefix}` must be 1-16 ASCII letters, digits or inner underscores, e.g. \"kg\" or \"land_sk\""),
             );
         }
         let presets = self.presets(f.scopes.presets);
@@ -162,6 +175,14 @@ impl Validator<'_> {
             );
         }
         let routes = self.routes(f.routes, &presets);
+        let strip = match f.headers.strip {
+            Some(list) => list,
+            None => defaults::STRIP_HEADERS.map(str::to_owned).to_vec(),
+        };
+        let strip_headers = StripHeaders::parse(&strip).unwrap_or_else(|e| {
+            self.problem("headers.strip", e);
+            StripHeaders::default()
+        });
         let workers = match f.server.workers.unwrap_or(defaults::WORKERS) {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
@@ -182,6 +203,7 @@ impl Validator<'_> {
             presets,
             log,
             routes,
+            strip_headers,
         })
     }
 
@@ -231,6 +253,31 @@ impl Validator<'_> {
                 None
             }
         }
+    }
+
+    /// A route's methods: upper-case names, at least one, never TRACE, TRACK or CONNECT.
+    fn methods(&mut self, field: &str, names: &[String]) -> Vec<http::Method> {
+        let field = format!("{field}.methods");
+        if names.is_empty() {
+            self.problem(&field, "name at least one method, e.g. [\"POST\"]");
+        }
+        names
+            .iter()
+            .filter_map(|name| {
+                let parsed = http::Method::from_bytes(name.as_bytes()).ok();
+                match parsed {
+                    _ if NEVER_FORWARDED.contains(&name.to_ascii_uppercase().as_str()) => {
+                        self.problem(&field, format!("`{name}` is never forwarded: TRACE and TRACK echo credentials back, CONNECT opens a tunnel"));
+                        None
+                    }
+                    Some(m) if name.bytes().all(|b| b.is_ascii_uppercase()) => Some(m),
+                    _ => {
+                        self.problem(&field, format!("`{name}` is not a method name like \"POST\" (upper case)"));
+                        None
+                    }
+                }
+            })
+            .collect()
     }
 
     fn redis(&mut self, r: &RedisFile) -> Option<RedisConfig> {
@@ -436,7 +483,8 @@ impl Validator<'_> {
                 })
                 .collect();
             let host = f.host.map(|h| h.to_ascii_lowercase());
-            routes.push(Route::new(
+            let methods = f.methods.as_deref().map(|m| self.methods(&field, m));
+            let route = Route::new(
                 f.id,
                 host,
                 f.path_prefix,
@@ -446,7 +494,11 @@ impl Validator<'_> {
                 upstreams,
                 f.public,
                 f.strip_prefix,
-            ));
+            );
+            routes.push(match methods {
+                Some(methods) => route.with_methods(methods),
+                None => route,
+            });
         }
         let table = RouteTable::new(routes);
         for dup in table.duplicates() {

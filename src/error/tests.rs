@@ -20,7 +20,13 @@ async fn every_variant_has_its_status_and_code() {
     let store = || Arc::new(StoreError::Timeout);
     let corrupt = || Arc::new(StoreError::Corrupt(crate::store::codec::BadRecord("x")));
     let rows: Vec<(GatewayError, u16, &str)> = vec![
-        (GatewayError::MethodNotAllowed, 405, "method_not_allowed"),
+        (
+            GatewayError::MethodNotAllowed(HeaderValue::from_static("GET")),
+            405,
+            "method_not_allowed",
+        ),
+        (GatewayError::InvalidHost, 400, "invalid_host"),
+        (GatewayError::InvalidRequestBody, 400, "invalid_body"),
         (
             GatewayError::UpgradeNotSupported,
             400,

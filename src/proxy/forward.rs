@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 
 use super::route::{Route, Upstream};
 use super::{ConnInfo, Gateway, Identity, ResponseBody};
-use crate::config::Limits;
+use crate::config::{Limits, StripHeaders};
 use crate::credential::CREDENTIAL_HEADERS;
 use crate::error::GatewayError;
 use crate::runtime::timer::CoarseTimer;
@@ -98,7 +98,8 @@ pub fn forward(
 ) -> impl Future<Output = Result<Response<ResponseBody>, GatewayError>> {
     let ups = &gw.upstreams;
     let upstream = route.pick_upstream();
-    let upstream_req = upstream_request(route, upstream, req, identity, conn, request_id);
+    let strip = &gw.replica.config.strip_headers;
+    let upstream_req = upstream_request(route, upstream, req, identity, conn, request_id, strip);
     let upstream_req = upstream_req.map(|body| Limited::new(body, ups.max_body_bytes as usize));
     async move {
         // The response timeout is polled beside the send, in place: a wrapper like
@@ -115,6 +116,9 @@ pub fn forward(
         let mut response = match sent {
             None => return Err(GatewayError::UpstreamTimeout(ups.response_timeout)),
             Some(Err(e)) if caused_by_body_limit(&e) => return Err(GatewayError::PayloadTooLarge),
+            Some(Err(e)) if caused_by_request_body(&e) => {
+                return Err(GatewayError::InvalidRequestBody);
+            }
             Some(Err(e)) => return Err(GatewayError::UpstreamUnavailable(e)),
             Some(Ok(response)) => response,
         };
@@ -131,6 +135,7 @@ fn upstream_request(
     identity: Option<&Identity>,
     conn: ConnInfo,
     request_id: &HeaderValue,
+    strip: &StripHeaders,
 ) -> Request<Incoming> {
     let (mut parts, body) = req.into_parts();
     let original_host = parts
@@ -153,6 +158,7 @@ fn upstream_request(
         conn,
         request_id,
         original_host,
+        strip,
     );
     parts.headers.insert(header::HOST, upstream.host.clone());
     Request::from_parts(parts, body)
@@ -164,12 +170,16 @@ fn rewrite_request_headers(
     conn: ConnInfo,
     request_id: &HeaderValue,
     original_host: Option<HeaderValue>,
+    strip: &StripHeaders,
 ) {
+    // `Expect: 100-continue` was answered by keygate's own server already.
     remove_hop_by_hop_and(headers, |name| {
         CREDENTIAL_HEADERS.contains(name)
             || name == header::FORWARDED
+            || name == header::EXPECT
             || name.as_str().starts_with("x-keygate-")
             || name.as_str().starts_with("x-forwarded-")
+            || strip.matches(name)
     });
     headers.reserve(ADDED_HEADERS);
     if let Some(id) = identity {
@@ -217,6 +227,23 @@ fn remove_hop_by_hop_and(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> 
     for name in gone {
         headers.remove(name);
     }
+}
+
+/// Whether the request body the client sent broke off or was malformed (a bad chunk size): the
+/// client's error, not the upstream's. hyper's client reports a body that failed as a user
+/// error whose cause is the server side's own `hyper::Error`.
+fn caused_by_request_body(e: &crate::upstream::UpstreamError) -> bool {
+    let crate::upstream::UpstreamError::Http(http) = e else {
+        return false;
+    };
+    let mut source = std::error::Error::source(http);
+    while let Some(err) = source {
+        if err.is::<hyper::Error>() {
+            return http.is_user();
+        }
+        source = err.source();
+    }
+    false
 }
 
 fn caused_by_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -272,7 +299,7 @@ mod tests {
         }
         let conn = ConnInfo::new("127.0.0.1:1".parse().unwrap(), false);
         let id = HeaderValue::from_static("rid");
-        rewrite_request_headers(&mut h, None, conn, &id, None);
+        rewrite_request_headers(&mut h, None, conn, &id, None, &StripHeaders::default());
         let multi: Vec<_> = h.get_all("x-multi").iter().collect();
         assert_eq!(multi, ["a", "b", "c"]);
         assert_eq!(h["accept"], "*/*");

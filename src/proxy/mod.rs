@@ -2,14 +2,15 @@
 //! `Result<_, GatewayError>` and leaving early with `?`; the wrapper owns timing, metrics, the
 //! access log and error-to-response.
 //!
-//! 1. Refuse tunnels.
+//! 1. Refuse tunnels and ambiguous hosts.
 //! 2. Normalise the path.
 //! 3. Match a route and read its project.
 //! 4. Extract the credential (format and checksum; no store access).
 //! 5. Resolve the key (hot cache, Redis on a miss).
 //! 6. Check the key's state against the clock.
 //! 7. Authorize (pure policy); count the key's use (written to Redis in batches, off the path).
-//! 8. Check the body size.
+//! 8. Check the method (the route takes it; no upgrade) and the body size: after the key, so a
+//!    caller without one learns nothing but 401.
 //! 9. Rewrite and forward (`forward`).
 //!
 //! A response to a request made with a legacy key id + secret pair carries `Deprecation` (since
@@ -22,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Version, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
@@ -210,6 +211,7 @@ fn proxy<'g>(
 ) -> impl Future<Output = Result<Response<ResponseBody>, GatewayError>> {
     async move {
         refuse_tunnels(&req)?;
+        check_host(&req)?;
         let path = route::normalise(req.uri().path())?;
         let route = gw
             .replica
@@ -224,6 +226,7 @@ fn proxy<'g>(
             let project = route.project_of(path, req.uri().query())?;
             Some(authenticate(&gw.replica, route, req.headers(), project, record).await?)
         };
+        check_method(route, &req)?;
         check_body_size(req.headers(), gw.replica.config.limits.max_body_bytes)?;
         forward::forward(
             gw,
@@ -293,7 +296,34 @@ async fn authenticate(
 /// Step 1: keygate forwards requests, not tunnels.
 fn refuse_tunnels(req: &Request<Incoming>) -> Result<(), GatewayError> {
     if req.method() == Method::CONNECT {
-        return Err(GatewayError::MethodNotAllowed);
+        return Err(GatewayError::MethodNotAllowed(route::allow_header(
+            &route::DEFAULT_METHODS,
+        )));
+    }
+    Ok(())
+}
+
+/// Step 1: the host is unambiguous (RFC 9112 §3.2): an HTTP/1.1 request has exactly one `Host`;
+/// an HTTP/2 request's `:authority`, if it also sends `Host`, is the same.
+fn check_host(req: &Request<Incoming>) -> Result<(), GatewayError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let (first, second) = (hosts.next(), hosts.next());
+    let fine = match (req.version(), req.uri().authority(), first, second) {
+        (_, _, Some(_), Some(_)) => false,
+        (Version::HTTP_11, None, None, _) => false,
+        (Version::HTTP_2, Some(authority), Some(host), _) => host
+            .as_bytes()
+            .eq_ignore_ascii_case(authority.as_str().as_bytes()),
+        _ => true,
+    };
+    fine.then_some(()).ok_or(GatewayError::InvalidHost)
+}
+
+/// Step 8: the route forwards this method, and no upgrade is asked for. After authentication,
+/// so that a caller without a key learns nothing but 401.
+fn check_method(route: &Route, req: &Request<Incoming>) -> Result<(), GatewayError> {
+    if !route.allows(req.method()) {
+        return Err(GatewayError::MethodNotAllowed(route.allow().clone()));
     }
     if req.headers().contains_key(header::UPGRADE) {
         return Err(GatewayError::UpgradeNotSupported);
@@ -301,7 +331,7 @@ fn refuse_tunnels(req: &Request<Incoming>) -> Result<(), GatewayError> {
     Ok(())
 }
 
-/// Step 8: refuse a declared body over the limit before forwarding anything. Undeclared
+/// Step 8, too: refuse a declared body over the limit before forwarding anything. Undeclared
 /// (chunked) bodies are capped while they stream (`forward`).
 fn check_body_size(headers: &HeaderMap, max: u64) -> Result<(), GatewayError> {
     let declared = headers

@@ -23,6 +23,15 @@ async fn forwards_with_identity_and_never_leaks_credentials() {
             ("connection", "x-drop-me"),
             ("x-drop-me", "hop"),
             ("x-request-id", "req-123"),
+            // Headers that change a request's meaning behind keygate, or claim an identity.
+            ("x-original-url", "/admin"),
+            ("x-rewrite-url", "/admin"),
+            ("x-envoy-original-path", "/admin"),
+            ("x-http-method-override", "DELETE"),
+            ("x-method-override", "DELETE"),
+            ("x-consumer-id", "someone-else"),
+            ("x-authenticated-userid", "root"),
+            ("x-remote-user", "root"),
         ],
     )
     .await;
@@ -50,6 +59,14 @@ async fn forwards_with_identity_and_never_leaks_credentials() {
         "forwarded",
         "x-keygate-admin",
         "keep-alive",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-envoy-original-path",
+        "x-http-method-override",
+        "x-method-override",
+        "x-consumer-id",
+        "x-authenticated-userid",
+        "x-remote-user",
     ] {
         assert!(
             !h.contains_key(secret_header),
@@ -526,7 +543,12 @@ async fn a_redis_that_lost_the_lookup_script_is_handed_it_again() {
 async fn a_corrupt_key_record_fails_closed() {
     let w = World::start().await;
     // Each key's record is broken one way: each is refused, and the lookup names what is wrong.
-    let cases: [(&[&str], &str); 5] = [
+    // A missing list never reads as an empty one: a key restricted to p1 that lost its
+    // `project_ids` must not be let into every project.
+    let cases: [(&[&str], &str); 8] = [
+        (&["HDEL", "project_ids"], "project_ids"),
+        (&["HDEL", "scopes"], "scopes"),
+        (&["HDEL", "expires_at"], "expires_at"),
         (&["HSET", "status", "bogus"], "status"),
         (&["HSET", "user_id", "ghost"], "user_id"), // an owner that does not exist
         (&["HDEL", "hash"], "hash"),
@@ -536,7 +558,7 @@ async fn a_corrupt_key_record_fails_closed() {
         (&["HSET", "scopes", "predict\0admin"], "key"),
     ];
     for (change, field) in cases {
-        let (key, id) = new_key(&w.store, &w.gw.config, "alice", &["predict"], &[]).await;
+        let (key, id) = new_key(&w.store, &w.gw.config, "alice", &["predict"], &["p1"]).await;
         let record = format!("kg:key:{id}");
         let mut cmd = vec![change[0], &record];
         cmd.extend(&change[1..]);
@@ -663,5 +685,95 @@ async fn slow_idle_and_silent_clients_are_cut_off_after_the_header_read_timeout(
         String::from_utf8_lossy(&body).matches("data:").count(),
         3,
         "{body:?}"
+    );
+}
+
+/// What the data plane refuses before anything reaches an upstream: methods a route does not
+/// take (with `Allow`), `TRACE` everywhere, a missing or doubled `Host`, and a body the client
+/// broke. A caller without a key learns nothing but 401, whatever else is wrong.
+#[tokio::test]
+async fn methods_hosts_and_broken_bodies_are_refused_in_order() {
+    let w = World::start().await;
+    let key = &w.keys.alice;
+    let head = |method: &str, path: &str, extra: &str| {
+        format!("{method} {path} HTTP/1.1\r\nhost: x\r\n{extra}content-length: 0\r\n\r\n")
+    };
+    let with_key = format!("apikey: {key}\r\n");
+    for (name, request, status, code, allow) in [
+        (
+            "TRACE",
+            head("TRACE", "/v1/projects/p1/x", &with_key),
+            405,
+            "method_not_allowed",
+            Some("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        ),
+        (
+            "TRACE without a key",
+            head("TRACE", "/v1/projects/p1/x", ""),
+            401,
+            "missing_api_key",
+            None,
+        ),
+        (
+            "POST on a GET route",
+            head("POST", "/v1/models/x", &with_key),
+            405,
+            "method_not_allowed",
+            Some("GET, HEAD"),
+        ),
+        (
+            "upgrade without a key",
+            head(
+                "GET",
+                "/v1/projects/p1/x",
+                "upgrade: websocket\r\nconnection: upgrade\r\n",
+            ),
+            401,
+            "missing_api_key",
+            None,
+        ),
+        (
+            "no Host",
+            format!("GET /v1/projects/p1/x HTTP/1.1\r\n{with_key}\r\n"),
+            400,
+            "invalid_host",
+            None,
+        ),
+        (
+            "two Hosts",
+            format!("GET /v1/projects/p1/x HTTP/1.1\r\nhost: a\r\nhost: b\r\n{with_key}\r\n"),
+            400,
+            "invalid_host",
+            None,
+        ),
+    ] {
+        let (got, text) = raw(w.gw.addr, &request).await;
+        assert_eq!(got, status, "{name}: {text}");
+        assert!(text.contains(code), "{name}: {text}");
+        let allowed = text.lines().find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("allow: ")
+                .map(str::to_owned)
+        });
+        assert_eq!(
+            allowed.as_deref(),
+            allow.map(str::to_ascii_lowercase).as_deref(),
+            "{name}"
+        );
+    }
+    assert!(w.upstream.requests().is_empty(), "nothing was forwarded");
+
+    // A chunked body the client breaks (a chunk size that is no number) is the client's error.
+    let broken = format!(
+        "POST /v1/projects/p1/x HTTP/1.1\r\nhost: x\r\n{with_key}transfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n"
+    );
+    let (got, text) = raw(w.gw.addr, &broken).await;
+    assert_eq!(got, 400, "{text}");
+    assert!(text.contains("invalid_body"), "{text}");
+    assert_eq!(
+        w.gw.metric(r#"keygate_requests_total{outcome="upstream_unavailable""#)
+            .await,
+        0.0,
+        "not counted as an upstream failure"
     );
 }

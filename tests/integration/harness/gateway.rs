@@ -145,6 +145,7 @@ addr = "127.0.0.1:0"
 url = "{redis}"
 command_timeout = "300ms"
 [cache]
+ttl = "3s"
 max_stale = "3s"
 [limits]
 max_body_bytes = 100000000
@@ -173,6 +174,7 @@ id = "models"
 path_prefix = "/v1/models"
 org = "acme"
 scopes = ["models:read"]
+methods = ["GET", "HEAD"]
 upstreams = ["{up}/base"]
 [[route]]
 id = "admin-area"
