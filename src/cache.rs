@@ -132,7 +132,7 @@ impl<K: Eq + Hash + Clone, V> ReadThrough<K, V> {
                     outcome,
                 });
             }
-            if recently_failed && value.is_some() && *age < self.cfg.max_stale {
+            if recently_failed && self.usable_as_stale(value.is_some(), *age) {
                 return Ok(Lookup {
                     value: value.clone(),
                     outcome: Outcome::Stale,
@@ -161,14 +161,27 @@ impl<K: Eq + Hash + Clone, V> ReadThrough<K, V> {
                 outcome: Outcome::Miss,
             }),
             Err(e) => match cached {
-                Some((Some(v), age)) if age < self.cfg.max_stale && e.is_unavailable() => {
+                Some((value, age))
+                    if e.is_unavailable() && self.usable_as_stale(value.is_some(), age) =>
+                {
                     Ok(Lookup {
-                        value: Some(v),
+                        value,
                         outcome: Outcome::Stale,
                     })
                 }
                 _ => Err(e),
             },
+        }
+    }
+
+    /// Whether an entry of this age may answer while the store fails: a found one within
+    /// `max_stale`, a "no such thing" within `negative_ttl` (an unknown key keeps its 401, as it
+    /// would have with the store up).
+    fn usable_as_stale(&self, found: bool, age: Duration) -> bool {
+        age < if found {
+            self.cfg.max_stale
+        } else {
+            self.cfg.negative_ttl
         }
     }
 

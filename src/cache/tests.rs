@@ -115,9 +115,21 @@ async fn stale_if_error_until_max_stale() {
         get(&c, 1, &calls, Err(())).await.is_err(),
         "past max_stale the store's failure shows"
     );
-    // Unknown keys are never served from a stale negative entry: they fail closed.
+    // A key known to be unknown stays unknown while the store fails, until its negative
+    // entry would have expired anyway; past that, and for keys never seen, the failure shows.
     get(&c, 2, &calls, Ok(None)).await.unwrap();
-    tokio::time::advance(Duration::from_secs(6)).await;
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let untrusted_and_failing = c
+        .get(&2, false, false, || async {
+            Err::<Option<String>, _>(down())
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (untrusted_and_failing.outcome, untrusted_and_failing.value),
+        (Outcome::Stale, None)
+    );
+    tokio::time::advance(Duration::from_secs(4)).await;
     assert!(get(&c, 2, &calls, Err(())).await.is_err());
     assert!(get(&c, 3, &calls, Err(())).await.is_err());
 }

@@ -16,7 +16,7 @@ use super::{
     UsersCommand,
 };
 use crate::config::Config;
-use crate::model::{KeyId, KeyStatus, OrgId, ProjectId, Scope, UserId, unix_now};
+use crate::model::{KeyId, KeyState, KeyStatus, OrgId, ProjectId, Scope, UserId, unix_now};
 use crate::store::audit::Actor;
 use crate::store::keys::{NewKey, expiry};
 use crate::store::{Store, StoreError};
@@ -189,7 +189,7 @@ async fn keys(
                     .map_err(Failure::refused)?,
             };
             let created = store.create_key(&config.keys, new).await?;
-            return with_secret(&created.record, created.secret);
+            return with_secret(&created.record.shown(now), created.secret);
         }
         K::CreateMany {
             user,
@@ -198,12 +198,19 @@ async fn keys(
             expires_in,
             out,
         } => {
+            let asked = now.saturating_add(expires_in.as_secs());
             let new = NewKey {
                 user_id: UserId::from(user),
                 name: "bulk".into(),
                 scopes: scopes(config, &names)?,
                 project_ids: Vec::new(),
-                expires_at: Some(now + expires_in.as_secs()),
+                expires_at: expiry(
+                    now,
+                    Some(asked),
+                    config.max_validity,
+                    config.allow_no_expiry,
+                )
+                .map_err(Failure::refused)?,
             };
             let secrets = store.create_keys(&config.keys, new, count).await?;
             write_secrets(&out, &secrets)
@@ -232,13 +239,14 @@ async fn keys(
             limit,
             offset,
         } => {
-            let status: Option<KeyStatus> = status.as_deref().map(parsed).transpose()?;
+            let status: Option<KeyState> = status.as_deref().map(parsed).transpose()?;
             let keys = store.keys(&org()?, user.map(UserId::from).as_ref()).await?;
             let matching: Vec<_> = keys
-                .into_iter()
-                .filter(|k| status.is_none_or(|s| k.grant.status == s))
+                .iter()
+                .filter(|k| status.is_none_or(|s| k.grant.state(now) == s))
                 .skip(offset.unwrap_or(0))
                 .take(limit.unwrap_or(usize::MAX))
+                .map(|k| k.shown(now))
                 .collect();
             return items(&matching);
         }
@@ -267,16 +275,21 @@ async fn keys(
                 None => std::time::Duration::ZERO,
             };
             let created = store
-                .rotate_key(&config.keys, &KeyId::from(id), grace)
+                .rotate_key(
+                    &config.keys,
+                    &KeyId::from(id),
+                    grace,
+                    config.validity_of_rotated(),
+                )
                 .await?;
-            return with_secret(&created.record, created.secret);
+            return with_secret(&created.record.shown(now), created.secret);
         }
         K::Delete { id } => {
             store.delete_key(&KeyId::from(id)).await?;
             return Ok(Value::Null);
         }
     };
-    value(&record)
+    Ok(record.shown(now))
 }
 
 fn duration(text: &str) -> Result<std::time::Duration, Failure> {

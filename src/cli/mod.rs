@@ -175,7 +175,7 @@ pub enum KeysCommand {
     List {
         #[arg(long)]
         user: Option<String>,
-        /// active or revoked.
+        /// active, revoked or expired.
         #[arg(long)]
         status: Option<String>,
         #[arg(long)]

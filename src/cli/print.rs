@@ -7,6 +7,8 @@
 
 use serde_json::Value;
 
+use crate::model::MAX_TIME;
+
 /// The columns of a table of keys, users, projects or orgs: (header, field).
 const KEY_COLUMNS: &[(&str, &str)] = &[
     ("ID", "id"),
@@ -119,10 +121,14 @@ fn cell(field: &str, v: &Value) -> String {
             .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
             .collect::<Vec<_>>()
             .join(","),
-        Value::Number(n) if field.ends_with("_at") => n.as_u64().map_or(n.to_string(), |secs| {
-            let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
-            humantime::format_rfc3339_seconds(at).to_string()
-        }),
+        Value::Number(n) if field.ends_with("_at") => match n.as_u64() {
+            // Past the year 9999 no date can show it (the store refuses such records anyway).
+            Some(secs) if secs <= MAX_TIME => {
+                let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+                humantime::format_rfc3339_seconds(at).to_string()
+            }
+            _ => n.to_string(),
+        },
         other => other.to_string(),
     }
 }

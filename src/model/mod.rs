@@ -230,6 +230,14 @@ str_enum!(
     /// Revoked keys are refused; only revoked keys may be deleted.
     KeyStatus { Active = "active", Revoked = "revoked" }
 );
+str_enum!(
+    /// What people are shown of a key's status: an active key past its expiry is `expired`.
+    KeyState { Active = "active", Revoked = "revoked", Expired = "expired" }
+);
+
+/// The latest time keygate stores or shows: 9999-12-31T23:59:59Z, in Unix seconds. A time past
+/// it cannot be written as a date, so a record holding one is corrupt.
+pub const MAX_TIME: u64 = 253_402_300_799;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Org {
@@ -307,6 +315,26 @@ pub struct KeyRecord {
     pub last_used_at: Option<u64>,
     /// Requests the key has authenticated (same batching).
     pub request_count: u64,
+}
+
+impl KeyGrant {
+    /// Its status as people are shown it at `now`.
+    pub fn state(&self, now: u64) -> KeyState {
+        match self.status {
+            KeyStatus::Revoked => KeyState::Revoked,
+            KeyStatus::Active if self.expires_at.is_some_and(|at| now >= at) => KeyState::Expired,
+            KeyStatus::Active => KeyState::Active,
+        }
+    }
+}
+
+impl KeyRecord {
+    /// The record as the API and the CLI show it at `now`: `status` is its [`KeyState`].
+    pub fn shown(&self, now: u64) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("records serialize");
+        v["status"] = serde_json::Value::from(self.grant.state(now).as_str());
+        v
+    }
 }
 
 /// A resolved key with its owner: everything the policy needs about the caller, and the

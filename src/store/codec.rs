@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::model::{
-    KeyGrant, KeyHash, KeyRecord, Org, OrgId, Owner, Project, ProjectId, Scope, User, UserId,
-    is_valid_id,
+    KeyGrant, KeyHash, KeyRecord, MAX_TIME, Org, OrgId, Owner, Project, ProjectId, Scope, User,
+    UserId, is_valid_id,
 };
 
 /// A Redis hash read back as field → value. A B-tree, not a hash map: records have a dozen
@@ -87,14 +87,15 @@ fn slug<T: for<'a> From<&'a str>>(
         .ok_or(BadRecord(name))
 }
 
-/// A space-separated list whose every item passes `valid`.
+/// A space-separated list whose every item passes `valid`. The field must be there, even when
+/// empty: a list that limits what a key may do must never widen it by going missing.
 fn list<T>(
     f: &(impl Record + ?Sized),
     name: &'static str,
     valid: fn(&str) -> bool,
     make: fn(&str) -> T,
 ) -> Result<Vec<T>, BadRecord> {
-    let items = f.get(name).unwrap_or("").split_whitespace();
+    let items = field(f, name)?.split_whitespace();
     items
         .map(|x| valid(x).then(|| make(x)).ok_or(BadRecord(name)))
         .collect()
@@ -193,7 +194,7 @@ impl KeyGrant {
     ];
 
     pub fn from_fields(f: &(impl Record + ?Sized)) -> Result<Self, BadRecord> {
-        let expires_at: u64 = parsed(f, "expires_at")?;
+        let expires_at = time(f, "expires_at")?;
         Ok(KeyGrant {
             id: slug(f, "id")?,
             org_id: slug(f, "org_id")?,
@@ -205,7 +206,7 @@ impl KeyGrant {
             expires_at: nonzero(expires_at),
             hash: KeyHash::from_hex(field(f, "hash")?).ok_or(BadRecord("hash"))?,
             previous_hash: optional_hash(f, "previous_hash")?,
-            previous_expires_at: nonzero(count(f, "previous_expires_at")?),
+            previous_expires_at: optional_time(f, "previous_expires_at")?,
         })
     }
 }
@@ -215,6 +216,18 @@ fn nonzero(n: u64) -> Option<u64> {
     (n != 0).then_some(n)
 }
 
+/// A time (Unix seconds) no later than [`MAX_TIME`]: past it, no date can show it.
+fn time(f: &(impl Record + ?Sized), name: &'static str) -> Result<u64, BadRecord> {
+    let t: u64 = parsed(f, name)?;
+    (t <= MAX_TIME).then_some(t).ok_or(BadRecord(name))
+}
+
+/// A time that may be absent (0 then), no later than [`MAX_TIME`].
+fn optional_time(f: &(impl Record + ?Sized), name: &'static str) -> Result<Option<u64>, BadRecord> {
+    let t = count(f, name)?;
+    (t <= MAX_TIME).then_some(nonzero(t)).ok_or(BadRecord(name))
+}
+
 impl KeyRecord {
     pub fn from_fields(f: &(impl Record + ?Sized)) -> Result<Self, BadRecord> {
         Ok(KeyRecord {
@@ -222,7 +235,7 @@ impl KeyRecord {
             name: field(f, "name")?.to_owned(),
             display: field(f, "display")?.to_owned(),
             legacy: field(f, "legacy")? == "1",
-            last_used_at: nonzero(count(f, "last_used_at")?),
+            last_used_at: optional_time(f, "last_used_at")?,
             request_count: count(f, "request_count")?,
         })
     }
@@ -312,6 +325,9 @@ mod tests {
             ("hash", "ab"),
             ("previous_hash", "zz"),
             ("request_count", "-1"),
+            // Past the year 9999: no date can show it.
+            ("expires_at", "253402300800"),
+            ("last_used_at", "99999999999999"),
         ] {
             let mut f = good.clone();
             f.insert(field.to_owned(), bad.to_owned());

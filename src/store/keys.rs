@@ -18,8 +18,8 @@ use super::directory::{check_name, new_id};
 use super::{Invalidation, Store, StoreError};
 use crate::credential::{KeyFormat, hash_key, hash_legacy};
 use crate::model::{
-    KeyGrant, KeyHash, KeyId, KeyRecord, KeyStatus, OrgId, ProjectId, Role, Scope, User, UserId,
-    UserStatus, unix_now,
+    KeyGrant, KeyHash, KeyId, KeyRecord, KeyStatus, MAX_TIME, OrgId, ProjectId, Role, Scope, User,
+    UserId, UserStatus, unix_now,
 };
 use crate::policy::role_allows;
 
@@ -49,9 +49,11 @@ pub fn expiry(
     if at < now.saturating_add(MIN_VALIDITY_SECS) {
         return Err("a key must be valid for at least 1 minute".into());
     }
-    if at > latest {
+    if at > latest.min(MAX_TIME) {
         let max = humantime::format_duration(max_validity);
-        return Err(format!("a key may be valid for at most {max}"));
+        return Err(format!(
+            "a key may be valid for at most {max}, and not past the year 9999"
+        ));
     }
     Ok(Some(at))
 }
@@ -443,11 +445,15 @@ impl Store {
     /// Gives a key a new secret (returned once). The old secret keeps working for `grace`, then
     /// is answered `key_rotated`; a secret rotated out earlier stops at once. A legacy pair
     /// rotated this way becomes an ordinary key.
+    /// A new secret for key `id`; the old one works for `grace`. The new secret is a created key
+    /// like any other: one that never expired (a legacy pair, or a key made when keys could
+    /// live for ever) gets `validity` from now, unless keys may live for ever (`None`).
     pub async fn rotate_key(
         &self,
         format: &KeyFormat,
         id: &KeyId,
         grace: Duration,
+        validity: Option<Duration>,
     ) -> Result<CreatedKey, StoreError> {
         if grace > MAX_ROTATION_GRACE {
             let max = humantime::format_duration(MAX_ROTATION_GRACE);
@@ -466,6 +472,9 @@ impl Store {
         key.grant.hash = hash_key(&secret);
         key.display = format.mask(&secret);
         key.legacy = false;
+        if key.grant.expires_at.is_none() {
+            key.grant.expires_at = validity.map(|v| unix_now().saturating_add(v.as_secs()));
+        }
         let mut pipe = redis::pipe();
         if let Some(stale) = before.grant.previous_hash {
             pipe.del(self.name(format_args!("keyhash:{stale}")))
@@ -480,6 +489,7 @@ impl Store {
                 "previous_expires_at",
                 key.grant.previous_expires_at.unwrap_or(0).to_string(),
             ),
+            ("expires_at", key.grant.expires_at.unwrap_or(0).to_string()),
         ];
         pipe.set(
             self.name(format_args!("keyhash:{}", key.grant.hash)),

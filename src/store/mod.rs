@@ -159,16 +159,19 @@ if not id then return false end
 local key = redis.call('HMGET', ARGV[1] .. ':key:' .. id, KEY_FIELDS)
 if not key[1] then return false end
 local user = redis.call('HMGET', ARGV[1] .. ':user:' .. (key[2] or ''), OWNER_FIELDS)
-for i = 1, #key do key[i] = key[i] or '' end
+for i = 1, #key do key[i] = key[i] or '\1' end
 -- A missing owner: the key's values alone.
 if user[1] then
-  for i = 1, #user do key[#key + 1] = user[i] or '' end
+  for i = 1, #user do key[#key + 1] = user[i] or '\1' end
 end
 return table.concat(key, '\0')
 ";
 
 /// Separates the values in [`RESOLVE_SCRIPT`]'s answer.
 const SEPARATOR: u8 = b'\0';
+/// Stands for an absent field in [`RESOLVE_SCRIPT`]'s answer, where an empty value is a value
+/// (a key restricted to no project has an empty `project_ids`; one without the field is corrupt).
+const ABSENT: &str = "\u{1}";
 
 /// [`RESOLVE_SCRIPT`] with the field names in place.
 fn resolve_script() -> String {
@@ -331,7 +334,16 @@ impl Store {
             .arg(&self.ns);
         let found: Option<Vec<u8>> = self
             .bounded(async {
-                Ok(match lookup.query_async(&mut c).await {
+                // A connection Redis dropped (a restart) fails the first command sent on it, and
+                // the connection manager reconnects: asked once more, the lookup goes on the new
+                // connection instead of failing a request while Redis is up.
+                let answer = match lookup.query_async(&mut c).await {
+                    Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                        lookup.query_async(&mut c).await
+                    }
+                    answer => answer,
+                };
+                Ok(match answer {
                     Err(e)
                         if e.kind()
                             == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
@@ -356,7 +368,7 @@ impl Store {
         let ends = memchr::memchr_iter(SEPARATOR, answer.as_bytes()).chain([answer.len()]);
         for end in ends {
             let value = &answer[start..end];
-            *values.get_mut(count).ok_or(BadRecord("key"))? = (!value.is_empty()).then_some(value);
+            *values.get_mut(count).ok_or(BadRecord("key"))? = (value != ABSENT).then_some(value);
             (start, count) = (end + 1, count + 1);
         }
         match count {

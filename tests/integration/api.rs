@@ -337,3 +337,50 @@ async fn a_secret_revokes_its_own_key_without_a_token() {
     }
     eventually(&w, &other, "project_access_denied").await; // another key stays untouched
 }
+
+/// The API takes what its schema says and nothing else: an object (not an array read
+/// positionally), no `null` standing for a field left out, and only the methods it documents.
+#[tokio::test]
+async fn bodies_must_be_objects_without_nulls_and_methods_must_be_the_apis() {
+    let w = World::start().await;
+    let (a, t) = (w.gw.admin, Some(BOOTSTRAP));
+    let id = w.keys.alice_id.as_str();
+    let key = format!("/v1/keys/{id}?org_id=acme");
+    for (method, path, body) in [
+        ("PATCH", key.as_str(), json!(["new-name", ["predict"]])),
+        ("PATCH", key.as_str(), json!({ "name": null })),
+        (
+            "PATCH",
+            "/v1/users/bob?org_id=acme",
+            json!({ "status": null }),
+        ),
+        ("POST", "/v1/keys?org_id=acme", json!("a string")),
+    ] {
+        let (s, v) = api(a, method, path, t, Some(body.clone())).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (400, Some("invalid_json")),
+            "{body}"
+        );
+    }
+    let (s, shown) = api(a, "GET", &key, t, None).await;
+    assert_eq!(
+        (s, shown["name"].as_str()),
+        (200, Some("alice's key")),
+        "nothing changed"
+    );
+    let (s, headers, _) = send(
+        http::Request::builder()
+            .method("TRACE")
+            .uri(format!("http://{a}/v1/keys"))
+            .header("authorization", format!("Bearer {BOOTSTRAP}"))
+            .body(http_body_util::Full::default())
+            .unwrap(),
+    )
+    .await;
+    let allow = headers.get("allow").map(|v| v.to_str().unwrap());
+    assert_eq!(
+        (s.as_u16(), allow),
+        (405, Some("GET, POST, PUT, PATCH, DELETE"))
+    );
+}

@@ -126,6 +126,28 @@ async fn bootstrap_cli_and_serve_work_end_to_end() {
         ],
     );
     assert_eq!(code, 65, "a member cannot hold `*`: {err}");
+    // A validity past any date is refused like any other beyond keys.max_validity, not a panic.
+    let (code, out, err) = admin(
+        &config,
+        &[
+            "keys",
+            "create",
+            "--user",
+            "alice",
+            "--name",
+            "far",
+            "--scopes",
+            "inference",
+            "--expires-in",
+            "70000000h",
+        ],
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (65, ""),
+        "no secret for a refused key: {err}"
+    );
+    assert!(err.contains("at most"), "{err}");
 
     let (code, out, err) = admin(
         &config,

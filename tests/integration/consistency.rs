@@ -205,3 +205,35 @@ async fn a_redis_that_stops_answering_fails_closed_after_the_command_timeout() {
     // Redis answers again, on the same connection: so does keygate.
     time_until(gw.addr, path, &key, 200).await;
 }
+
+/// After Redis restarts, the first lookup on each worker's old connection fails: it is asked
+/// again on a new connection rather than answered 503 while Redis is up.
+#[tokio::test]
+async fn a_redis_restart_costs_no_request() {
+    let mut w = World::start().await;
+    // One worker, so the warm-up below opens the Redis connection the test then uses.
+    let toml = config_toml(&w.redis, &w.upstream, "").replace("workers = 2", "workers = 1");
+    let gw = Gateway::start(&toml, std::path::Path::new(".")).await;
+    let path = "/v1/projects/p1/x";
+    let (warm, _) = new_key(&w.store, &gw.config, "alice", &["predict"], &[]).await;
+    let (cold, _) = new_key(&w.store, &gw.config, "alice", &["predict"], &[]).await;
+    time_until(gw.addr, path, &warm, 200).await;
+
+    w.redis.stop();
+    w.redis.restart();
+    let what = "the admin listener sees Redis again";
+    eventually(
+        what,
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || async {
+            match get(gw.admin, "/readyz").await.0.as_u16() {
+                200 => Ok(()),
+                status => Err(status.to_string()),
+            }
+        },
+    )
+    .await;
+    let (status, _, body) = get_with(gw.addr, path, &[("apikey", &cold)]).await;
+    assert_eq!(status.as_u16(), 200, "{body:?}");
+}

@@ -271,6 +271,7 @@ async fn legacy_pairs_are_imported_hashed_and_carry_deprecation_until_their_suns
         (s, v["display"].as_str(), v["legacy"].as_bool()),
         (201, Some("legacy:LEG-1"), Some(true))
     );
+    let legacy_id = v["id"].as_str().unwrap().to_owned();
     assert!(
         !v.to_string().contains(secret),
         "the secret is never returned"
@@ -320,6 +321,22 @@ async fn legacy_pairs_are_imported_hashed_and_carry_deprecation_until_their_suns
             assert_eq!(code(&body), "legacy_key_sunset");
         }
     }
+
+    // Rotated, the pair becomes a key like any created one: with keys.allow_no_expiry off (the
+    // default), it gets the longest validity, not none.
+    let (s, v) = api(
+        a,
+        "POST",
+        &format!("/v1/keys/{legacy_id}/rotate"),
+        ada,
+        None,
+    )
+    .await;
+    assert_eq!((s, v["legacy"].as_bool()), (200, Some(false)), "{v}");
+    let max = w.gw.config.max_validity.as_secs();
+    let expires = v["expires_at"].as_u64().expect("a rotated pair expires");
+    let now = keygate::model::unix_now();
+    assert!((now + max - 5..=now + max).contains(&expires), "{expires}");
 }
 
 /// Every operation the OpenAPI document describes is served, and answers only with statuses the

@@ -13,7 +13,7 @@ use http_body_util::Full;
 use serde::Deserialize;
 
 use super::{ApiError, Ctx, json, no_content, page};
-use crate::model::{KeyId, KeyRecord, KeyStatus, ProjectId, Scope, UserId, unix_now};
+use crate::model::{KeyId, KeyRecord, KeyState, KeyStatus, ProjectId, Scope, UserId, unix_now};
 use crate::store::keys::{CreatedKey, NewKey, expiry};
 
 #[derive(Debug, Deserialize)]
@@ -128,7 +128,7 @@ async fn owner(ctx: &Ctx<'_>, user_id: Option<&String>) -> Result<UserId, ApiErr
 
 /// A new key's record with its secret: the only response that ever carries it.
 fn with_secret(created: CreatedKey, status: StatusCode) -> Response<Full<Bytes>> {
-    let mut v = serde_json::to_value(&created.record).expect("records serialize");
+    let mut v = created.record.shown(unix_now());
     v["secret"] = serde_json::Value::String(created.secret);
     json(status, &v)
 }
@@ -165,7 +165,7 @@ pub async fn import_legacy(
         .store
         .import_legacy(&body.legacy_id, &body.secret, new)
         .await?;
-    Ok(json(StatusCode::CREATED, &record))
+    Ok(json(StatusCode::CREATED, &record.shown(unix_now())))
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,7 +204,10 @@ async fn visible_key(ctx: &Ctx<'_>, id: &str) -> Result<KeyRecord, ApiError> {
 }
 
 pub async fn show(ctx: &Ctx<'_>, id: &str) -> Result<Response<Full<Bytes>>, ApiError> {
-    Ok(json(StatusCode::OK, &visible_key(ctx, id).await?))
+    Ok(json(
+        StatusCode::OK,
+        &visible_key(ctx, id).await?.shown(unix_now()),
+    ))
 }
 
 pub async fn list(ctx: &Ctx<'_>) -> Result<Response<Full<Bytes>>, ApiError> {
@@ -219,18 +222,20 @@ pub async fn list(ctx: &Ctx<'_>) -> Result<Response<Full<Bytes>>, ApiError> {
         (None, _) => None,
     };
     let status = match ctx.param("status") {
-        Some(s) => Some(s.parse::<KeyStatus>().map_err(|m| ApiError::Invalid {
+        Some(s) => Some(s.parse::<KeyState>().map_err(|m| ApiError::Invalid {
             field: "status",
             message: m,
         })?),
         None => None,
     };
-    let keys: Vec<KeyRecord> = ctx
+    let now = unix_now();
+    let keys: Vec<serde_json::Value> = ctx
         .store
         .keys(&org, user.as_ref())
         .await?
-        .into_iter()
-        .filter(|k| status.is_none_or(|s| k.grant.status == s))
+        .iter()
+        .filter(|k| status.is_none_or(|s| k.grant.state(now) == s))
+        .map(|k| k.shown(now))
         .collect();
     page(ctx, &keys)
 }
@@ -253,7 +258,7 @@ pub async fn update(
     if let Some(name) = &body.name {
         key = ctx.store.rename_key(&key.grant.id, name).await?;
     }
-    Ok(json(StatusCode::OK, &key))
+    Ok(json(StatusCode::OK, &key.shown(unix_now())))
 }
 
 pub async fn set_status(
@@ -267,10 +272,8 @@ pub async fn set_status(
     } else {
         KeyStatus::Revoked
     };
-    Ok(json(
-        StatusCode::OK,
-        &ctx.store.set_key_status(&key.grant.id, status).await?,
-    ))
+    let key = ctx.store.set_key_status(&key.grant.id, status).await?;
+    Ok(json(StatusCode::OK, &key.shown(unix_now())))
 }
 
 pub async fn rotate(
@@ -285,7 +288,12 @@ pub async fn rotate(
     };
     let created = ctx
         .store
-        .rotate_key(&ctx.replica.config.keys, &key.grant.id, grace)
+        .rotate_key(
+            &ctx.replica.config.keys,
+            &key.grant.id,
+            grace,
+            ctx.replica.config.validity_of_rotated(),
+        )
         .await?;
     Ok(with_secret(created, StatusCode::OK))
 }

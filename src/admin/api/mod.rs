@@ -34,6 +34,16 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The OpenAPI 3 description of this module's endpoints.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
+/// The methods the API's operations use; any other gets 405.
+const API_METHODS: [Method; 5] = [
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+];
+const API_ALLOW: &str = "GET, POST, PUT, PATCH, DELETE";
+
 /// Why a management request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -52,6 +62,8 @@ pub enum ApiError {
     },
     #[error("no such endpoint; see GET /v1/openapi.json")]
     NoRoute,
+    #[error("the management API takes GET, POST, PUT, PATCH and DELETE only")]
+    MethodNotAllowed,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -62,6 +74,7 @@ impl ApiError {
             ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) | ApiError::NoRoute => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::BadJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
             ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
             ApiError::Store(e) => match e {
@@ -82,6 +95,10 @@ impl ApiError {
         let (status, code) = self.parts();
         let mut res = json_error(status, code, &self.to_string());
         add_status_headers(&mut res, CHALLENGE);
+        if let ApiError::MethodNotAllowed = self {
+            res.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(API_ALLOW));
+        }
         res
     }
 
@@ -300,6 +317,7 @@ async fn route(ctx: &Ctx<'_>, req: Request<Incoming>) -> Result<Response<Full<By
             directory::set_member(ctx, id, user, false).await
         }
         (Method::GET, ["audit"]) => directory::audit(ctx).await,
+        (method, _) if !API_METHODS.contains(&method) => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NoRoute),
     }
 }
@@ -362,8 +380,23 @@ async fn authenticate(replica: &Replica, headers: &HeaderMap) -> Result<Caller, 
 
 /// Reads and parses a JSON body (unknown fields are errors).
 async fn json_body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
-    let body = read_body(req).await?;
-    serde_json::from_slice(&body).map_err(|e| ApiError::BadJson(e.to_string()))
+    parse_object(&read_body(req).await?)
+}
+
+/// A body that is a JSON object with no `null` field, as the schema says: serde alone would
+/// also read an array positionally into the struct, and `null` as a field left out.
+fn parse_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let bad = |e: serde_json::Error| ApiError::BadJson(e.to_string());
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(bad)?;
+    let Some(fields) = value.as_object() else {
+        return Err(ApiError::BadJson("the body must be a JSON object".into()));
+    };
+    if let Some((name, _)) = fields.iter().find(|(_, v)| v.is_null()) {
+        return Err(ApiError::BadJson(format!(
+            "`{name}` is null; leave a field out instead"
+        )));
+    }
+    serde_json::from_value(value).map_err(bad)
 }
 
 /// A JSON body that may be left out entirely (every field has a default).
@@ -374,7 +407,7 @@ async fn optional_json_body<T: DeserializeOwned + Default>(
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(&body).map_err(|e| ApiError::BadJson(e.to_string()))
+    parse_object(&body)
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
