@@ -165,6 +165,11 @@ url = "redis://127.0.0.1:{self.redis_port}"
 max_entries = {self.args.cache_entries}
 [keys]
 usage_flush_interval = "{USAGE_FLUSH_SECONDS}s"
+[limits]
+# The reject and flood scenarios are one client sending unknown keys on purpose, to measure
+# what each costs: the failed-authentication budgets would answer them 429 instead.
+failed_auth_per_client = 0
+unknown_key_lookups_per_second = 0
 [log]
 level = "warn"
 access_log = false
@@ -615,17 +620,23 @@ http {{
             assert summary["flood"]["cache_entries"] <= a.cache_entries, "the cache outgrew its bound"
             assert summary["upload"]["status"] == 200, "the upload failed"
             assert all(v["max_ms"] < 5000 for v in summary["revocation"].values())
+            # The report too, on copies in the run's directory: a bug there must not wait for
+            # the end of a full run to show.
+            shutil.copy(os.path.join(HERE, "RESULTS.md"), self.dir)
+            self.chart(rows, os.path.join(self.dir, "latency.png"))
+            self.write_results(rows, ratios, summary, os.path.join(self.dir, "RESULTS.md"))
             print(f"smoke ok: harness works ({self.dir})")
             return
-        self.chart(rows)
-        self.write_results(rows, ratios, summary)
+        self.chart(rows, os.path.join(HERE, "latency.png"))
+        self.write_results(rows, ratios, summary, os.path.join(HERE, "RESULTS.md"))
 
-    def chart(self, rows):
+    def chart(self, rows, png):
+        """Latency percentiles of every row that has them (h2load reports none)."""
         data = os.path.join(self.dir, "latency.dat")
         with open(data, "w") as f:
             for r in rows:
-                f.write(f'"{r["scenario"]} {r["config"]}" {r["p50_ms"][0]} {r["p99_ms"][0]} {r["p999_ms"][0]}\n')
-        png = os.path.join(HERE, "latency.png")
+                if r["p99_ms"] is not None:
+                    f.write(f'"{r["scenario"]} {r["config"]}" {r["p50_ms"][0]} {r["p99_ms"][0]} {r["p999_ms"][0]}\n')
         script = f"""
 set terminal pngcairo size 1000,520
 set output '{png}'
@@ -641,7 +652,7 @@ plot '{data}' using 2:xtic(1) title 'p50', '' using 3 title 'p99', '' using 4 ti
 """
         subprocess.run(["gnuplot"], input=script, text=True, check=True)
 
-    def write_results(self, rows, ratios, summary):
+    def write_results(self, rows, ratios, summary, path):
         a = self.args
         cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
         fmt = lambda t, unit="", prec=0: "—" if t is None else f"{t[0]:.{prec}f}{unit} ({t[1]:.{prec}f}–{t[2]:.{prec}f})"
@@ -685,14 +696,13 @@ plot '{data}' using 2:xtic(1) title 'p50', '' using 3 title 'p99', '' using 4 ti
         lines.append("\n| ratio (same run) | value |\n|---|---|")
         lines += [f"| {k} | {v:.2f} |" for k, v in ratios.items()]
         lines.append("\n![latency percentiles](latency.png)\n")
-        self.record_in_results("\n".join(lines) + "\n", history_row(when, commit, a, ratios, summary))
-        print("results written to loadtests/RESULTS.md: the latest run, and a row of its history table")
+        self.record_in_results(path, "\n".join(lines) + "\n", history_row(when, commit, a, ratios, summary))
+        print(f"results written to {path}: the latest run, and a row of its history table")
 
-    def record_in_results(self, latest, row):
+    def record_in_results(self, path, latest, row):
         """RESULTS.md is a report: the latest run replaces the previous one (everything after
         LATEST), and the run's headline ratios become the last row of the history table (the
         table ends at HISTORY_END)."""
-        path = os.path.join(HERE, "RESULTS.md")
         text = open(path).read()
         head = text[:text.index(LATEST)]
         head = head.replace(HISTORY_END, row + "\n" + HISTORY_END)
