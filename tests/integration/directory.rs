@@ -387,6 +387,67 @@ async fn the_openapi_document_matches_the_implementation() {
         }
     }
     assert!(walked >= 20, "{walked} operations");
+
+    // What the document says of request bodies holds: a field it does not list is refused, and
+    // so is a body without a field it marks required.
+    for (template, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let Some(schema) =
+                op["requestBody"]["content"]["application/json"]["schema"].as_object()
+            else {
+                continue;
+            };
+            let path = template.replace("{id}", "p1").replace("{user_id}", "bob");
+            let path = format!("{path}?org_id=acme");
+            let method = method.to_uppercase();
+            assert_eq!(
+                schema["additionalProperties"],
+                json!(false),
+                "{method} {template}"
+            );
+            let (s, v) = api(
+                w.gw.admin,
+                &method,
+                &path,
+                Some(BOOTSTRAP),
+                Some(json!({"no_such_field": 1})),
+            )
+            .await;
+            assert_eq!(
+                (s, err(&v)),
+                (400, "invalid_json"),
+                "{method} {template}: an unlisted field"
+            );
+            if schema
+                .get("required")
+                .is_some_and(|r| !r.as_array().unwrap().is_empty())
+            {
+                let (s, v) =
+                    api(w.gw.admin, &method, &path, Some(BOOTSTRAP), Some(json!({}))).await;
+                assert_eq!(
+                    (s, err(&v)),
+                    (400, "invalid_json"),
+                    "{method} {template}: required fields missing"
+                );
+            }
+        }
+    }
+    // What it says of answers holds: every field it marks required is in a real one.
+    let schemas = &doc["components"]["schemas"];
+    for (path, schema) in [
+        (format!("/v1/keys/{}?org_id=acme", w.keys.alice_id), "Key"),
+        ("/v1/users/bob?org_id=acme".to_owned(), "User"),
+        ("/v1/projects/p1?org_id=acme".to_owned(), "Project"),
+    ] {
+        let (s, v) = api(w.gw.admin, "GET", &path, Some(BOOTSTRAP), None).await;
+        assert_eq!(s, 200, "{path}");
+        for field in schemas[schema]["required"].as_array().unwrap() {
+            assert!(
+                v.get(field.as_str().unwrap()).is_some(),
+                "{schema} lacks {field}: {v}"
+            );
+        }
+    }
     let (s, v) = api(w.gw.admin, "GET", "/v1/nothing", Some(BOOTSTRAP), None).await;
     assert_eq!((s, err(&v)), (404, "not_found"));
 }
