@@ -23,6 +23,7 @@ use crate::model::{Scope, Secret};
 use crate::route::RouteTable;
 use crate::store::RedisConfig;
 use crate::telemetry::LogConfig;
+use crate::throttle::ThrottleConfig;
 use file::FileConfig;
 use validate::Validator;
 
@@ -43,8 +44,19 @@ pub mod defaults {
     /// A lookup slower than this fails (stale entry or 503) rather than stall requests.
     pub const REDIS_COMMAND_TIMEOUT: &str = "500ms";
     pub const REDIS_NAMESPACE: &str = "kg";
-    /// Total bytes of request headers; larger requests get 431.
+    /// Bytes of a request head (request line and headers, as written on the wire); larger
+    /// requests get 431.
     pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+    /// Failed authentications (unknown or malformed keys) a client may make per minute; past it
+    /// the client gets 429 without a store lookup until its minute ends. Generous for a
+    /// misconfigured client, a wall for a guesser.
+    pub const FAILED_AUTH_PER_CLIENT: u32 = 100;
+    /// Store lookups that find no key, per second and replica, past which clients that failed
+    /// lately get no lookup (429 for that second): a spray cannot take Redis from real traffic.
+    pub const UNKNOWN_KEY_LOOKUPS_PER_SECOND: u32 = 1000;
+    /// Bytes of a request target (path and query); longer ones get 414. 8 KiB is what common
+    /// servers and clients handle.
+    pub const MAX_URI_BYTES: usize = 8 * 1024;
     /// Request bodies (uploads) larger than this get 413. Uploads stream; this is not buffered.
     pub const MAX_BODY_BYTES: u64 = 1024 * 1024 * 1024;
     /// Slowloris guard: a client must finish sending headers within this.
@@ -128,6 +140,11 @@ pub struct Config {
     pub routes: RouteTable,
     /// Request headers removed before forwarding, besides those keygate always removes.
     pub strip_headers: StripHeaders,
+    /// Failed-authentication budgets.
+    pub throttle: ThrottleConfig,
+    /// A header a trusted proxy in front sets to the client's address (its last address is
+    /// taken); `None`: the connection's peer address.
+    pub client_address_header: Option<http::HeaderName>,
 }
 
 /// Request header names, and name prefixes, that are never forwarded.
@@ -211,6 +228,7 @@ pub struct Limits {
     pub upstream_idle_timeout: Duration,
     pub drain_timeout: Duration,
     pub max_connections: usize,
+    pub max_uri_bytes: usize,
 }
 
 /// Scope names → scopes: presets expanded, syntax checked, sorted, duplicates removed. The

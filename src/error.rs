@@ -17,6 +17,7 @@ use crate::credential::CredentialError;
 use crate::policy::{Denial, KeyRejection};
 use crate::route::{InvalidPath, ProjectError};
 use crate::store::StoreError;
+use crate::throttle::Refusal;
 
 /// `Retry-After` on a 503 of the key store: seconds a client should wait before retrying.
 const RETRY_AFTER: HeaderValue = HeaderValue::from_static("1");
@@ -53,6 +54,12 @@ pub enum GatewayError {
     Denied(#[from] Denial),
     #[error("request body too large")]
     PayloadTooLarge,
+    #[error("request target too long")]
+    UriTooLong,
+    #[error("too many failed authentications")]
+    Throttled(Refusal),
+    #[error("request head too large")]
+    HeadersTooLarge,
     #[error("the request body could not be read")]
     InvalidRequestBody,
     #[error("key store unavailable")]
@@ -89,6 +96,21 @@ impl GatewayError {
                 StatusCode::BAD_REQUEST,
                 "upgrade_not_supported",
                 "Protocol upgrades (WebSocket, h2c upgrade) are not supported; use HTTP/1.1 or HTTP/2.",
+            ),
+            E::Throttled(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_failed_attempts",
+                "Too many requests from this client presented keys that do not exist; retry after the time in Retry-After with a valid key.",
+            ),
+            E::UriTooLong => (
+                StatusCode::URI_TOO_LONG,
+                "uri_too_long",
+                "The URL is longer than this gateway takes; send long parameters in the body.",
+            ),
+            E::HeadersTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                "The request headers are larger than this gateway takes; send fewer or shorter ones.",
             ),
             E::InvalidRequestBody => (
                 StatusCode::BAD_REQUEST,
@@ -232,8 +254,17 @@ impl GatewayError {
             _ => CHALLENGE_INVALID_KEY,
         };
         add_status_headers(&mut res, challenge);
-        if let GatewayError::MethodNotAllowed(allow) = self {
-            res.headers_mut().insert(header::ALLOW, allow.clone());
+        match self {
+            GatewayError::MethodNotAllowed(allow) => {
+                res.headers_mut().insert(header::ALLOW, allow.clone());
+            }
+            GatewayError::Throttled(
+                Refusal::Client { retry_after } | Refusal::UnknownKeys { retry_after },
+            ) => {
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            _ => {}
         }
         res
     }

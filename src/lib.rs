@@ -41,6 +41,7 @@ pub mod model;
 pub mod credential;
 pub mod runtime;
 pub mod telemetry;
+pub mod throttle;
 
 pub mod policy;
 pub mod route;
@@ -77,6 +78,7 @@ use crate::replica::{Health, Replica};
 use crate::runtime::stopped;
 use crate::store::usage::Usage;
 use crate::store::{Store, StoreError};
+use crate::throttle::Throttle;
 
 /// Why a replica could not start.
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +166,7 @@ pub async fn run(
     let usage = Arc::new(Usage::default());
     let draining = Arc::new(AtomicBool::new(false));
     let health = Arc::new(Health::new(config.routes.iter().count()));
+    let throttle = Arc::new(Throttle::new(config.throttle));
     let replica = |store: Store| Replica {
         config: config.clone(),
         store,
@@ -172,6 +175,7 @@ pub async fn run(
         usage: usage.clone(),
         draining: draining.clone(),
         health: health.clone(),
+        throttle: throttle.clone(),
     };
     let (stop_data, data_stopped) = watch::channel(false);
     let (stop_admin, admin_stopped) = watch::channel(false);
@@ -189,6 +193,10 @@ pub async fn run(
         store.clone(),
         metrics.redis_errors.clone(),
         config.usage_flush_interval,
+        admin_stopped.clone(),
+    ));
+    let sweeper = tokio::spawn(throttle::sweep_every_window(
+        throttle.clone(),
         admin_stopped.clone(),
     ));
     let admin_listener = tokio::net::TcpListener::from_std(listeners.admin)?;
@@ -246,6 +254,7 @@ pub async fn run(
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), admin).await;
     let _ = subscriber.await;
     let _ = usage_writer.await;
+    let _ = sweeper.await;
     tracing::info!("stopped");
     Ok(())
 }

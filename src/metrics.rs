@@ -49,6 +49,9 @@ pub struct Metrics {
     pub invalidations: IntCounter,
     /// `keygate_open_connections`: downstream connections on data-plane listeners.
     pub open_connections: IntGauge,
+    /// `keygate_auth_throttled_total{reason}`: requests refused by a failed-authentication
+    /// budget (`client`, `unknown_keys`), without a store lookup.
+    pub auth_throttled: IntCounterVec,
     /// `keygate_key_store_reachable`: 0 while the request path finds Redis failing (set when
     /// scraped).
     pub store_reachable: IntGauge,
@@ -119,6 +122,17 @@ impl Metrics {
             "1 while the invalidation subscription is live, 0 while cache entries count as stale.",
         )
         .expect("valid metric");
+        let auth_throttled = IntCounterVec::new(
+            Opts::new(
+                "keygate_auth_throttled_total",
+                "Requests refused by a failed-authentication budget, without a store lookup.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        for reason in ["client", "unknown_keys"] {
+            auth_throttled.with_label_values(&[reason]);
+        }
         let open_connections =
             IntGauge::new("keygate_open_connections", "Open data-plane connections.")
                 .expect("valid metric");
@@ -131,6 +145,7 @@ impl Metrics {
             Box::new(cache_entries.clone()),
             Box::new(invalidations.clone()),
             Box::new(open_connections.clone()),
+            Box::new(auth_throttled.clone()),
             Box::new(store_reachable.clone()),
             Box::new(invalidations_live.clone()),
         ] {
@@ -153,6 +168,7 @@ impl Metrics {
             cache_entries,
             invalidations,
             open_connections,
+            auth_throttled,
             store_reachable,
             invalidations_live,
         }

@@ -14,6 +14,7 @@ use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::store::usage::Usage;
 use crate::telemetry::Condition;
+use crate::throttle::Throttle;
 
 /// One worker's view of the replica.
 #[derive(Clone)]
@@ -32,6 +33,8 @@ pub struct Replica {
     pub draining: Arc<AtomicBool>,
     /// What is failing now, so that each failure is logged when it starts and ends.
     pub health: Arc<Health>,
+    /// Failed-authentication budgets, shared by every worker.
+    pub throttle: Arc<Throttle>,
 }
 
 /// The failures a replica logs once per change (see [`Condition`]).

@@ -45,9 +45,12 @@ pub struct Http {
 impl Http {
     pub fn new(limits: &Limits) -> Http {
         let mut h1 = http1::Builder::new();
+        // The parser's buffer holds heads up to twice the limit, so the request path can measure
+        // a head against the limit exactly and answer 431 in keygate's shape; the parser itself
+        // refuses the rest.
         h1.timer(CoarseTimer::new(limits.header_read_timeout))
             .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(limits.max_header_bytes);
+            .max_buf_size(2 * limits.max_header_bytes);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_header_list_size(limits.max_header_bytes as u32);

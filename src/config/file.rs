@@ -59,6 +59,7 @@ pub(super) struct TlsFile {
 #[serde(deny_unknown_fields)]
 pub(super) struct ServerFile {
     pub(super) workers: Option<usize>,
+    pub(super) client_address_header: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +100,9 @@ pub(super) struct LimitsFile {
     pub(super) upstream_idle_timeout: Option<String>,
     pub(super) drain_timeout: Option<String>,
     pub(super) max_connections: Option<usize>,
+    pub(super) max_uri_bytes: Option<usize>,
+    pub(super) failed_auth_per_client: Option<u32>,
+    pub(super) unknown_key_lookups_per_second: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

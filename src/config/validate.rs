@@ -183,6 +183,26 @@ impl Validator<'_> {
             self.problem("headers.strip", e);
             StripHeaders::default()
         });
+        let throttle = ThrottleConfig {
+            failures_per_client: f
+                .limits
+                .failed_auth_per_client
+                .unwrap_or(defaults::FAILED_AUTH_PER_CLIENT),
+            unknown_lookups_per_second: f
+                .limits
+                .unknown_key_lookups_per_second
+                .unwrap_or(defaults::UNKNOWN_KEY_LOOKUPS_PER_SECOND),
+        };
+        let client_address_header = f.server.client_address_header.as_deref().and_then(|h| {
+            http::HeaderName::from_bytes(h.as_bytes())
+                .map_err(|_| {
+                    self.problem(
+                        "server.client_address_header",
+                        format!("`{h}` is not a header name; write e.g. \"x-forwarded-for\""),
+                    )
+                })
+                .ok()
+        });
         let workers = match f.server.workers.unwrap_or(defaults::WORKERS) {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
@@ -204,6 +224,8 @@ impl Validator<'_> {
             log,
             routes,
             strip_headers,
+            throttle,
+            client_address_header,
         })
     }
 
@@ -363,7 +385,14 @@ impl Validator<'_> {
                 defaults::DRAIN_TIMEOUT,
             ),
             max_connections: l.max_connections.unwrap_or(defaults::MAX_CONNECTIONS),
+            max_uri_bytes: l.max_uri_bytes.unwrap_or(defaults::MAX_URI_BYTES),
         };
+        if limits.max_uri_bytes < 256 || limits.max_uri_bytes > limits.max_header_bytes {
+            self.problem(
+                "limits.max_uri_bytes",
+                "must be at least 256 and at most limits.max_header_bytes",
+            );
+        }
         if limits.max_header_bytes < 8192 {
             self.problem(
                 "limits.max_header_bytes",

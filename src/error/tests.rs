@@ -27,6 +27,13 @@ async fn every_variant_has_its_status_and_code() {
         ),
         (GatewayError::InvalidHost, 400, "invalid_host"),
         (GatewayError::InvalidRequestBody, 400, "invalid_body"),
+        (GatewayError::UriTooLong, 414, "uri_too_long"),
+        (
+            GatewayError::Throttled(crate::throttle::Refusal::Client { retry_after: 9 }),
+            429,
+            "too_many_failed_attempts",
+        ),
+        (GatewayError::HeadersTooLarge, 431, "headers_too_large"),
         (
             GatewayError::UpgradeNotSupported,
             400,
@@ -84,7 +91,7 @@ async fn every_variant_has_its_status_and_code() {
         assert_eq!(res.headers()[header::CONTENT_TYPE], "application/json");
         assert_eq!(
             res.headers().contains_key(header::RETRY_AFTER),
-            status == 503,
+            status == 503 || status == 429,
             "{code}"
         );
         let challenge = res.headers().get(header::WWW_AUTHENTICATE);

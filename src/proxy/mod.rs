@@ -19,7 +19,7 @@
 pub mod forward;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -28,6 +28,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::cache::Outcome;
+use crate::config::Limits;
 use crate::credential;
 use crate::error::GatewayError;
 use crate::metrics::{self, RouteMetrics};
@@ -36,6 +37,7 @@ use crate::policy::{self, Access};
 use crate::replica::{Health, Replica};
 use crate::route::{self, Route};
 use crate::telemetry::{X_REQUEST_ID, chain, request_id};
+use crate::throttle::Refusal;
 use crate::upstream::PooledBody;
 use forward::Upstreams;
 
@@ -82,6 +84,7 @@ impl Gateway {
 /// `X-Forwarded-Proto` values every request on it carries upstream (made once per connection).
 #[derive(Clone, Debug)]
 pub struct ConnInfo {
+    pub peer: IpAddr,
     pub forwarded_for: HeaderValue,
     pub forwarded_proto: HeaderValue,
 }
@@ -89,10 +92,20 @@ pub struct ConnInfo {
 impl ConnInfo {
     pub fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
         ConnInfo {
+            peer: peer.ip(),
             forwarded_for: HeaderValue::from_str(&peer.ip().to_string())
                 .expect("an IP is a valid header value"),
             forwarded_proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
         }
+    }
+
+    /// The client's address: the last one in the header a trusted proxy in front sets, when the
+    /// config names one and it parses, else the connection's peer.
+    fn client(&self, headers: &HeaderMap, header: Option<&HeaderName>) -> IpAddr {
+        header
+            .and_then(|name| headers.get_all(name).iter().next_back())
+            .and_then(|v| v.to_str().ok()?.rsplit(',').next()?.trim().parse().ok())
+            .unwrap_or(self.peer)
     }
 }
 
@@ -211,6 +224,7 @@ fn proxy<'g>(
 ) -> impl Future<Output = Result<Response<ResponseBody>, GatewayError>> {
     async move {
         refuse_tunnels(&req)?;
+        check_head_size(&req, &gw.replica.config.limits)?;
         check_host(&req)?;
         let path = route::normalise(req.uri().path())?;
         let route = gw
@@ -224,7 +238,10 @@ fn proxy<'g>(
             None
         } else {
             let project = route.project_of(path, req.uri().query())?;
-            Some(authenticate(&gw.replica, route, req.headers(), project, record).await?)
+            let header = gw.replica.config.client_address_header.as_ref();
+            let client = conn.client(req.headers(), header);
+            let presented = (req.headers(), client);
+            Some(authenticate(&gw.replica, route, presented, project, record).await?)
         };
         check_method(route, &req)?;
         check_body_size(req.headers(), gw.replica.config.limits.max_body_bytes)?;
@@ -241,15 +258,29 @@ fn proxy<'g>(
     }
 }
 
-/// Steps 4–7: who is calling, and may they?
+/// Steps 4–7: who is calling, and may they? A client that keeps presenting keys that do not
+/// exist is refused before its keys are looked up (`throttle`).
 async fn authenticate(
     r: &Replica,
     route: &Route,
-    headers: &HeaderMap,
+    (headers, client): (&HeaderMap, IpAddr),
     project: Option<ProjectId>,
     record: &mut Record<'_>,
 ) -> Result<Identity, GatewayError> {
-    let credential = credential::extract(headers, &r.config.keys)?;
+    let now = unix_now();
+    let credential = credential::extract(headers, &r.config.keys).inspect_err(|e| {
+        if *e == credential::CredentialError::Malformed {
+            r.throttle.failed(client, now);
+        }
+    })?;
+    r.throttle.check(client, now).map_err(|refusal| {
+        let reason = match refusal {
+            Refusal::Client { .. } => "client",
+            Refusal::UnknownKeys { .. } => "unknown_keys",
+        };
+        r.metrics.auth_throttled.with_label_values(&[reason]).inc();
+        GatewayError::Throttled(refusal)
+    })?;
     let lookup = r.cache.principal(&r.store, credential.hash()).await;
     r.metrics
         .key_lookup(lookup.as_ref().ok().map(|l| l.outcome));
@@ -263,12 +294,17 @@ async fn authenticate(
         }
         _ => {}
     }
-    let principal = lookup.value.ok_or(GatewayError::UnknownKey)?;
+    let Some(principal) = lookup.value else {
+        if lookup.outcome == Outcome::Miss {
+            r.throttle.unknown_lookup(now);
+        }
+        r.throttle.failed(client, now);
+        return Err(GatewayError::UnknownKey);
+    };
     record.principal = Some(principal.clone());
     if matches!(credential, Credential::Legacy { .. }) {
         record.legacy_since = Some(principal.key.created_at);
     }
-    let now = unix_now();
     let sunset = r.config.legacy_sunset.as_ref().map(|s| s.at);
     policy::check_key(&principal, &credential, now, sunset)?;
 
@@ -299,6 +335,28 @@ fn refuse_tunnels(req: &Request<Incoming>) -> Result<(), GatewayError> {
         return Err(GatewayError::MethodNotAllowed(route::allow_header(
             &route::DEFAULT_METHODS,
         )));
+    }
+    Ok(())
+}
+
+/// Step 1: the head is within the limits: its request target within `max_uri_bytes` (else
+/// 414), the whole head, counted as it is written on the wire, within `max_header_bytes` (431).
+fn check_head_size(req: &Request<Incoming>, limits: &Limits) -> Result<(), GatewayError> {
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    if target > limits.max_uri_bytes {
+        return Err(GatewayError::UriTooLong);
+    }
+    // "METHOD target HTTP/1.1\r\n", then "name: value\r\n" each, then "\r\n".
+    let line = req.method().as_str().len() + target + 12;
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if line + headers + 2 > limits.max_header_bytes {
+        return Err(GatewayError::HeadersTooLarge);
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("credential", 2),
     ("runtime", 2),
     ("telemetry", 2),
+    ("throttle", 2),
     ("policy", 3),
     ("route", 3),
     // I/O clients: Redis, the hot cache over it, upstream connections.

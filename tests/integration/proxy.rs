@@ -777,3 +777,89 @@ async fn methods_hosts_and_broken_bodies_are_refused_in_order() {
         "not counted as an upstream failure"
     );
 }
+
+/// The head limits are exact and answered in keygate's shape: a head just under
+/// `limits.max_header_bytes` (16 KiB in the test config) is served, one just over gets 431, and a
+/// request target over `limits.max_uri_bytes` (8 KiB) gets 414.
+#[tokio::test]
+async fn request_heads_are_measured_exactly() {
+    let w = World::start().await;
+    let head = |pad: usize, path: &str| {
+        let start = format!(
+            "GET {path} HTTP/1.1\r\nhost: x\r\napikey: {}\r\nx-pad: ",
+            w.keys.alice
+        );
+        let end = "\r\n\r\n";
+        let fill = pad.saturating_sub(start.len() + end.len());
+        format!("{start}{}{end}", "a".repeat(fill))
+    };
+    let limit = 16 * 1024;
+    let (status, text) = raw(w.gw.addr, &head(limit - 64, "/v1/projects/p1/x")).await;
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = raw(w.gw.addr, &head(limit + 64, "/v1/projects/p1/x")).await;
+    assert_eq!(status, 431, "{text}");
+    assert!(text.contains("headers_too_large"), "{text}");
+    let long = format!("/v1/projects/p1/x?q={}", "b".repeat(9000));
+    let (status, text) = raw(w.gw.addr, &head(0, &long)).await;
+    assert_eq!(status, 414, "{text}");
+    assert!(text.contains("uri_too_long"), "{text}");
+    assert_eq!(
+        w.upstream.requests().len(),
+        1,
+        "only the head within the limits was forwarded"
+    );
+}
+
+/// A client that keeps presenting keys that do not exist is refused (429, with Retry-After)
+/// before its requests cost a store lookup, whatever key it sends next; other clients are not.
+/// Behind a trusted proxy, the client is the address the configured header names.
+#[tokio::test]
+async fn a_client_guessing_keys_is_refused_without_store_lookups() {
+    let w = World::start().await;
+    let toml = config_toml(&w.redis, &w.upstream, "")
+        .replace("[limits]\n", "[limits]\nfailed_auth_per_client = 5\n")
+        .replace(
+            "[server]\n",
+            "[server]\nclient_address_header = \"x-forwarded-for\"\n",
+        );
+    let gw = Gateway::start(&toml, std::path::Path::new(".")).await;
+    let path = "/v1/projects/p1/x";
+    let guesser = [("x-forwarded-for", "203.0.113.7")];
+    for _ in 0..5 {
+        let guess = gw.config.keys.generate();
+        let (status, _, body) =
+            get_with(gw.addr, path, &[guesser[0], ("apikey", guess.as_str())]).await;
+        assert_eq!(
+            (status.as_u16(), code(&body).as_str()),
+            (401, "invalid_api_key")
+        );
+    }
+    let lookups = w.redis.calls("evalsha");
+    for key in [gw.config.keys.generate(), w.keys.alice.clone()] {
+        let (status, headers, body) =
+            get_with(gw.addr, path, &[guesser[0], ("apikey", key.as_str())]).await;
+        assert_eq!(
+            (status.as_u16(), code(&body).as_str()),
+            (429, "too_many_failed_attempts")
+        );
+        let wait: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=60).contains(&wait), "{wait}");
+    }
+    assert_eq!(
+        w.redis.calls("evalsha"),
+        lookups,
+        "refused without a store lookup"
+    );
+    assert_eq!(
+        gw.metric(r#"keygate_auth_throttled_total{reason="client"}"#)
+            .await,
+        2.0
+    );
+    // Another client, behind the same proxy, is served.
+    let other = [
+        ("x-forwarded-for", "203.0.113.8"),
+        ("apikey", w.keys.alice.as_str()),
+    ];
+    let (status, _, _) = get_with(gw.addr, path, &other).await;
+    assert_eq!(status.as_u16(), 200);
+}
