@@ -47,6 +47,10 @@ pub mod defaults {
     /// Bytes of a request head (request line and headers, as written on the wire); larger
     /// requests get 431.
     pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+    /// How long a request body may make no progress before the request is answered 408 and its
+    /// upstream request aborted: long enough for any client that is sending, short enough that
+    /// a trickling body cannot hold a connection for the upstream response timeout.
+    pub const BODY_IDLE_TIMEOUT: &str = "30s";
     /// Failed authentications (unknown or malformed keys) a client may make per minute; past it
     /// the client gets 429 without a store lookup until its minute ends. Generous for a
     /// misconfigured client, a wall for a guesser.
@@ -229,6 +233,7 @@ pub struct Limits {
     pub drain_timeout: Duration,
     pub max_connections: usize,
     pub max_uri_bytes: usize,
+    pub body_idle_timeout: Duration,
 }
 
 /// Scope names → scopes: presets expanded, syntax checked, sorted, duplicates removed. The

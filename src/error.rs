@@ -56,6 +56,8 @@ pub enum GatewayError {
     PayloadTooLarge,
     #[error("request target too long")]
     UriTooLong,
+    #[error("the request body made no progress for {0:?}")]
+    BodyTimeout(Duration),
     #[error("too many failed authentications")]
     Throttled(Refusal),
     #[error("request head too large")]
@@ -101,6 +103,11 @@ impl GatewayError {
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_failed_attempts",
                 "Too many requests from this client presented keys that do not exist; retry after the time in Retry-After with a valid key.",
+            ),
+            E::BodyTimeout(_) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "The request body stopped arriving; send it whole, without long pauses.",
             ),
             E::UriTooLong => (
                 StatusCode::URI_TOO_LONG,

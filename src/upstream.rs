@@ -31,9 +31,11 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::route::Upstream;
+use crate::runtime::progress::Progress;
 
-/// A request body on its way upstream, capped at `limits.max_body_bytes`.
-pub type UpstreamBody = http_body_util::Limited<Incoming>;
+/// A request body on its way upstream: capped at `limits.max_body_bytes`, and failing when it
+/// stops arriving for `limits.body_idle_timeout`.
+pub type UpstreamBody = http_body_util::Limited<Progress<Incoming>>;
 
 /// TCP keepalive probes on upstream connections start after this much silence.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);

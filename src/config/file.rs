@@ -101,6 +101,7 @@ pub(super) struct LimitsFile {
     pub(super) drain_timeout: Option<String>,
     pub(super) max_connections: Option<usize>,
     pub(super) max_uri_bytes: Option<usize>,
+    pub(super) body_idle_timeout: Option<String>,
     pub(super) failed_auth_per_client: Option<u32>,
     pub(super) unknown_key_lookups_per_second: Option<u32>,
 }

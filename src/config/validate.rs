@@ -386,6 +386,11 @@ impl Validator<'_> {
             ),
             max_connections: l.max_connections.unwrap_or(defaults::MAX_CONNECTIONS),
             max_uri_bytes: l.max_uri_bytes.unwrap_or(defaults::MAX_URI_BYTES),
+            body_idle_timeout: self.duration(
+                "limits.body_idle_timeout",
+                l.body_idle_timeout.as_deref(),
+                defaults::BODY_IDLE_TIMEOUT,
+            ),
         };
         if limits.max_uri_bytes < 256 || limits.max_uri_bytes > limits.max_header_bytes {
             self.problem(

@@ -29,6 +29,11 @@ async fn every_variant_has_its_status_and_code() {
         (GatewayError::InvalidRequestBody, 400, "invalid_body"),
         (GatewayError::UriTooLong, 414, "uri_too_long"),
         (
+            GatewayError::BodyTimeout(Duration::from_secs(30)),
+            408,
+            "request_timeout",
+        ),
+        (
             GatewayError::Throttled(crate::throttle::Refusal::Client { retry_after: 9 }),
             429,
             "too_many_failed_attempts",

@@ -25,6 +25,7 @@ use super::{ConnInfo, Gateway, Identity, ResponseBody};
 use crate::config::{Limits, StripHeaders};
 use crate::credential::CREDENTIAL_HEADERS;
 use crate::error::GatewayError;
+use crate::runtime::progress::{BodyStalled, Progress};
 use crate::runtime::timer::CoarseTimer;
 use crate::upstream::Pool;
 
@@ -61,6 +62,9 @@ pub struct Upstreams {
     /// only wakes requests whose upstream has not answered in time.
     timer: CoarseTimer,
     max_body_bytes: u64,
+    /// How long a request body may make no progress, on a clock of its own.
+    body_idle: Duration,
+    body_timer: CoarseTimer,
 }
 
 impl Upstreams {
@@ -73,6 +77,8 @@ impl Upstreams {
             response_timeout: limits.upstream_response_timeout,
             timer: CoarseTimer::new(limits.upstream_response_timeout),
             max_body_bytes: limits.max_body_bytes,
+            body_idle: limits.body_idle_timeout,
+            body_timer: CoarseTimer::new(limits.body_idle_timeout),
         }
     }
 
@@ -100,7 +106,10 @@ pub fn forward(
     let upstream = route.pick_upstream();
     let strip = &gw.replica.config.strip_headers;
     let upstream_req = upstream_request(route, upstream, req, identity, conn, request_id, strip);
-    let upstream_req = upstream_req.map(|body| Limited::new(body, ups.max_body_bytes as usize));
+    let upstream_req = upstream_req.map(|body| {
+        let body = Progress::new(body, &ups.body_timer, ups.body_idle);
+        Limited::new(body, ups.max_body_bytes as usize)
+    });
     async move {
         // The response timeout is polled beside the send, in place: a wrapper like
         // `tokio::time::timeout` would move the send future once more.
@@ -116,6 +125,9 @@ pub fn forward(
         let mut response = match sent {
             None => return Err(GatewayError::UpstreamTimeout(ups.response_timeout)),
             Some(Err(e)) if caused_by_body_limit(&e) => return Err(GatewayError::PayloadTooLarge),
+            Some(Err(e)) if caused_by::<BodyStalled>(&e) => {
+                return Err(GatewayError::BodyTimeout(ups.body_idle));
+            }
             Some(Err(e)) if caused_by_request_body(&e) => {
                 return Err(GatewayError::InvalidRequestBody);
             }
@@ -247,9 +259,14 @@ fn caused_by_request_body(e: &crate::upstream::UpstreamError) -> bool {
 }
 
 fn caused_by_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    caused_by::<http_body_util::LengthLimitError>(e)
+}
+
+/// Whether `E` is `e` or one of its causes.
+fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(e);
     while let Some(err) = source {
-        if err.is::<http_body_util::LengthLimitError>() {
+        if err.is::<E>() {
             return true;
         }
         source = err.source();

@@ -5,11 +5,13 @@
 //! - [`timer`]: a coarse clock for the per-request timeouts that almost never fire.
 //! - [`drain`]: graceful stop of a listener's connections, one flag read per wake.
 //! - [`h2_idle`]: closing HTTP/2 connections with no request in flight.
+//! - [`progress`]: failing a request body that stops arriving.
 //!
 //! Does not own: accepting or serving connections (`server`). Imports no other keygate module.
 
 pub mod drain;
 pub mod h2_idle;
+pub mod progress;
 pub mod timer;
 
 use tokio::sync::watch;

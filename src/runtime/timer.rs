@@ -121,7 +121,8 @@ pub struct CoarseSleep {
 }
 
 impl CoarseSleep {
-    fn reset(&mut self, deadline: Instant) {
+    /// Moves the deadline (disarmed until polled again).
+    pub fn reset(&mut self, deadline: Instant) {
         self.disarm();
         self.deadline = deadline;
     }

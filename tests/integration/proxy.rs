@@ -863,3 +863,32 @@ async fn a_client_guessing_keys_is_refused_without_store_lookups() {
     let (status, _, _) = get_with(gw.addr, path, &other).await;
     assert_eq!(status.as_u16(), 200);
 }
+
+/// A declared body that stops arriving is answered 408 after `limits.body_idle_timeout`, and its
+/// upstream request is aborted, instead of holding both until the upstream's own timeout.
+#[tokio::test]
+async fn a_body_that_stops_arriving_gets_408() {
+    let w = World::start().await;
+    let toml = config_toml(&w.redis, &w.upstream, "")
+        .replace("[limits]\n", "[limits]\nbody_idle_timeout = \"300ms\"\n");
+    let gw = Gateway::start(&toml, std::path::Path::new(".")).await;
+    let trickle = format!(
+        "POST /v1/projects/p1/x HTTP/1.1\r\nhost: x\r\napikey: {}\r\ncontent-length: 100\r\n\r\n0123456789",
+        w.keys.alice
+    );
+    let started = std::time::Instant::now();
+    let (status, text) = raw(gw.addr, &trickle).await;
+    assert_eq!(status, 408, "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+    let waited = started.elapsed();
+    assert!(
+        (std::time::Duration::from_millis(300)..std::time::Duration::from_secs(2))
+            .contains(&waited),
+        "{waited:?}"
+    );
+    assert_eq!(
+        gw.metric(r#"keygate_requests_total{outcome="request_timeout""#)
+            .await,
+        1.0
+    );
+}
