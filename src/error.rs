@@ -15,7 +15,7 @@ use http_body_util::Full;
 
 use crate::credential::CredentialError;
 use crate::policy::{Denial, KeyRejection};
-use crate::route::{InvalidPath, ProjectError};
+use crate::route::{ErrorStyle, InvalidPath, ProjectError};
 use crate::store::StoreError;
 use crate::throttle::Refusal;
 
@@ -252,10 +252,10 @@ impl GatewayError {
         self.parts().1
     }
 
-    /// The JSON error response, with the headers its status requires.
-    pub fn to_response(&self) -> Response<Full<Bytes>> {
+    /// The JSON error response in `style`, with the headers its status requires.
+    pub fn to_response(&self, style: ErrorStyle) -> Response<Full<Bytes>> {
         let (status, code, message) = self.parts();
-        let mut res = json_response(status, static_body(code, message));
+        let mut res = json_response(status, static_body(style, status, code, message));
         let challenge = match self {
             GatewayError::Credential(CredentialError::Missing) => CHALLENGE,
             _ => CHALLENGE_INVALID_KEY,
@@ -299,19 +299,67 @@ pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Ful
 
 /// The body of one of the data plane's own errors. Its code and message are fixed, so each
 /// worker thread writes it once: a rejected request should cost little more than parsing it.
-fn static_body(code: &'static str, message: &'static str) -> Bytes {
+fn static_body(
+    style: ErrorStyle,
+    status: StatusCode,
+    code: &'static str,
+    message: &'static str,
+) -> Bytes {
+    type Made = (ErrorStyle, &'static str, &'static str, Bytes);
     thread_local! {
-        static BODIES: RefCell<Vec<(&'static str, &'static str, Bytes)>> =
-            const { RefCell::new(Vec::new()) };
+        static BODIES: RefCell<Vec<Made>> = const { RefCell::new(Vec::new()) };
     }
     BODIES.with_borrow_mut(|bodies| {
-        if let Some((_, _, body)) = bodies.iter().find(|(c, m, _)| *c == code && *m == message) {
+        let found = bodies
+            .iter()
+            .find(|(s, c, m, _)| *s == style && *c == code && *m == message);
+        if let Some((_, _, _, body)) = found {
             return body.clone();
         }
-        let body = json_body(code, message);
-        bodies.push((code, message, body.clone()));
+        let body = match style {
+            ErrorStyle::Keygate => json_body(code, message),
+            ErrorStyle::Clarifai => clarifai_body(status, code, message),
+            ErrorStyle::Graphql => graphql_body(code, message),
+        };
+        bodies.push((style, code, message, body.clone()));
         body
     })
+}
+
+/// Clarifai's status object, with the Clarifai code for the condition and keygate's message and
+/// code as its details: what the Clarifai clients read.
+fn clarifai_body(status: StatusCode, code: &str, message: &str) -> Bytes {
+    let (number, description) = match code {
+        "missing_api_key" => (11009, "API key not found"),
+        "invalid_api_key" | "key_revoked" | "key_expired" | "key_rotated" | "legacy_key_sunset"
+        | "user_disabled" => (11008, "Invalid API key or Invalid API key/application pair"),
+        "insufficient_scope"
+        | "org_mismatch"
+        | "guest_not_allowed"
+        | "project_access_denied"
+        | "key_project_mismatch" => (11007, "API key has insufficient permissions"),
+        "too_many_failed_attempts" => (11005, "Making too many requests"),
+        "route_not_found" | "project_not_found" => (11101, "Resource does not exist"),
+        "method_not_allowed" => (11103, "Method not allowed"),
+        _ if status.is_server_error() => (98004, "Internal server issue"),
+        _ => (11102, "Invalid request"),
+    };
+    let status = serde_json::json!({
+        "status": {
+            "code": number,
+            "description": description,
+            "details": format!("{message} ({code})"),
+        }
+    });
+    Bytes::from(status.to_string())
+}
+
+/// A GraphQL response with one error, its code in `extensions`.
+fn graphql_body(code: &str, message: &str) -> Bytes {
+    let body = serde_json::json!({
+        "errors": [{ "message": message, "extensions": { "code": code } }]
+    });
+    Bytes::from(body.to_string())
 }
 
 /// `{"error":{"code","message"},"message"}`, written into one buffer rather than through a

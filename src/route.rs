@@ -16,6 +16,20 @@ use http::{HeaderValue, Method};
 
 use crate::model::{OrgId, ProjectId, Scope, is_valid_id};
 
+/// The shape of a route's error bodies, for clients that read only their own API's errors. The
+/// HTTP status and `WWW-Authenticate` are the same in every style.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorStyle {
+    /// `{"error": {"code", "message"}, "message"}`.
+    #[default]
+    Keygate,
+    /// Clarifai's `{"status": {"code", "description", "details"}}`, with its status codes.
+    Clarifai,
+    /// A GraphQL response: `{"errors": [{"message", "extensions": {"code"}}]}`.
+    Graphql,
+}
+
 /// The methods a route forwards unless its config names others: the usual API methods.
 pub const DEFAULT_METHODS: [Method; 7] = [
     Method::GET,
@@ -158,6 +172,8 @@ pub struct Route {
     /// Needs no key; credentials are still stripped before forwarding.
     pub public: bool,
     pub strip_prefix: bool,
+    /// The shape of the route's error bodies.
+    pub error_style: ErrorStyle,
     /// The methods the route forwards; others get 405 with this list in `Allow`.
     methods: Vec<Method>,
     /// `methods` as the `Allow` header value.
@@ -191,6 +207,7 @@ impl Route {
             upstreams,
             public,
             strip_prefix,
+            error_style: ErrorStyle::Keygate,
             methods: DEFAULT_METHODS.to_vec(),
             allow: allow_header(&DEFAULT_METHODS),
             index: 0,

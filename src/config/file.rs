@@ -148,6 +148,8 @@ pub(super) struct RouteFile {
     pub(super) strip_prefix: bool,
     /// The methods the route forwards (default: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS).
     pub(super) methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) error_style: crate::route::ErrorStyle,
 }
 
 #[derive(Debug, Deserialize)]

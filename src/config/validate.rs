@@ -518,7 +518,7 @@ impl Validator<'_> {
                 .collect();
             let host = f.host.map(|h| h.to_ascii_lowercase());
             let methods = f.methods.as_deref().map(|m| self.methods(&field, m));
-            let route = Route::new(
+            let mut route = Route::new(
                 f.id,
                 host,
                 f.path_prefix,
@@ -529,6 +529,7 @@ impl Validator<'_> {
                 f.public,
                 f.strip_prefix,
             );
+            route.error_style = f.error_style;
             routes.push(match methods {
                 Some(methods) => route.with_methods(methods),
                 None => route,

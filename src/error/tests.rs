@@ -90,7 +90,7 @@ async fn every_variant_has_its_status_and_code() {
         ),
     ];
     for (err, status, code) in rows {
-        let res = err.to_response();
+        let res = err.to_response(ErrorStyle::Keygate);
         assert_eq!(res.status().as_u16(), status, "{err:?}");
         assert_eq!(err.code(), code);
         assert_eq!(res.headers()[header::CONTENT_TYPE], "application/json");
@@ -128,7 +128,7 @@ async fn error_bodies_escape_what_json_must() {
 #[tokio::test]
 async fn each_error_body_is_made_once_and_kept_apart() {
     let body = |e: GatewayError| async move {
-        e.to_response()
+        e.to_response(ErrorStyle::Keygate)
             .into_body()
             .collect()
             .await
@@ -142,4 +142,51 @@ async fn each_error_body_is_made_once_and_kept_apart() {
     assert_ne!(unknown, missing);
     let v: serde_json::Value = serde_json::from_slice(&missing).unwrap();
     assert_eq!(v["error"]["code"], "missing_api_key");
+}
+
+/// Every style keeps the status and the challenge, and says the condition in its own terms.
+#[tokio::test]
+async fn other_apis_error_styles_carry_the_same_status_and_their_own_codes() {
+    let read = |res: Response<Full<Bytes>>| async move {
+        let status = res.status().as_u16();
+        let challenge = res.headers().get(header::WWW_AUTHENTICATE).cloned();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        (status, challenge, v)
+    };
+    for (err, status, clarifai) in [
+        (GatewayError::from(CredentialError::Missing), 401, 11009),
+        (GatewayError::UnknownKey, 401, 11008),
+        (KeyRejection::Revoked.into(), 401, 11008),
+        (Denial::InsufficientScope.into(), 403, 11007),
+        (GatewayError::RouteNotFound, 404, 11101),
+        (GatewayError::PayloadTooLarge, 413, 11102),
+        (
+            GatewayError::KeyStoreUnavailable(Arc::new(StoreError::Timeout)),
+            503,
+            98004,
+        ),
+    ] {
+        let code = err.code();
+        let (s, challenge, _) = read(err.to_response(ErrorStyle::Keygate)).await;
+        let (cs, cchallenge, c) = read(err.to_response(ErrorStyle::Clarifai)).await;
+        let (gs, gchallenge, g) = read(err.to_response(ErrorStyle::Graphql)).await;
+        assert_eq!((s, cs, gs), (status, status, status), "{code}");
+        assert_eq!(
+            (&cchallenge, &gchallenge),
+            (&challenge, &challenge),
+            "{code}"
+        );
+        assert_eq!(c["status"]["code"], clarifai, "{code}");
+        assert!(
+            c["status"]["details"].as_str().unwrap().contains(code),
+            "{code}"
+        );
+        assert_eq!(g["errors"][0]["extensions"]["code"], code);
+        assert!(
+            g["errors"][0]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
 }

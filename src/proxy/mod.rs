@@ -35,7 +35,7 @@ use crate::metrics::{self, RouteMetrics};
 use crate::model::{Credential, Principal, ProjectId, unix_now};
 use crate::policy::{self, Access};
 use crate::replica::{Health, Replica};
-use crate::route::{self, Route};
+use crate::route::{self, ErrorStyle, Route};
 use crate::telemetry::{X_REQUEST_ID, chain, request_id};
 use crate::throttle::Refusal;
 use crate::upstream::PooledBody;
@@ -144,7 +144,10 @@ pub fn handle(
         let result = proxy(&gw, conn, req, &request_id, &mut record).await;
         let (mut response, error) = match result {
             Ok(response) => (response, None),
-            Err(e) => (e.to_response().map(Either::Right), Some(e)),
+            Err(e) => {
+                let style = record.route.map_or(ErrorStyle::Keygate, |r| r.error_style);
+                (e.to_response(style).map(Either::Right), Some(e))
+            }
         };
         let headers = response.headers_mut();
         headers.insert(X_REQUEST_ID, request_id.clone());

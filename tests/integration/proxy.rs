@@ -892,3 +892,29 @@ async fn a_body_that_stops_arriving_gets_408() {
         1.0
     );
 }
+
+/// A route can answer errors in the shape its clients read: the Clarifai JSON clients read only
+/// `status.code`, GraphQL clients only `errors`. The status and the challenge do not change.
+#[tokio::test]
+async fn a_route_answers_errors_in_its_clients_style() {
+    let w = World::start().await;
+    let toml = config_toml(&w.redis, &w.upstream, "").replace(
+        "scopes = [\"models:read\"]\n",
+        "scopes = [\"models:read\"]\nerror_style = \"clarifai\"\n",
+    );
+    let gw = Gateway::start(&toml, std::path::Path::new(".")).await;
+    let json = |body: &bytes::Bytes| serde_json::from_slice::<serde_json::Value>(body).unwrap();
+    let (status, headers, body) = get(gw.addr, "/v1/models/x").await;
+    assert_eq!(status.as_u16(), 401);
+    assert!(headers.contains_key("www-authenticate"));
+    assert_eq!(json(&body)["status"]["code"], 11009, "API key not found");
+    let (status, _, body) = get_with(gw.addr, "/v1/models/x", &[("apikey", &w.keys.bob)]).await;
+    assert_eq!(status.as_u16(), 403);
+    assert_eq!(json(&body)["status"]["code"], 11007, "insufficient scopes");
+    // Other routes keep keygate's shape.
+    let (status, _, body) = get(gw.addr, "/v1/projects/p1/x").await;
+    assert_eq!(
+        (status.as_u16(), code(&body).as_str()),
+        (401, "missing_api_key")
+    );
+}
