@@ -30,6 +30,7 @@ use crate::proxy::{self, ConnInfo, Gateway, ResponseBody};
 use crate::replica::Replica;
 use crate::runtime::drain::{Drain, Watcher};
 use crate::runtime::h2_idle::{Activity, CloseWhenIdle, Counted};
+use crate::runtime::lingering::Lingering;
 use crate::runtime::stopped;
 use crate::runtime::timer::CoarseTimer;
 use crate::telemetry::Condition;
@@ -146,7 +147,7 @@ pub async fn serve_data(
                 Some(acceptor) => {
                     match tokio::time::timeout(
                         limits.tls_handshake_timeout,
-                        acceptor.accept(stream),
+                        acceptor.accept(Lingering::new(stream)),
                     )
                     .await
                     {
@@ -235,6 +236,7 @@ where
     S::Future: Send + 'static,
 {
     if let Some(protocol) = sniff(&stream, http.header_read_timeout).await {
+        let stream = Lingering::new(stream);
         serve_connection(http, stream, protocol, service, watcher).await;
     }
 }

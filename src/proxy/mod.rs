@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Version, header};
+use http_body::Body as _;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
@@ -139,6 +140,8 @@ pub fn handle(
     let started = tokio::time::Instant::now();
     let request_id = request_id(req.headers());
     let method = req.method().clone();
+    // An HTTP/1 request whose body an error leaves unread: its connection cannot be reused.
+    let unread_body = req.version() <= Version::HTTP_11 && !req.body().is_end_stream();
     async move {
         let mut record = Record::default();
         let result = proxy(&gw, conn, req, &request_id, &mut record).await;
@@ -151,6 +154,11 @@ pub fn handle(
         };
         let headers = response.headers_mut();
         headers.insert(X_REQUEST_ID, request_id.clone());
+        if error.is_some() && unread_body {
+            // Said, so a pooled client does not send its next request on it; the close then
+            // lingers (`runtime::lingering`) so the client still writing reads this answer.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Some(since) = record.legacy_since {
             headers.insert(DEPRECATION, deprecation(since));
             if let Some(sunset) = &gw.replica.config.legacy_sunset {

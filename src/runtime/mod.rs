@@ -6,11 +6,13 @@
 //! - [`drain`]: graceful stop of a listener's connections, one flag read per wake.
 //! - [`h2_idle`]: closing HTTP/2 connections with no request in flight.
 //! - [`progress`]: failing a request body that stops arriving.
+//! - [`lingering`]: closing a connection without resetting a client that is still writing.
 //!
 //! Does not own: accepting or serving connections (`server`). Imports no other keygate module.
 
 pub mod drain;
 pub mod h2_idle;
+pub mod lingering;
 pub mod progress;
 pub mod timer;
 

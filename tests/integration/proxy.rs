@@ -918,3 +918,43 @@ async fn a_route_answers_errors_in_its_clients_style() {
         (401, "missing_api_key")
     );
 }
+
+/// An answer given before the body was read (a 401 to an upload) says `Connection: close`, and
+/// the close lingers: the client can finish writing its body and then read the answer, instead
+/// of a reset that loses it (what Node's fetch reported as `write EPIPE`).
+#[tokio::test]
+async fn an_early_answer_to_an_upload_reaches_a_client_still_writing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = World::start().await;
+    let size = 4 << 20;
+    let stream = tokio::net::TcpStream::connect(w.gw.addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!(
+        "POST /v1/projects/p1/x HTTP/1.1\r\nhost: x\r\napikey: {}\r\ncontent-length: {size}\r\n\r\n",
+        w.gw.config.keys.generate()
+    );
+    let upload = tokio::spawn(async move {
+        writer.write_all(head.as_bytes()).await?;
+        let chunk = vec![b'x'; 64 << 10];
+        for _ in 0..size / chunk.len() {
+            writer.write_all(&chunk).await?;
+        }
+        writer.flush().await
+    });
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        reader.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the connection closes")
+    .expect("read the answer, not a reset");
+    upload
+        .await
+        .unwrap()
+        .expect("the whole body was written without a reset");
+    let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 401"), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+    assert!(w.upstream.requests().is_empty());
+}
