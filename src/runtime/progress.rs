@@ -24,15 +24,18 @@ pub struct BodyStalled(pub Duration);
 pub struct Progress<B> {
     body: B,
     idle: Duration,
-    deadline: CoarseSleep,
+    /// `None` for a body that is empty from the start (most requests): nothing to wait for,
+    /// so no clock is read and no timeout made.
+    deadline: Option<CoarseSleep>,
 }
 
-impl<B> Progress<B> {
+impl<B: Body> Progress<B> {
     pub fn new(body: B, timer: &CoarseTimer, idle: Duration) -> Progress<B> {
+        let deadline = (!body.is_end_stream()).then(|| timer.deadline(Instant::now() + idle));
         Progress {
             body,
             idle,
-            deadline: timer.deadline(Instant::now() + idle),
+            deadline,
         }
     }
 }
@@ -50,15 +53,18 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.body).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                this.deadline.reset(Instant::now() + this.idle);
+        match (Pin::new(&mut this.body).poll_frame(cx), &mut this.deadline) {
+            (Poll::Ready(frame), deadline) => {
+                if let Some(deadline) = deadline {
+                    deadline.reset(Instant::now() + this.idle);
+                }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending => match Pin::new(&mut this.deadline).poll(cx) {
+            (Poll::Pending, Some(deadline)) => match Pin::new(deadline).poll(cx) {
                 Poll::Ready(()) => Poll::Ready(Some(Err(BodyStalled(this.idle).into()))),
                 Poll::Pending => Poll::Pending,
             },
+            (Poll::Pending, None) => Poll::Pending,
         }
     }
 
