@@ -204,6 +204,11 @@ impl GatewayError {
                 "project_not_found",
                 "No such project in this organisation; check the project or endpoint id.",
             ),
+            E::Denied(Denial::ProjectArchived) => (
+                StatusCode::FORBIDDEN,
+                "project_archived",
+                "This project is archived; ask an admin of its org to restore it, or use another.",
+            ),
             E::Denied(Denial::ProjectAccessDenied) => (
                 StatusCode::FORBIDDEN,
                 "project_access_denied",

@@ -14,7 +14,8 @@
 //!    key's scopes and by the owner's role ceiling (effective scopes = key scopes ∩ role ceiling).
 
 use crate::model::{
-    Credential, KeyStatus, OrgId, Principal, Project, Role, Scope, UserStatus, Visibility,
+    Credential, KeyStatus, OrgId, Principal, Project, ProjectStatus, Role, Scope, UserStatus,
+    Visibility,
 };
 
 /// Resources only an org admin may act on, whatever a member's key says.
@@ -61,6 +62,8 @@ pub enum Denial {
     GuestNotAllowed,
     #[error("no such project")]
     ProjectNotFound,
+    #[error("the project is archived")]
+    ProjectArchived,
     #[error("the key's owner has no access to this project")]
     ProjectAccessDenied,
     #[error("the key is restricted to other projects")]
@@ -124,6 +127,9 @@ pub fn authorize(p: &Principal, access: &Access<'_>) -> Result<(), Denial> {
         Some(Some(project)) => {
             if &project.org_id != access.org {
                 return Err(Denial::ProjectNotFound);
+            }
+            if project.status == ProjectStatus::Archived {
+                return Err(Denial::ProjectArchived);
             }
             let member = project.members.binary_search(&p.owner.id).is_ok();
             let open = project.visibility == Visibility::Public || p.owner.role == Role::Admin;
@@ -253,6 +259,7 @@ mod tests {
             name: id.into(),
             visibility,
             members: members.iter().map(|m| UserId::from(*m)).collect(),
+            status: ProjectStatus::Active,
             created_at: 0,
         }
     }
@@ -399,6 +406,10 @@ mod tests {
         let private_stranger = project("p2", "acme", Visibility::Private, &["u9"]);
         let public = project("p3", "acme", Visibility::Public, &[]);
         let foreign = project("p4", "other", Visibility::Public, &["u1"]);
+        let archived = Project {
+            status: ProjectStatus::Archived,
+            ..project("p5", "acme", Visibility::Public, &[])
+        };
         type Edit = fn(&mut Principal);
         let none: Edit = |_| {};
         let rows: Vec<(&str, Edit, Access, Result<(), Denial>)> = vec![
@@ -471,6 +482,16 @@ mod tests {
                     project: Some(Some(&public)),
                 },
                 Ok(()),
+            ),
+            (
+                "archived project",
+                none,
+                Access {
+                    org: &acme,
+                    scopes: &predict,
+                    project: Some(Some(&archived)),
+                },
+                Err(Denial::ProjectArchived),
             ),
             (
                 "unknown project",

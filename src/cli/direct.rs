@@ -16,7 +16,9 @@ use super::{
     UsersCommand,
 };
 use crate::config::Config;
-use crate::model::{KeyId, KeyState, KeyStatus, OrgId, ProjectId, Scope, UserId, unix_now};
+use crate::model::{
+    KeyId, KeyState, KeyStatus, OrgId, ProjectId, ProjectStatus, Scope, UserId, unix_now,
+};
 use crate::store::audit::Actor;
 use crate::store::keys::{NewKey, expiry};
 use crate::store::{Store, StoreError};
@@ -121,6 +123,22 @@ async fn projects(store: &Store, org: OrgId, cmd: ProjectsCommand) -> Result<Val
         P::RemoveMember { id, user } => {
             let (id, user) = (ProjectId::from(id), UserId::from(user));
             store.set_member(&org, &id, &user, false).await?
+        }
+        P::Archive { id } => {
+            let id = ProjectId::from(id);
+            store
+                .set_project_status(&org, &id, ProjectStatus::Archived)
+                .await?
+        }
+        P::Restore { id } => {
+            let id = ProjectId::from(id);
+            store
+                .set_project_status(&org, &id, ProjectStatus::Active)
+                .await?
+        }
+        P::Delete { id } => {
+            store.delete_project(&org, &ProjectId::from(id)).await?;
+            return Ok(Value::Null);
         }
     };
     value(&project)

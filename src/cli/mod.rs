@@ -122,6 +122,12 @@ pub enum ProjectsCommand {
     AddMember { id: String, user: String },
     /// Take a user's access to a private project away.
     RemoveMember { id: String, user: String },
+    /// Archive a project: every request for it is refused at once; its keys stay restricted.
+    Archive { id: String },
+    /// Bring an archived project back.
+    Restore { id: String },
+    /// Delete an archived project.
+    Delete { id: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -30,6 +30,7 @@ const USER_COLUMNS: &[(&str, &str)] = &[
 const PROJECT_COLUMNS: &[(&str, &str)] = &[
     ("ID", "id"),
     ("NAME", "name"),
+    ("STATUS", "status"),
     ("VISIBILITY", "visibility"),
     ("MEMBERS", "members"),
 ];

@@ -101,6 +101,9 @@ fn projects_call(cmd: ProjectsCommand) -> Call {
         ),
         P::AddMember { id, user } => (Method::PUT, members(&id, &user), None),
         P::RemoveMember { id, user } => (Method::DELETE, members(&id, &user), None),
+        P::Archive { id } => (Method::POST, format!("/v1/projects/{id}/archive"), None),
+        P::Restore { id } => (Method::POST, format!("/v1/projects/{id}/restore"), None),
+        P::Delete { id } => (Method::DELETE, format!("/v1/projects/{id}"), None),
     }
 }
 

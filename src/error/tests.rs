@@ -75,6 +75,7 @@ async fn every_variant_has_its_status_and_code() {
             "key_project_mismatch",
         ),
         (Denial::InsufficientScope.into(), 403, "insufficient_scope"),
+        (Denial::ProjectArchived.into(), 403, "project_archived"),
         (GatewayError::PayloadTooLarge, 413, "payload_too_large"),
         (store().into(), 503, "key_store_unavailable"),
         (corrupt().into(), 500, "internal_error"),

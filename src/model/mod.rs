@@ -231,6 +231,11 @@ str_enum!(
     KeyStatus { Active = "active", Revoked = "revoked" }
 );
 str_enum!(
+    /// An archived project is refused on the data plane (its keys stay restricted to it); only
+    /// an archived project may be deleted.
+    ProjectStatus { Active = "active", Archived = "archived" }
+);
+str_enum!(
     /// What people are shown of a key's status: an active key past its expiry is `expired`.
     KeyState { Active = "active", Revoked = "revoked", Expired = "expired" }
 );
@@ -273,6 +278,7 @@ pub struct Project {
     pub visibility: Visibility,
     /// Users with access to a private project (sorted).
     pub members: Vec<UserId>,
+    pub status: ProjectStatus,
     pub created_at: u64,
 }
 

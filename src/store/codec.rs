@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::model::{
-    KeyGrant, KeyHash, KeyRecord, MAX_TIME, Org, OrgId, Owner, Project, ProjectId, Scope, User,
-    UserId, is_valid_id,
+    KeyGrant, KeyHash, KeyRecord, MAX_TIME, Org, OrgId, Owner, Project, ProjectId, ProjectStatus,
+    Scope, User, UserId, is_valid_id,
 };
 
 /// A Redis hash read back as field → value. A B-tree, not a hash map: records have a dozen
@@ -171,6 +171,11 @@ impl Project {
             name: field(f, "name")?.to_owned(),
             visibility: parsed(f, "visibility")?,
             members,
+            // Projects written before projects could be archived have no status: active.
+            status: match f.get("status") {
+                None => ProjectStatus::Active,
+                Some(_) => parsed(f, "status")?,
+            },
             created_at: parsed(f, "created_at")?,
         })
     }

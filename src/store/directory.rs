@@ -6,11 +6,10 @@
 
 use serde_json::json;
 
-use super::Change;
-use super::{Invalidation, Store, StoreError};
+use super::{Change, Invalidation, Store, StoreError};
 use crate::model::{
-    Org, OrgId, Project, ProjectId, Role, User, UserId, UserStatus, Visibility, is_valid_id,
-    unix_now,
+    Org, OrgId, Project, ProjectId, ProjectStatus, Role, User, UserId, UserStatus, Visibility,
+    is_valid_id, unix_now,
 };
 
 fn check_id(kind: &str, id: &str) -> Result<(), StoreError> {
@@ -194,12 +193,14 @@ impl Store {
             name: name.to_owned(),
             visibility,
             members: Vec::new(),
+            status: ProjectStatus::Active,
             created_at: unix_now(),
         };
         let fields = [
             ("org_id", org.to_string()),
             ("name", project.name.clone()),
             ("visibility", visibility.to_string()),
+            ("status", project.status.to_string()),
             ("created_at", project.created_at.to_string()),
         ];
         let mut pipe = redis::pipe();
@@ -266,6 +267,61 @@ impl Store {
         };
         self.commit(pipe, change).await?;
         Ok(project)
+    }
+
+    /// Archives or restores a project; every replica refuses an archived project's requests
+    /// once the invalidation reaches it.
+    pub async fn set_project_status(
+        &self,
+        org: &OrgId,
+        id: &ProjectId,
+        status: ProjectStatus,
+    ) -> Result<Project, StoreError> {
+        let mut project = self.existing_project(org, id).await?;
+        project.status = status;
+        let mut pipe = redis::pipe();
+        pipe.hset(
+            self.name(format_args!("project:{org}:{id}")),
+            "status",
+            status.as_str(),
+        )
+        .ignore();
+        let change = Change {
+            org,
+            action: match status {
+                ProjectStatus::Archived => "project.archive",
+                ProjectStatus::Active => "project.restore",
+            },
+            target: format!("project:{id}"),
+            details: json!({ "status": status }),
+            invalidations: vec![Invalidation::Project(org.clone(), id.clone())],
+        };
+        self.commit(pipe, change).await?;
+        Ok(project)
+    }
+
+    /// Deletes an archived project and its members. Keys restricted to it stay restricted to
+    /// it, and so are refused there: deleting a project never widens a key.
+    pub async fn delete_project(&self, org: &OrgId, id: &ProjectId) -> Result<(), StoreError> {
+        let project = self.existing_project(org, id).await?;
+        if project.status != ProjectStatus::Archived {
+            return Err(StoreError::ProjectNotArchived);
+        }
+        let mut pipe = redis::pipe();
+        pipe.del(self.name(format_args!("project:{org}:{id}")))
+            .ignore()
+            .del(self.name(format_args!("project:{org}:{id}:members")))
+            .ignore()
+            .srem(self.name(format_args!("org:{org}:projects")), id.as_str())
+            .ignore();
+        let change = Change {
+            org,
+            action: "project.delete",
+            target: format!("project:{id}"),
+            details: json!({ "name": project.name }),
+            invalidations: vec![Invalidation::Project(org.clone(), id.clone())],
+        };
+        self.commit(pipe, change).await
     }
 
     /// Adds (`member = true`) or removes a user from a project's members.

@@ -88,6 +88,8 @@ pub enum StoreError {
     AlreadyExists { kind: &'static str, id: String },
     #[error("the key must be revoked before it can be deleted")]
     KeyNotRevoked,
+    #[error("the project must be archived before it can be deleted")]
+    ProjectNotArchived,
     #[error("the key is revoked; activate it before rotating it")]
     KeyRevoked,
     #[error("{0}")]

@@ -237,3 +237,67 @@ async fn a_redis_restart_costs_no_request() {
     let (status, _, body) = get_with(gw.addr, path, &[("apikey", &cold)]).await;
     assert_eq!(status.as_u16(), 200, "{body:?}");
 }
+
+/// Archiving a project refuses its requests on every replica within 100 ms, under load; it can
+/// be restored; a project is deleted only once archived, and then it is gone.
+#[tokio::test]
+async fn an_archived_project_is_refused_everywhere_and_only_then_deleted() {
+    let w = World::start().await;
+    let second = w.second_gateway().await;
+    let path = "/v1/projects/p1/x";
+    let key = w.keys.alice.clone();
+    let addrs = [w.gw.addr, second.addr];
+    for addr in addrs {
+        assert_eq!(answer(addr, path, &key).await, "ok");
+    }
+    let (a, t) = (w.gw.admin, Some(BOOTSTRAP));
+    let (s, v) = api(a, "DELETE", "/v1/projects/p1?org_id=acme", t, None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("project_not_archived"))
+    );
+
+    // Steady load on both replicas while the project is archived.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = addrs
+        .iter()
+        .map(|&addr| {
+            let (stop, key) = (stop.clone(), key.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    get_with(addr, path, &[("apikey", &key)]).await;
+                }
+            })
+        })
+        .collect();
+    let (s, v) = api(a, "POST", "/v1/projects/p1/archive?org_id=acme", t, None).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("archived")));
+    let archived = Instant::now();
+    for addr in addrs {
+        answers(addr, path, &key, "project_archived").await;
+    }
+    let took = archived.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    assert!(took < Duration::from_millis(100), "{took:?}");
+
+    let (s, _) = api(a, "POST", "/v1/projects/p1/restore?org_id=acme", t, None).await;
+    assert_eq!(s, 200);
+    answers(second.addr, path, &key, "ok").await;
+    api(a, "POST", "/v1/projects/p1/archive?org_id=acme", t, None).await;
+    let (s, _) = api(a, "DELETE", "/v1/projects/p1?org_id=acme", t, None).await;
+    assert_eq!(s, 204);
+    for addr in addrs {
+        answers(addr, path, &key, "project_not_found").await;
+    }
+    // A key restricted to the deleted project stays restricted: refused on the others too.
+    answers(
+        w.gw.addr,
+        "/v1/projects/pub/x",
+        &w.keys.alice_p1_only,
+        "key_project_mismatch",
+    )
+    .await;
+}

@@ -11,7 +11,9 @@ use http_body_util::Full;
 use serde::Deserialize;
 
 use super::{ApiError, Ctx, json};
-use crate::model::{OrgId, Project, ProjectId, Role, User, UserId, UserStatus, Visibility};
+use crate::model::{
+    OrgId, Project, ProjectId, ProjectStatus, Role, User, UserId, UserStatus, Visibility,
+};
 
 /// Audit entries per page: default and most.
 const AUDIT_PAGE_DEFAULT: usize = 50;
@@ -219,6 +221,31 @@ pub async fn update_project(
             .await?;
     }
     Ok(json(StatusCode::OK, &project))
+}
+
+/// `POST /v1/projects/{id}/archive` and `/restore` (admins).
+pub async fn set_project_status(
+    ctx: &Ctx<'_>,
+    id: &str,
+    status: ProjectStatus,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let project = visible_project(ctx, id).await?;
+    ctx.caller.require_admin()?;
+    let project = ctx
+        .store
+        .set_project_status(&project.org_id, &project.id, status)
+        .await?;
+    Ok(json(StatusCode::OK, &project))
+}
+
+/// `DELETE /v1/projects/{id}` (admins; archived projects only).
+pub async fn delete_project(ctx: &Ctx<'_>, id: &str) -> Result<Response<Full<Bytes>>, ApiError> {
+    let project = visible_project(ctx, id).await?;
+    ctx.caller.require_admin()?;
+    ctx.store
+        .delete_project(&project.org_id, &project.id)
+        .await?;
+    Ok(super::no_content())
 }
 
 pub async fn set_member(

@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use crate::error::{CHALLENGE, add_status_headers, json_error};
-use crate::model::{KeyId, OrgId, Owner, Role, Scope, UserId, unix_now};
+use crate::model::{KeyId, OrgId, Owner, ProjectStatus, Role, Scope, UserId, unix_now};
 use crate::policy::{self, grants};
 use crate::replica::Replica;
 use crate::store::audit::Actor;
@@ -85,6 +85,7 @@ impl ApiError {
                 StoreError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
                 StoreError::AlreadyExists { .. } => (StatusCode::CONFLICT, "already_exists"),
                 StoreError::KeyNotRevoked => (StatusCode::CONFLICT, "key_not_revoked"),
+                StoreError::ProjectNotArchived => (StatusCode::CONFLICT, "project_not_archived"),
                 StoreError::KeyRevoked => (StatusCode::CONFLICT, "key_revoked"),
                 StoreError::Rejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
             },
@@ -310,6 +311,13 @@ async fn route(ctx: &Ctx<'_>, req: Request<Incoming>) -> Result<Response<Full<By
         (Method::PATCH, ["projects", id]) => {
             directory::update_project(ctx, id, json_body(req).await?).await
         }
+        (Method::POST, ["projects", id, "archive"]) => {
+            directory::set_project_status(ctx, id, ProjectStatus::Archived).await
+        }
+        (Method::POST, ["projects", id, "restore"]) => {
+            directory::set_project_status(ctx, id, ProjectStatus::Active).await
+        }
+        (Method::DELETE, ["projects", id]) => directory::delete_project(ctx, id).await,
         (Method::PUT, ["projects", id, "members", user]) => {
             directory::set_member(ctx, id, user, true).await
         }
