@@ -274,6 +274,10 @@ async fn keys(
             let scopes = scopes(config, &names)?;
             store.set_key_scopes(&KeyId::from(id), scopes).await?
         }
+        K::SetProjects { id, projects, .. } => {
+            let projects = projects.into_iter().map(ProjectId::from).collect();
+            store.set_key_projects(&KeyId::from(id), projects).await?
+        }
         K::Revoke { id } if super::is_secret(&id) => {
             store.revoke_by_secret(&config.keys, &id).await?
         }

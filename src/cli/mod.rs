@@ -199,6 +199,15 @@ pub enum KeysCommand {
         #[arg(value_delimiter = ',', required = true)]
         scopes: Vec<String>,
     },
+    /// Restrict a key to these projects (comma-separated), or with --any to none.
+    SetProjects {
+        id: String,
+        #[arg(value_delimiter = ',', required_unless_present = "any")]
+        projects: Vec<String>,
+        /// Any project the key's owner may use.
+        #[arg(long, conflicts_with = "projects")]
+        any: bool,
+    },
     /// Stop a key at once, on every replica. Give its id, or, for a leaked key, its secret
     /// (anything but a `key_…` id is taken as a secret; no management key is needed for it).
     Revoke { id: String },

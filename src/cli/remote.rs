@@ -167,6 +167,11 @@ fn keys_call(cmd: KeysCommand) -> Result<Call, Failure> {
             at(&id, ""),
             Some(json!({ "scopes": scopes })),
         ),
+        K::SetProjects { id, projects, .. } => (
+            Method::PATCH,
+            at(&id, ""),
+            Some(json!({ "project_ids": projects })),
+        ),
         K::Revoke { id } => (Method::POST, at(&id, "/revoke"), None),
         K::Activate { id } => (Method::POST, at(&id, "/activate"), None),
         K::Rotate { id, grace } => (

@@ -442,12 +442,31 @@ impl Store {
         Ok(key)
     }
 
+    /// Replaces the projects a key is restricted to (empty: any project its owner may use);
+    /// each must exist in the key's org.
+    pub async fn set_key_projects(
+        &self,
+        id: &KeyId,
+        mut projects: Vec<ProjectId>,
+    ) -> Result<KeyRecord, StoreError> {
+        let mut key = self.key(id).await?;
+        for project in &projects {
+            self.existing_project(&key.grant.org_id, project).await?;
+        }
+        projects.sort();
+        projects.dedup();
+        key.grant.project_ids = projects;
+        let fields = [("project_ids", join(&key.grant.project_ids))];
+        self.update_key_fields(&key, &fields, "key.set_projects")
+            .await?;
+        Ok(key)
+    }
+
     /// Gives a key a new secret (returned once). The old secret keeps working for `grace`, then
     /// is answered `key_rotated`; a secret rotated out earlier stops at once. A legacy pair
-    /// rotated this way becomes an ordinary key.
-    /// A new secret for key `id`; the old one works for `grace`. The new secret is a created key
-    /// like any other: one that never expired (a legacy pair, or a key made when keys could
-    /// live for ever) gets `validity` from now, unless keys may live for ever (`None`).
+    /// rotated this way becomes an ordinary key. The new secret is a created key like any other:
+    /// one that never expired (a legacy pair, or a key made when keys could live for ever) gets
+    /// `validity` from now, unless keys may live for ever (`None`).
     pub async fn rotate_key(
         &self,
         format: &KeyFormat,

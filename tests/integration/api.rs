@@ -384,3 +384,35 @@ async fn bodies_must_be_objects_without_nulls_and_methods_must_be_the_apis() {
         (405, Some("GET, POST, PUT, PATCH, DELETE"))
     );
 }
+
+/// A key's project restriction can be edited after creation; the data plane follows at once.
+#[tokio::test]
+async fn a_keys_project_restriction_can_be_changed() {
+    let w = World::start().await;
+    let (a, t) = (w.gw.admin, Some(w.keys.ada.as_str()));
+    let (key, id) = new_key(&w.store, &w.gw.config, "bob", &["predict"], &[]).await;
+    let public = "/v1/projects/pub/x";
+    answers(w.gw.addr, public, &key, "ok").await;
+    let patch = |projects: Value| {
+        let path = format!("/v1/keys/{id}");
+        async move {
+            api(
+                a,
+                "PATCH",
+                &path,
+                t,
+                Some(json!({ "project_ids": projects })),
+            )
+            .await
+        }
+    };
+    let (s, v) = patch(json!(["p2"])).await;
+    assert_eq!((s, v["project_ids"].clone()), (200, json!(["p2"])));
+    answers(w.gw.addr, public, &key, "key_project_mismatch").await;
+    answers(w.gw.addr, "/v1/projects/p2/x", &key, "ok").await;
+    let (s, v) = patch(json!(["no-such-project"])).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
+    let (s, _) = patch(json!([])).await;
+    assert_eq!(s, 200);
+    answers(w.gw.addr, public, &key, "ok").await;
+}

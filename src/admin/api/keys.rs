@@ -36,6 +36,8 @@ pub struct CreateKey {
 pub struct UpdateKey {
     name: Option<String>,
     scopes: Option<Vec<String>>,
+    /// The projects the key is restricted to; `[]`: any its owner may use.
+    project_ids: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -254,6 +256,10 @@ pub async fn update(
     }
     if let Some(scopes) = scopes {
         key = ctx.store.set_key_scopes(&key.grant.id, scopes).await?;
+    }
+    if let Some(projects) = body.project_ids {
+        let projects = projects.into_iter().map(ProjectId::from).collect();
+        key = ctx.store.set_key_projects(&key.grant.id, projects).await?;
     }
     if let Some(name) = &body.name {
         key = ctx.store.rename_key(&key.grant.id, name).await?;
