@@ -38,6 +38,10 @@ pub struct CacheConfig {
     pub ttl: Duration,
     pub negative_ttl: Duration,
     pub max_stale: Duration,
+    /// How long stale entries may still answer once the invalidation subscription is down:
+    /// past it this replica fails closed even within `max_stale`, since it may have missed
+    /// revocations. `None`: `max_stale` alone bounds it.
+    pub max_unsubscribed: Option<Duration>,
 }
 
 /// How a lookup was answered (a metric label).
@@ -105,6 +109,7 @@ impl<K: Eq + Hash + Clone, V> ReadThrough<K, V> {
         key: &K,
         trusted: bool,
         recently_failed: bool,
+        stale_allowed: bool,
         fetch: impl FnOnce() -> Fut,
     ) -> Result<Lookup<V>, Arc<StoreError>>
     where
@@ -132,7 +137,7 @@ impl<K: Eq + Hash + Clone, V> ReadThrough<K, V> {
                     outcome,
                 });
             }
-            if recently_failed && self.usable_as_stale(value.is_some(), *age) {
+            if recently_failed && stale_allowed && self.usable_as_stale(value.is_some(), *age) {
                 return Ok(Lookup {
                     value: value.clone(),
                     outcome: Outcome::Stale,
@@ -141,6 +146,7 @@ impl<K: Eq + Hash + Clone, V> ReadThrough<K, V> {
         }
         // Boxed: the fetch (a Redis round trip) is a large future, and unboxed it would be part
         // of every request's future, hits included, which is moved on every request.
+        let cached = cached.filter(|_| stale_allowed);
         Box::pin(self.miss(key, cached, fetch)).await
     }
 
@@ -296,7 +302,14 @@ pub struct Cache {
     subscribed: AtomicBool,
     /// When the store last failed, as milliseconds since `started`; 0 for never.
     last_failure_ms: AtomicU64,
+    /// When a lookup last reached the store, as milliseconds since `started`: no entry is
+    /// younger (written on cache misses only).
+    last_fetch_ms: AtomicU64,
+    /// When the invalidation subscription went down, as milliseconds since `started`; 0 while
+    /// it is live.
+    unsubscribed_ms: AtomicU64,
     started: Instant,
+    cfg: CacheConfig,
 }
 
 impl Cache {
@@ -306,8 +319,34 @@ impl Cache {
             projects: ReadThrough::new(cfg),
             subscribed: AtomicBool::new(false),
             last_failure_ms: AtomicU64::new(0),
+            last_fetch_ms: AtomicU64::new(0),
+            unsubscribed_ms: AtomicU64::new(0),
             started: Instant::now(),
+            cfg,
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Whether stale entries may answer: always, unless the subscription has been down longer
+    /// than `max_unsubscribed`. Read on every request: the clock only while it is down.
+    fn stale_allowed(&self) -> bool {
+        let down = self.unsubscribed_ms.load(Ordering::Relaxed);
+        match self.cfg.max_unsubscribed {
+            Some(max) if down != 0 => self.now_ms().saturating_sub(down) < max.as_millis() as u64,
+            _ => true,
+        }
+    }
+
+    /// Whether this replica can still answer anything useful while the store fails: some entry
+    /// is young enough to be served stale.
+    pub fn can_serve_stale(&self) -> bool {
+        let fetched = self.last_fetch_ms.load(Ordering::Relaxed);
+        fetched != 0
+            && self.stale_allowed()
+            && self.now_ms().saturating_sub(fetched) < self.cfg.max_stale.as_millis() as u64
     }
 
     fn recently_failed(&self) -> bool {
@@ -318,14 +357,15 @@ impl Cache {
                 < STALE_RETRY_AFTER.as_millis() as u64
     }
 
-    fn note(&self, result: &Result<impl Sized, Arc<StoreError>>) {
-        if let Err(e) = result
-            && e.is_unavailable()
-        {
-            self.last_failure_ms.store(
-                self.started.elapsed().as_millis() as u64 + 1,
-                Ordering::Relaxed,
-            );
+    fn note<V>(&self, result: &Result<Lookup<V>, Arc<StoreError>>) {
+        match result {
+            Err(e) if e.is_unavailable() => {
+                self.last_failure_ms.store(self.now_ms(), Ordering::Relaxed);
+            }
+            Ok(l) if l.outcome == Outcome::Miss => {
+                self.last_fetch_ms.store(self.now_ms(), Ordering::Relaxed);
+            }
+            _ => {}
         }
     }
 
@@ -338,9 +378,13 @@ impl Cache {
         let trusted = self.subscribed.load(Ordering::Acquire);
         let r = self
             .keys
-            .get(hash, trusted, self.recently_failed(), || {
-                store.resolve_key(hash)
-            })
+            .get(
+                hash,
+                trusted,
+                self.recently_failed(),
+                self.stale_allowed(),
+                || store.resolve_key(hash),
+            )
             .await;
         self.note(&r);
         r
@@ -357,9 +401,13 @@ impl Cache {
         let key = (org.clone(), id.clone());
         let r = self
             .projects
-            .get(&key, trusted, self.recently_failed(), || {
-                store.project(org, id)
-            })
+            .get(
+                &key,
+                trusted,
+                self.recently_failed(),
+                self.stale_allowed(),
+                || store.project(org, id),
+            )
             .await;
         self.note(&r);
         r
@@ -384,6 +432,11 @@ impl Cache {
 
     pub fn set_subscribed(&self, live: bool) {
         self.subscribed.store(live, Ordering::Release);
+        if live {
+            self.unsubscribed_ms.store(0, Ordering::Relaxed);
+        } else if self.unsubscribed_ms.load(Ordering::Relaxed) == 0 {
+            self.unsubscribed_ms.store(self.now_ms(), Ordering::Relaxed);
+        }
     }
 
     pub fn is_subscribed(&self) -> bool {

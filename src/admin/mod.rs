@@ -3,7 +3,7 @@
 //! | endpoint | answers |
 //! |---|---|
 //! | `GET /healthz` | 200 while the process serves at all (liveness) |
-//! | `GET /readyz`  | 200 when the config is loaded, Redis answers a PING and we are not draining; else 503 with the reason. The body also says whether the invalidation subscription is `live` |
+//! | `GET /readyz`  | 200 while the replica can serve: not draining, and Redis answers a PING or cached keys can still be served within `cache.max_stale` (and `cache.max_unsubscribed`); 503 otherwise. The body says `store` (`reachable` / `unreachable`), `serving` (`fresh` / `stale` / `nothing`) and `invalidations` (`live` / `reconnecting`) |
 //! | `GET /metrics` | Prometheus text format (see `metrics`) |
 //! | `/v1/…` | the management API ([`api`]) |
 //!

@@ -45,6 +45,10 @@ fn metrics(replica: &Replica) -> Response<Full<Bytes>> {
     res
 }
 
+/// Ready while the replica can serve anything useful: not draining, and either Redis answers or
+/// cached keys can still be served within `cache.max_stale` (the outage semantics: pulling every
+/// replica out of the balancer at the first failed ping would serve no one). The body says
+/// which, and whether Redis and the invalidations are reachable.
 async fn readiness(replica: &Replica) -> Response<Full<Bytes>> {
     if replica.is_draining() {
         return json(
@@ -57,14 +61,24 @@ async fn readiness(replica: &Replica) -> Response<Full<Bytes>> {
     } else {
         "reconnecting"
     };
-    match replica.store.ping().await {
-        Ok(()) => json(
-            StatusCode::OK,
-            &serde_json::json!({ "status": "ready", "invalidations": invalidations }),
-        ),
-        Err(e) => json(
+    let (status, store, serving, error) = match replica.store.ping().await {
+        Ok(()) => (StatusCode::OK, "reachable", "fresh", None),
+        Err(e) if replica.cache.can_serve_stale() => {
+            (StatusCode::OK, "unreachable", "stale", Some(e.to_string()))
+        }
+        Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({ "status": "key_store_unavailable", "error": e.to_string() }),
+            "unreachable",
+            "nothing",
+            Some(e.to_string()),
         ),
-    }
+    };
+    let body = serde_json::json!({
+        "status": if status == StatusCode::OK { "ready" } else { "key_store_unavailable" },
+        "store": store,
+        "serving": serving,
+        "invalidations": invalidations,
+        "error": error,
+    });
+    json(status, &body)
 }

@@ -8,6 +8,7 @@ fn cfg(max_entries: usize) -> CacheConfig {
         ttl: Duration::from_secs(60),
         negative_ttl: Duration::from_secs(5),
         max_stale: Duration::from_secs(300),
+        max_unsubscribed: None,
     }
 }
 
@@ -22,7 +23,7 @@ async fn get(
     calls: &AtomicUsize,
     answer: Result<Option<&str>, ()>,
 ) -> Result<Lookup<String>, Arc<StoreError>> {
-    c.get(&k, true, false, || async {
+    c.get(&k, true, false, true, || async {
         calls.fetch_add(1, Ordering::SeqCst);
         answer.map(|v| v.map(str::to_owned)).map_err(|_| down())
     })
@@ -34,7 +35,7 @@ async fn concurrent_misses_share_one_fetch() {
     let c = ReadThrough::<u32, String>::new(cfg(100));
     let calls = AtomicUsize::new(0);
     let lookups = (0..50).map(|_| {
-        c.get(&7, true, false, || async {
+        c.get(&7, true, false, true, || async {
             calls.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(10)).await;
             Ok(Some("v".to_owned()))
@@ -103,7 +104,7 @@ async fn stale_if_error_until_max_stale() {
     // Within the retry pause after a failure, stale entries are served without a fetch.
     let before = calls.load(Ordering::SeqCst);
     let l = c
-        .get(&1, true, true, || async {
+        .get(&1, true, true, true, || async {
             Err::<Option<String>, _>(down())
         })
         .await
@@ -120,7 +121,7 @@ async fn stale_if_error_until_max_stale() {
     get(&c, 2, &calls, Ok(None)).await.unwrap();
     tokio::time::advance(Duration::from_secs(2)).await;
     let untrusted_and_failing = c
-        .get(&2, false, false, || async {
+        .get(&2, false, false, true, || async {
             Err::<Option<String>, _>(down())
         })
         .await
@@ -140,7 +141,9 @@ async fn untrusted_entries_are_refetched() {
     let calls = AtomicUsize::new(0);
     get(&c, 1, &calls, Ok(Some("a"))).await.unwrap();
     let l = c
-        .get(&1, false, false, || async { Ok(Some("b".to_owned())) })
+        .get(&1, false, false, true, || async {
+            Ok(Some("b".to_owned()))
+        })
         .await
         .unwrap();
     assert_eq!(
@@ -186,7 +189,7 @@ fn the_count_follows_every_change() {
 async fn a_fetch_that_raced_an_invalidation_is_not_cached() {
     let c = ReadThrough::<u32, String>::new(cfg(100));
     let l = c
-        .get(&1, true, false, || async {
+        .get(&1, true, false, true, || async {
             c.remove(&1); // an invalidation arrives while Redis answers
             Ok(Some("old".to_owned()))
         })
@@ -227,7 +230,7 @@ async fn invalidations_drop_the_right_entries() {
         let (hash, p) = principal(owner, h);
         cache
             .keys
-            .get(&hash, true, false, || async { Ok(Some(p)) })
+            .get(&hash, true, false, true, || async { Ok(Some(p)) })
             .await
             .unwrap();
     }
@@ -243,13 +246,36 @@ async fn a_failure_is_recent_for_the_retry_pause_only() {
     let cache = Cache::new(cfg(10));
     assert!(!cache.recently_failed());
     // Checked within the same millisecond as the failure (this once underflowed).
-    cache.note(&Err::<(), _>(Arc::new(down())));
+    cache.note(&Err::<Lookup<()>, _>(Arc::new(down())));
     assert!(cache.recently_failed());
     tokio::time::advance(STALE_RETRY_AFTER + Duration::from_millis(5)).await;
     assert!(!cache.recently_failed());
     // Failures that are not Redis being unavailable do not pause lookups.
     let corrupt = StoreError::Corrupt(crate::store::codec::BadRecord("x"));
     let fresh = Cache::new(cfg(10));
-    fresh.note(&Err::<(), _>(Arc::new(corrupt)));
+    fresh.note(&Err::<Lookup<()>, _>(Arc::new(corrupt)));
     assert!(!fresh.recently_failed());
+}
+
+/// With `max_unsubscribed`, stale entries stop answering once the subscription has been down
+/// that long, even within `max_stale`: the replica may have missed a revocation.
+#[tokio::test(start_paused = true)]
+async fn stale_serving_stops_when_the_subscription_is_down_too_long() {
+    let cache = Cache::new(CacheConfig {
+        max_unsubscribed: Some(Duration::from_secs(10)),
+        ..cfg(100)
+    });
+    cache.set_subscribed(true);
+    cache.note(&Ok::<_, Arc<StoreError>>(Lookup::<()> {
+        value: None,
+        outcome: Outcome::Miss,
+    }));
+    assert!(cache.can_serve_stale());
+    cache.set_subscribed(false);
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert!(cache.stale_allowed() && cache.can_serve_stale());
+    tokio::time::advance(Duration::from_secs(6)).await;
+    assert!(!cache.stale_allowed() && !cache.can_serve_stale());
+    cache.set_subscribed(true);
+    assert!(cache.stale_allowed(), "live again");
 }

@@ -86,6 +86,7 @@ pub(super) struct CacheFile {
     pub(super) ttl: Option<String>,
     pub(super) negative_ttl: Option<String>,
     pub(super) max_stale: Option<String>,
+    pub(super) max_unsubscribed: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

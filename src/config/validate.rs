@@ -125,6 +125,11 @@ impl Validator<'_> {
                 f.cache.max_stale.as_deref(),
                 defaults::CACHE_MAX_STALE,
             ),
+            max_unsubscribed: f
+                .cache
+                .max_unsubscribed
+                .as_deref()
+                .map(|t| self.duration("cache.max_unsubscribed", Some(t), "1s")),
         };
         if cache.max_entries == 0 {
             self.problem("cache.max_entries", "must be at least 1");

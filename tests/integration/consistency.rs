@@ -131,8 +131,14 @@ async fn redis_outage_serves_cached_keys_until_max_stale_then_recovers() {
         (503, "key_store_unavailable")
     );
     assert_eq!(headers["retry-after"], "1");
-    let (status, _, _) = get(w.gw.admin, "/readyz").await;
-    assert_eq!(status.as_u16(), 503);
+    // Still ready: it serves cached keys (the body says so), so balancers keep sending.
+    let (status, _, body) = get(w.gw.admin, "/readyz").await;
+    let ready: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status.as_u16(), 200, "{ready}");
+    assert_eq!(
+        (ready["store"].as_str(), ready["serving"].as_str()),
+        (Some("unreachable"), Some("stale"))
+    );
     // The management API fails the same way.
     let (status, headers, body) = send(
         Request::get(format!("http://{}/v1/keys?org_id=acme", w.gw.admin))
@@ -161,6 +167,14 @@ async fn redis_outage_serves_cached_keys_until_max_stale_then_recovers() {
     assert_eq!(
         (status.as_u16(), code(&body).as_str()),
         (503, "key_store_unavailable")
+    );
+    // Now it can serve nothing useful: not ready.
+    let (status, _, body) = get(w.gw.admin, "/readyz").await;
+    let ready: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (status.as_u16(), ready["serving"].as_str()),
+        (503, Some("nothing")),
+        "{ready}"
     );
 
     // Redis comes back (with its data): keygate recovers without a restart.
@@ -300,4 +314,28 @@ async fn an_archived_project_is_refused_everywhere_and_only_then_deleted() {
         "key_project_mismatch",
     )
     .await;
+}
+
+/// With `cache.max_unsubscribed`, a replica cut off from Redis stops serving cached keys once its
+/// invalidation subscription has been down that long, though `max_stale` is longer: it may have
+/// missed revocations, and the deployment prefers failing closed.
+#[tokio::test]
+async fn a_replica_cut_off_fails_closed_after_max_unsubscribed() {
+    let mut w = World::start().await;
+    let toml = config_toml(&w.redis, &w.upstream, "")
+        .replace("[cache]\n", "[cache]\nmax_unsubscribed = \"500ms\"\n");
+    let gw = Gateway::start(&toml, std::path::Path::new(".")).await;
+    let path = "/v1/projects/p1/x";
+    time_until(gw.addr, path, &w.keys.alice, 200).await;
+    w.redis.stop();
+    let (status, _, _) = get_with(gw.addr, path, &[("apikey", &w.keys.alice)]).await;
+    assert_eq!(status.as_u16(), 200, "served stale at first");
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let (status, _, body) = get_with(gw.addr, path, &[("apikey", &w.keys.alice)]).await;
+    assert_eq!(
+        (status.as_u16(), code(&body).as_str()),
+        (503, "key_store_unavailable"),
+        "max_stale (3 s) has not passed, max_unsubscribed has"
+    );
+    w.redis.restart();
 }
