@@ -74,6 +74,12 @@ pub(super) struct AdminFile {
 pub(super) struct RedisFile {
     pub(super) url: Option<String>,
     pub(super) url_env: Option<String>,
+    pub(super) username: Option<String>,
+    pub(super) password_env: Option<String>,
+    pub(super) password_file: Option<PathBuf>,
+    pub(super) ca_file: Option<PathBuf>,
+    pub(super) client_cert_file: Option<PathBuf>,
+    pub(super) client_key_file: Option<PathBuf>,
     pub(super) namespace: Option<String>,
     pub(super) connect_timeout: Option<String>,
     pub(super) command_timeout: Option<String>,

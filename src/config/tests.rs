@@ -201,3 +201,33 @@ fn problems_or_none(text: &str) -> Vec<String> {
         Err(e) => panic!("{e}"),
     }
 }
+
+#[test]
+fn redis_credentials_never_come_from_the_config_file() {
+    let with = |redis: &str| MINIMAL.replace("url = \"redis://127.0.0.1:6379\"", redis);
+    let p = problems(&with("url = \"redis://keygate:pw@127.0.0.1:6379\"")).join("\n");
+    assert!(
+        p.contains("redis.url") && p.contains("must not carry a user or password"),
+        "{p}"
+    );
+    let p = problems(&with(
+        "url = \"redis://127.0.0.1:6379\"\nca_file = \"ca.pem\"",
+    ))
+    .join("\n");
+    assert!(p.contains("TLS files need a rediss:// URL"), "{p}");
+    let p = problems(&with(
+        "url = \"rediss://127.0.0.1:6380\"\nca_file = \"missing.pem\"",
+    ))
+    .join("\n");
+    assert!(
+        p.contains("redis.ca_file") && p.contains("cannot read"),
+        "{p}"
+    );
+    let p = problems(&with("url = \"memcached://x\"")).join("\n");
+    assert!(p.contains("redis:// or rediss://"), "{p}");
+    let ok = Config::parse(
+        &with("url = \"rediss://127.0.0.1:6380\"\nusername = \"keygate\""),
+        Path::new("."),
+    );
+    assert!(ok.is_ok(), "{:?}", ok.err());
+}

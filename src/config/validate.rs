@@ -307,6 +307,14 @@ impl Validator<'_> {
             .collect()
     }
 
+    /// A file's bytes, relative to the config file.
+    fn file(&mut self, field: &str, path: &std::path::Path) -> Option<Vec<u8>> {
+        let full = self.base.join(path);
+        std::fs::read(&full)
+            .map_err(|e| self.problem(field, format!("cannot read {}: {e}", full.display())))
+            .ok()
+    }
+
     fn redis(&mut self, r: &RedisFile) -> Option<RedisConfig> {
         let url = match (&r.url, &r.url_env) {
             (Some(url), None) => Some(url.clone()),
@@ -322,11 +330,62 @@ impl Validator<'_> {
                 None
             }
         };
+        let tls = url.as_deref().is_some_and(|u| u.starts_with("rediss://"));
         if let Some(url) = &url
             && !url.starts_with("redis://")
+            && !tls
         {
-            self.problem("redis.url", "must start with redis:// (TLS to Redis is not supported yet; use a local TLS tunnel)");
+            self.problem("redis.url", "must start with redis:// or rediss:// (TLS)");
         }
+        // A password in the config file would be read by whoever reads the config.
+        if let Some(url) = &r.url
+            && url
+                .split_once("://")
+                .and_then(|(_, rest)| rest.split('/').next())
+                .is_some_and(|authority| authority.contains('@'))
+        {
+            self.problem("redis.url", "must not carry a user or password: use url_env, or username with password_env or password_file");
+        }
+        let password = match (&r.password_env, &r.password_file) {
+            (None, None) => None,
+            (Some(var), None) => std::env::var(var).ok().map(Secret).or_else(|| {
+                self.problem(
+                    "redis.password_env",
+                    format!("environment variable {var} is not set"),
+                );
+                None
+            }),
+            (None, Some(path)) => self
+                .file("redis.password_file", path)
+                .map(|bytes| Secret(String::from_utf8_lossy(&bytes).trim_end().to_owned())),
+            (Some(_), Some(_)) => {
+                self.problem("redis", "set password_env or password_file, not both");
+                None
+            }
+        };
+        let mut redis_tls = RedisTls::default();
+        if !tls
+            && (r.ca_file.is_some() || r.client_cert_file.is_some() || r.client_key_file.is_some())
+        {
+            self.problem("redis.ca_file", "TLS files need a rediss:// URL");
+        }
+        redis_tls.ca = r
+            .ca_file
+            .as_ref()
+            .and_then(|p| self.file("redis.ca_file", p));
+        redis_tls.client = match (&r.client_cert_file, &r.client_key_file) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                let cert = self.file("redis.client_cert_file", cert);
+                let key = self.file("redis.client_key_file", key);
+                cert.zip(key)
+                    .map(|(c, k)| (c, Secret(String::from_utf8_lossy(&k).into_owned())))
+            }
+            _ => {
+                self.problem("redis", "set client_cert_file and client_key_file together");
+                None
+            }
+        };
         let namespace = r
             .namespace
             .clone()
@@ -349,6 +408,9 @@ impl Validator<'_> {
         );
         Some(RedisConfig {
             url: Secret(url?),
+            username: r.username.clone(),
+            password,
+            tls: redis_tls,
             namespace,
             connect_timeout,
             command_timeout,

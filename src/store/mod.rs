@@ -66,11 +66,28 @@ pub struct Change<'a> {
 /// How to reach Redis, from the `[redis]` section of the config.
 #[derive(Clone, Debug)]
 pub struct RedisConfig {
+    /// `redis://` or `rediss://` (TLS, the certificate verified against the system's roots or
+    /// `tls`'s CA).
     pub url: Secret,
+    /// An ACL user and its password, when the URL carries none (they come from the environment
+    /// or a file, never from the config file).
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// The CA and client certificate of a `rediss://` URL, PEM.
+    pub tls: RedisTls,
     /// Prefix of every Redis key and of the invalidation channel, so deployments can share a Redis.
     pub namespace: String,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
+}
+
+/// The certificates of a TLS connection to Redis, PEM.
+#[derive(Clone, Debug, Default)]
+pub struct RedisTls {
+    /// The CA that signed Redis's certificate; `None`: the system's roots.
+    pub ca: Option<Vec<u8>>,
+    /// A client certificate and its key, for Redis that asks for one (mutual TLS).
+    pub client: Option<(Vec<u8>, Secret)>,
 }
 
 /// Why a store operation failed.
@@ -219,7 +236,34 @@ pub struct Store {
 impl Store {
     /// Connects lazily: keygate starts (and answers from cache, or 503) while Redis is down.
     pub fn open(cfg: &RedisConfig) -> Result<Store, StoreError> {
-        let client = redis::Client::open(cfg.url.0.as_str())?;
+        use redis::IntoConnectionInfo;
+        let mut info = cfg.url.0.as_str().into_connection_info()?;
+        let mut settings = info.redis_settings().clone();
+        if let Some(user) = &cfg.username {
+            settings = settings.set_username(user);
+        }
+        if let Some(password) = &cfg.password {
+            settings = settings.set_password(&password.0);
+        }
+        info = info.set_redis_settings(settings);
+        if cfg.url.0.starts_with("rediss://") {
+            // redis-rs builds its TLS config on rustls's process-wide crypto provider (the
+            // listeners name theirs); a second call finds it installed.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let client = match (&cfg.tls.ca, &cfg.tls.client) {
+            (None, None) => redis::Client::open(info)?,
+            (ca, client) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
+                        client_cert: cert.clone(),
+                        client_key: key.0.clone().into_bytes(),
+                    }),
+                    root_cert: ca.clone(),
+                },
+            )?,
+        };
         let manager_cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.connect_timeout))
             // `Store::bounded` bounds every command with `command_timeout`, reconnects included;

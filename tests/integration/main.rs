@@ -12,5 +12,6 @@ mod directory;
 mod layers;
 mod lifecycle;
 mod proxy;
+mod redis_tls;
 mod streaming;
 mod upload;
