@@ -10,7 +10,7 @@
 mod file;
 mod validate;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -103,6 +103,8 @@ pub mod defaults {
         "x-userinfo",
         "x-credential-identifier",
     ];
+    /// Resources keygate itself names: org administration, and managing keys.
+    pub const BUILTIN_RESOURCES: [&str; 4] = ["admin", "org", "users", "keys"];
     /// Scope presets every deployment has (a config may add or override).
     pub const PRESETS: [(&str, &[&str]); 3] = [
         ("inference", &["predict"]),
@@ -140,6 +142,9 @@ pub struct Config {
     pub legacy_sunset: Option<Sunset>,
     /// Preset name → scopes; used when creating keys.
     pub presets: BTreeMap<String, Vec<Scope>>,
+    /// The resources scopes may name: keygate's own, those of the presets, and those the
+    /// config declares.
+    pub resources: BTreeSet<String>,
     pub log: LogConfig,
     pub routes: RouteTable,
     /// Request headers removed before forwarding, besides those keygate always removes.
@@ -236,17 +241,33 @@ pub struct Limits {
     pub body_idle_timeout: Duration,
 }
 
-/// Scope names → scopes: presets expanded, syntax checked, sorted, duplicates removed. The
-/// error names the first name that is neither a preset nor a scope.
+/// Scope names → scopes: presets expanded, syntax checked, sorted, duplicates removed. With
+/// `known`, a scope must also name a resource the deployment knows (or be `*`), so that a typo
+/// like `modles:read` is refused rather than granting nothing. The error names the first name
+/// that fails.
 pub fn expand_scopes(
     presets: &BTreeMap<String, Vec<Scope>>,
+    known: Option<&BTreeSet<String>>,
     names: &[String],
 ) -> Result<Vec<Scope>, String> {
     let mut out: Vec<Scope> = Vec::new();
     for name in names.iter().map(|n| n.trim()) {
         match presets.get(name) {
             Some(expanded) => out.extend(expanded.iter().cloned()),
-            None if Scope::is_well_formed(name) => out.push(Scope::new(name)),
+            None if Scope::is_well_formed(name) => {
+                let scope = Scope::new(name);
+                if let Some(known) = known
+                    && name != "*"
+                    && !known.contains(scope.resource())
+                {
+                    let list: Vec<&str> = known.iter().map(String::as_str).collect();
+                    return Err(format!(
+                        "`{name}` names no resource this deployment knows ({}); a new resource goes in [scopes] resources",
+                        list.join(", ")
+                    ));
+                }
+                out.push(scope);
+            }
             None => {
                 return Err(format!(
                     "`{name}` is neither a preset nor a scope like \"predict\" or \"models:read\""
@@ -268,7 +289,7 @@ impl Config {
 
     /// Scope names or presets (from the CLI or the API) → scopes.
     pub fn scopes(&self, names: &[String]) -> Result<Vec<Scope>, String> {
-        expand_scopes(&self.presets, names)
+        expand_scopes(&self.presets, Some(&self.resources), names)
     }
 }
 

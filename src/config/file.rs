@@ -128,6 +128,9 @@ pub(super) struct KeysFile {
 pub(super) struct ScopesFile {
     #[serde(default)]
     pub(super) presets: BTreeMap<String, Vec<String>>,
+    /// Resources routes and keys may name besides keygate's own and the presets'.
+    #[serde(default)]
+    pub(super) resources: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

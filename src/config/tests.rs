@@ -231,3 +231,28 @@ fn redis_credentials_never_come_from_the_config_file() {
     );
     assert!(ok.is_ok(), "{:?}", ok.err());
 }
+
+#[test]
+fn scopes_must_name_a_resource_the_deployment_knows() {
+    let typo = MINIMAL.replace("\"models:read\"]", "\"modles:read\"]");
+    let p = problems(&typo).join("\n");
+    assert!(
+        p.contains("route[r].scopes") && p.contains("`modles:read` names no resource"),
+        "{p}"
+    );
+    let declared = format!(
+        "[scopes]\nresources = [\"embeddings\"]\n{}",
+        MINIMAL.replace("\"models:read\"]", "\"embeddings:create\"]")
+    );
+    let config = Config::parse(&declared, Path::new(".")).unwrap();
+    assert!(config.scopes(&["embeddings:create".into()]).is_ok());
+    assert!(
+        config
+            .scopes(&["predict".into(), "keys:manage".into(), "*".into()])
+            .is_ok()
+    );
+    let err = config.scopes(&["predictt".into()]).unwrap_err();
+    assert!(err.contains("`predictt` names no resource"), "{err}");
+    let p = problems(&format!("[scopes]\nresources = [\"a:b\"]\n{MINIMAL}")).join("\n");
+    assert!(p.contains("scopes.resources"), "{p}");
+}

@@ -162,6 +162,27 @@ impl Validator<'_> {
             );
         }
         let presets = self.presets(f.scopes.presets);
+        let mut resources: BTreeSet<String> = defaults::BUILTIN_RESOURCES
+            .iter()
+            .map(|r| r.to_string())
+            .chain(
+                presets
+                    .values()
+                    .flatten()
+                    .filter(|s| s.as_str() != "*")
+                    .map(|s| s.resource().to_owned()),
+            )
+            .collect();
+        for r in &f.scopes.resources {
+            if Scope::is_well_formed(r) && !r.contains(':') && r != "*" {
+                resources.insert(r.clone());
+            } else {
+                self.problem(
+                    "scopes.resources",
+                    format!("`{r}` is not a resource name like \"embeddings\""),
+                );
+            }
+        }
         let log = LogConfig {
             format: f.log.format.unwrap_or(LogFormat::Human),
             level: f
@@ -179,7 +200,7 @@ impl Validator<'_> {
                 ),
             );
         }
-        let routes = self.routes(f.routes, &presets);
+        let routes = self.routes(f.routes, &presets, &resources);
         let strip = match f.headers.strip {
             Some(list) => list,
             None => defaults::STRIP_HEADERS.map(str::to_owned).to_vec(),
@@ -226,6 +247,7 @@ impl Validator<'_> {
             usage_flush_interval,
             legacy_sunset,
             presets,
+            resources,
             log,
             routes,
             strip_headers,
@@ -482,8 +504,9 @@ impl Validator<'_> {
         field: &str,
         names: &[String],
         presets: &BTreeMap<String, Vec<Scope>>,
+        known: Option<&BTreeSet<String>>,
     ) -> Vec<Scope> {
-        expand_scopes(presets, names).unwrap_or_else(|e| {
+        expand_scopes(presets, known, names).unwrap_or_else(|e| {
             self.problem(field, e);
             Vec::new()
         })
@@ -500,8 +523,12 @@ impl Validator<'_> {
             })
             .collect();
         for (name, scopes) in file {
-            let expanded =
-                self.scopes(&format!("scopes.presets.{name}"), &scopes, &BTreeMap::new());
+            let expanded = self.scopes(
+                &format!("scopes.presets.{name}"),
+                &scopes,
+                &BTreeMap::new(),
+                None,
+            );
             presets.insert(name, expanded);
         }
         presets
@@ -511,6 +538,7 @@ impl Validator<'_> {
         &mut self,
         files: Vec<RouteFile>,
         presets: &BTreeMap<String, Vec<Scope>>,
+        known: &BTreeSet<String>,
     ) -> RouteTable {
         if files.is_empty() {
             self.problem(
@@ -565,7 +593,7 @@ impl Validator<'_> {
                     ProjectSource::None
                 }
             };
-            let scopes = self.scopes(&format!("{field}.scopes"), &f.scopes, presets);
+            let scopes = self.scopes(&format!("{field}.scopes"), &f.scopes, presets, Some(known));
             if f.upstreams.is_empty() {
                 self.problem(
                     &format!("{field}.upstreams"),

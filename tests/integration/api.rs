@@ -416,3 +416,28 @@ async fn a_keys_project_restriction_can_be_changed() {
     assert_eq!(s, 200);
     answers(w.gw.addr, public, &key, "ok").await;
 }
+
+/// A key's scopes must name resources the deployment knows: a typo is refused, not stored as a
+/// scope that grants nothing.
+#[tokio::test]
+async fn a_key_with_an_unknown_scope_is_refused() {
+    let w = World::start().await;
+    let body = json!({"name": "typo", "scopes": ["modles:read"], "user_id": "bob"});
+    let (s, v) = api(
+        w.gw.admin,
+        "POST",
+        "/v1/keys?org_id=acme",
+        Some(BOOTSTRAP),
+        Some(body),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (422, Some("invalid_field")),
+        "{v}"
+    );
+    assert!(
+        v["message"].as_str().unwrap().contains("modles:read"),
+        "{v}"
+    );
+}
