@@ -18,24 +18,9 @@ use crate::model::{
     Visibility,
 };
 
-/// Resources only an org admin may act on, whatever a member's key says.
-const ADMIN_ONLY_RESOURCES: [&str; 3] = ["admin", "org", "users"];
-
-/// Whether a role's ceiling includes `required`: admins everything, members everything but org
-/// administration, guests nothing.
-pub fn role_allows(role: Role, required: &Scope) -> bool {
-    match role {
-        Role::Admin => true,
-        Role::Member => {
-            required.as_str() != "*" && !ADMIN_ONLY_RESOURCES.contains(&required.resource())
-        }
-        Role::Guest => false,
-    }
-}
-
 /// Whether a key's scopes, capped by its owner's role, cover `required`.
 pub fn grants(scopes: &[Scope], role: Role, required: &Scope) -> bool {
-    role_allows(role, required) && scopes.iter().any(|s| s.covers(required))
+    role.allows(required) && scopes.iter().any(|s| s.covers(required))
 }
 
 /// Why a resolved key cannot be used at all (401).
@@ -220,7 +205,7 @@ mod tests {
             (Role::Guest, "predict", false),
         ];
         for (role, required, want) in rows {
-            assert_eq!(role_allows(role, &s(required)), want, "{role} {required}");
+            assert_eq!(Role::allows(role, &s(required)), want, "{role} {required}");
         }
         // A member's `*` key is capped by the role; an admin's is not.
         assert!(grants(&[s("*")], Role::Member, &s("predict")));

@@ -19,6 +19,10 @@ pub struct IdentityHeaders {
     pub org_id: HeaderValue,
     pub role: HeaderValue,
     pub scopes: HeaderValue,
+    /// Some of the key's scopes go beyond its owner's role (a member holding a key made while
+    /// an admin): `scopes` is then not what the key may do, and the request path sends the
+    /// effective scopes instead (rare, so made per request).
+    pub capped: bool,
 }
 
 impl IdentityHeaders {
@@ -39,6 +43,7 @@ impl IdentityHeaders {
             org_id: cut(&mut buf, [org_id]),
             role: cut(&mut buf, [role]),
             scopes: cut(&mut buf, scopes()),
+            capped: key.scopes.iter().any(|s| !owner.role.allows(s)),
         }
     }
 }

@@ -19,7 +19,7 @@ mod identity;
 mod scope;
 
 pub use identity::IdentityHeaders;
-pub use scope::Scope;
+pub use scope::{Scope, effective};
 
 /// Ids are `CompactString`s: up to 24 bytes are stored in place of the pointer, so the ids a cached
 /// key holds (its own, its org's and owner's, twice over) are no allocations of their own.

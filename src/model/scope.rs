@@ -8,6 +8,47 @@ use std::fmt;
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
+use super::Role;
+
+/// Resources only an org admin may act on, whatever a member's key says.
+pub const ADMIN_ONLY_RESOURCES: [&str; 3] = ["admin", "org", "users"];
+
+/// What `scopes` allow a holder of `role` to do, as scopes: those within the role's ceiling
+/// as they are, a `*` beyond it as `resource:*` for every resource in `known` the role allows,
+/// and the rest (admin resources for a member) dropped. Space-separated, sorted.
+pub fn effective(
+    scopes: &[Scope],
+    role: Role,
+    known: &std::collections::BTreeSet<String>,
+) -> String {
+    let mut out: Vec<String> = Vec::new();
+    for scope in scopes {
+        if role.allows(scope) {
+            out.push(scope.as_str().to_owned());
+        } else if scope.as_str() == "*" {
+            let allowed = known.iter().filter(|r| role.allows(&Scope::new(r)));
+            out.extend(allowed.map(|r| format!("{r}:*")));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out.join(" ")
+}
+
+impl Role {
+    /// Whether this role's ceiling includes `required`: admins everything, members everything
+    /// but org administration, guests nothing.
+    pub fn allows(self, required: &Scope) -> bool {
+        match self {
+            Role::Admin => true,
+            Role::Member => {
+                required.as_str() != "*" && !ADMIN_ONLY_RESOURCES.contains(&required.resource())
+            }
+            Role::Guest => false,
+        }
+    }
+}
+
 /// A permission: `resource:action`, `resource`, `resource:*` or `*`. Stored inline up to 24
 /// bytes, like ids.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -62,5 +103,31 @@ impl Scope {
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn effective_scopes_are_capped_by_the_role() {
+        let known = ["admin", "keys", "models", "org", "predict", "users"]
+            .map(str::to_owned)
+            .into();
+        let scopes = |list: &[&str]| list.iter().map(|s| Scope::new(s)).collect::<Vec<_>>();
+        let all = scopes(&["*"]);
+        assert_eq!(effective(&all, Role::Admin, &known), "*");
+        assert_eq!(
+            effective(&all, Role::Member, &known),
+            "keys:* models:* predict:*",
+            "a member's * is every resource but org administration"
+        );
+        let mixed = scopes(&["predict", "users:read", "models:read"]);
+        assert_eq!(
+            effective(&mixed, Role::Member, &known),
+            "models:read predict"
+        );
+        assert_eq!(effective(&mixed, Role::Guest, &known), "");
     }
 }

@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 
 use super::route::{Route, Upstream};
 use super::{ConnInfo, Gateway, Identity, ResponseBody};
-use crate::config::{Limits, StripHeaders};
+use crate::config::{Config, Limits};
 use crate::credential::CREDENTIAL_HEADERS;
 use crate::error::GatewayError;
 use crate::runtime::progress::{BodyStalled, Progress};
@@ -104,8 +104,8 @@ pub fn forward(
 ) -> impl Future<Output = Result<Response<ResponseBody>, GatewayError>> {
     let ups = &gw.upstreams;
     let upstream = route.pick_upstream();
-    let strip = &gw.replica.config.strip_headers;
-    let upstream_req = upstream_request(route, upstream, req, identity, conn, request_id, strip);
+    let config = &gw.replica.config;
+    let upstream_req = upstream_request(route, upstream, req, identity, conn, request_id, config);
     let upstream_req = upstream_req.map(|body| {
         let body = Progress::new(body, &ups.body_timer, ups.body_idle);
         Limited::new(body, ups.max_body_bytes as usize)
@@ -147,7 +147,7 @@ fn upstream_request(
     identity: Option<&Identity>,
     conn: ConnInfo,
     request_id: &HeaderValue,
-    strip: &StripHeaders,
+    config: &Config,
 ) -> Request<Incoming> {
     let (mut parts, body) = req.into_parts();
     let original_host = parts
@@ -170,7 +170,7 @@ fn upstream_request(
         conn,
         request_id,
         original_host,
-        strip,
+        config,
     );
     parts.headers.insert(header::HOST, upstream.host.clone());
     Request::from_parts(parts, body)
@@ -182,8 +182,9 @@ fn rewrite_request_headers(
     conn: ConnInfo,
     request_id: &HeaderValue,
     original_host: Option<HeaderValue>,
-    strip: &StripHeaders,
+    config: &Config,
 ) {
+    let strip = &config.strip_headers;
     // `Expect: 100-continue` was answered by keygate's own server already.
     remove_hop_by_hop_and(headers, |name| {
         CREDENTIAL_HEADERS.contains(name)
@@ -200,7 +201,15 @@ fn rewrite_request_headers(
         headers.insert(X_KEYGATE_USER_ID, made.user_id.clone());
         headers.insert(X_KEYGATE_ORG_ID, made.org_id.clone());
         headers.insert(X_KEYGATE_ROLE, made.role.clone());
-        headers.insert(X_KEYGATE_SCOPES, made.scopes.clone());
+        let scopes = match made.capped {
+            false => made.scopes.clone(),
+            true => {
+                let p = &id.principal;
+                let text = crate::model::effective(&p.key.scopes, p.owner.role, &config.resources);
+                HeaderValue::from_str(&text).expect("scopes are header-safe")
+            }
+        };
+        headers.insert(X_KEYGATE_SCOPES, scopes);
         if let Some(project) = &id.project {
             let project = HeaderValue::from_str(project.as_str()).expect("ids are header-safe");
             headers.insert(X_KEYGATE_PROJECT_ID, project);
@@ -316,7 +325,12 @@ mod tests {
         }
         let conn = ConnInfo::new("127.0.0.1:1".parse().unwrap(), false);
         let id = HeaderValue::from_static("rid");
-        rewrite_request_headers(&mut h, None, conn, &id, None, &StripHeaders::default());
+        let config = Config::parse(
+            "[[listener]]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n[redis]\nurl = \"redis://127.0.0.1:1\"\n[[route]]\nid = \"r\"\npath_prefix = \"/\"\norg = \"o\"\nupstreams = [\"http://127.0.0.1:1\"]\n",
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        rewrite_request_headers(&mut h, None, conn, &id, None, &config);
         let multi: Vec<_> = h.get_all("x-multi").iter().collect();
         assert_eq!(multi, ["a", "b", "c"]);
         assert_eq!(h["accept"], "*/*");

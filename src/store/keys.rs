@@ -21,7 +21,6 @@ use crate::model::{
     KeyGrant, KeyHash, KeyId, KeyRecord, KeyStatus, MAX_TIME, OrgId, ProjectId, Role, Scope, User,
     UserId, UserStatus, unix_now,
 };
-use crate::policy::role_allows;
 
 /// Shortest validity a key may be created with, in seconds.
 pub const MIN_VALIDITY_SECS: u64 = 60;
@@ -89,7 +88,7 @@ fn check_scopes(owner: &User, scopes: &[Scope]) -> Result<(), StoreError> {
                 "`{scope}` is not a scope like \"predict\" or \"models:read\""
             )));
         }
-        if !role_allows(owner.role, scope) {
+        if !owner.role.allows(scope) {
             return Err(StoreError::Rejected(format!(
                 "scope `{scope}` is beyond what a {} may do",
                 owner.role

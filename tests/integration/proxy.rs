@@ -958,3 +958,25 @@ async fn an_early_answer_to_an_upload_reaches_a_client_still_writing() {
     assert!(text.contains("connection: close"), "{text}");
     assert!(w.upstream.requests().is_empty());
 }
+
+/// An admin demoted to member keeps a `*` key; upstreams are told what it may do now, not what
+/// it once could: every resource the deployment knows but org administration.
+#[tokio::test]
+async fn upstreams_receive_the_effective_scopes_of_a_capped_key() {
+    let w = World::start().await;
+    let path = "/v1/projects/pub/x";
+    answers(w.gw.addr, path, &w.keys.ada, "ok").await;
+    assert_eq!(w.upstream.last().headers["x-keygate-scopes"], "*");
+    w.store
+        .update_user(&UserId::from("ada"), Some(Role::Member), None)
+        .await
+        .unwrap();
+    w.gw.sync_invalidations(&w.redis).await;
+    answers(w.gw.addr, path, &w.keys.ada, "ok").await;
+    let seen = w.upstream.last();
+    assert_eq!(seen.headers["x-keygate-role"], "member");
+    assert_eq!(
+        seen.headers["x-keygate-scopes"],
+        "datasets:* keys:* models:* predict:* projects:*"
+    );
+}
