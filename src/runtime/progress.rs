@@ -23,20 +23,17 @@ pub struct BodyStalled(pub Duration);
 /// `body`, failing with [`BodyStalled`] when it makes no progress for `idle`.
 pub struct Progress<B> {
     body: B,
-    idle: Duration,
-    /// `None` for a body that is empty from the start (most requests): nothing to wait for,
-    /// so no clock is read and no timeout made.
-    deadline: Option<CoarseSleep>,
+    /// The idle time and its timeout; `None` for a body that is empty from the start (most
+    /// requests): nothing to wait for, so no clock is read and no timeout made. Boxed, so that
+    /// the request it travels in, moved several times on its way upstream, grows by a pointer.
+    deadline: Option<Box<(Duration, CoarseSleep)>>,
 }
 
 impl<B: Body> Progress<B> {
     pub fn new(body: B, timer: &CoarseTimer, idle: Duration) -> Progress<B> {
-        let deadline = (!body.is_end_stream()).then(|| timer.deadline(Instant::now() + idle));
-        Progress {
-            body,
-            idle,
-            deadline,
-        }
+        let deadline = (!body.is_end_stream())
+            .then(|| Box::new((idle, timer.deadline(Instant::now() + idle))));
+        Progress { body, deadline }
     }
 }
 
@@ -56,14 +53,18 @@ where
         match (Pin::new(&mut this.body).poll_frame(cx), &mut this.deadline) {
             (Poll::Ready(frame), deadline) => {
                 if let Some(deadline) = deadline {
-                    deadline.reset(Instant::now() + this.idle);
+                    let (idle, sleep) = &mut **deadline;
+                    sleep.reset(Instant::now() + *idle);
                 }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            (Poll::Pending, Some(deadline)) => match Pin::new(deadline).poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(BodyStalled(this.idle).into()))),
-                Poll::Pending => Poll::Pending,
-            },
+            (Poll::Pending, Some(deadline)) => {
+                let (idle, sleep) = &mut **deadline;
+                match Pin::new(sleep).poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyStalled(*idle).into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
             (Poll::Pending, None) => Poll::Pending,
         }
     }
