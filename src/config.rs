@@ -164,23 +164,20 @@ pub struct StripHeaders {
 }
 
 impl StripHeaders {
-    /// From lower-case names, each exact or ending in `*` for a prefix; `None` for one that is
-    /// neither.
+    /// From names, each exact or ending in `*` for a prefix; the error names the first entry
+    /// that is neither.
     pub fn parse(entries: &[String]) -> Result<StripHeaders, String> {
         let mut out = StripHeaders::default();
         for entry in entries {
             let lower = entry.to_ascii_lowercase();
-            match lower.strip_suffix('*') {
-                Some(prefix)
-                    if !prefix.is_empty()
-                        && http::HeaderName::from_bytes(prefix.as_bytes()).is_ok() =>
-                {
-                    out.prefixes.push(prefix.to_owned())
-                }
-                None if http::HeaderName::from_bytes(lower.as_bytes()).is_ok() => out
-                    .names
-                    .push(http::HeaderName::from_bytes(lower.as_bytes()).expect("checked")),
-                _ => {
+            let (text, prefix) = match lower.strip_suffix('*') {
+                Some(p) => (p, true),
+                None => (lower.as_str(), false),
+            };
+            match http::HeaderName::from_bytes(text.as_bytes()) {
+                Ok(_) if prefix => out.prefixes.push(text.to_owned()),
+                Ok(name) => out.names.push(name),
+                Err(_) => {
                     return Err(format!(
                         "`{entry}` is not a header name, or a prefix ending in `*`"
                     ));

@@ -236,13 +236,13 @@ fn proxy<'g>(
     async move {
         refuse_tunnels(&req)?;
         check_head_size(&req, &gw.replica.config.limits)?;
-        check_host(&req)?;
+        let host = host(&req)?;
         let path = route::normalise(req.uri().path())?;
         let route = gw
             .replica
             .config
             .routes
-            .find(host(&req), path)
+            .find(host, path)
             .ok_or(GatewayError::RouteNotFound)?;
         record.route = Some(route);
         let identity = if route.public {
@@ -372,22 +372,6 @@ fn check_head_size(req: &Request<Incoming>, limits: &Limits) -> Result<(), Gatew
     Ok(())
 }
 
-/// Step 1: the host is unambiguous (RFC 9112 §3.2): an HTTP/1.1 request has exactly one `Host`;
-/// an HTTP/2 request's `:authority`, if it also sends `Host`, is the same.
-fn check_host(req: &Request<Incoming>) -> Result<(), GatewayError> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let (first, second) = (hosts.next(), hosts.next());
-    let fine = match (req.version(), req.uri().authority(), first, second) {
-        (_, _, Some(_), Some(_)) => false,
-        (Version::HTTP_11, None, None, _) => false,
-        (Version::HTTP_2, Some(authority), Some(host), _) => host
-            .as_bytes()
-            .eq_ignore_ascii_case(authority.as_str().as_bytes()),
-        _ => true,
-    };
-    fine.then_some(()).ok_or(GatewayError::InvalidHost)
-}
-
 /// Step 8: the route forwards this method, and no upgrade is asked for. After authentication,
 /// so that a caller without a key learns nothing but 401.
 fn check_method(route: &Route, req: &Request<Incoming>) -> Result<(), GatewayError> {
@@ -412,13 +396,27 @@ fn check_body_size(headers: &HeaderMap, max: u64) -> Result<(), GatewayError> {
     }
 }
 
-/// The host the client addressed: `:authority` (HTTP/2, absolute-form) or `Host`.
-fn host(req: &Request<Incoming>) -> Option<&str> {
-    req.uri().authority().map(|a| a.as_str()).or_else(|| {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-    })
+/// Step 1: the host the client addressed, `:authority` (HTTP/2, absolute form) or `Host`, once
+/// it is unambiguous (RFC 9112 §3.2): an HTTP/1.1 request has exactly one `Host`; an HTTP/2
+/// request's `Host`, if it sends one too, is its `:authority`. One header lookup for both.
+fn host(req: &Request<Incoming>) -> Result<Option<&str>, GatewayError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let (first, second) = (hosts.next(), hosts.next());
+    let authority = req.uri().authority();
+    let fine = match (req.version(), authority, first, second) {
+        (_, _, Some(_), Some(_)) => false,
+        (Version::HTTP_11, None, None, _) => false,
+        (Version::HTTP_2, Some(authority), Some(host), _) => host
+            .as_bytes()
+            .eq_ignore_ascii_case(authority.as_str().as_bytes()),
+        _ => true,
+    };
+    if !fine {
+        return Err(GatewayError::InvalidHost);
+    }
+    Ok(authority
+        .map(|a| a.as_str())
+        .or_else(|| first.and_then(|h| h.to_str().ok())))
 }
 
 /// `Deprecation: @<unix seconds>` (RFC 9745).
