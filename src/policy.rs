@@ -7,15 +7,15 @@
 //! 1. [`check_key`]: the key is active and not expired at `now`; the presented secret is the
 //!    key's current one, or a rotated-out one within its grace period; a legacy pair is presented
 //!    before the legacy sunset; the owner is active.
-//! 2. [`authorize`]: the key's org is the route's org; the owner is not a guest; a project the
+//! 2. [`authorize`]: the key's org is the one the route or request names (any, on a route for
+//!    every org); the owner is not a guest; a project the
 //!    route names exists in that org; the owner is a member of it, or it is public, or the owner is
 //!    an org admin (who manages every project of the org anyway); the key is not
 //!    restricted to other projects; every scope the route requires is covered both by one of the
 //!    key's scopes and by the owner's role ceiling (effective scopes = key scopes ∩ role ceiling).
 
 use crate::model::{
-    Credential, KeyStatus, OrgId, Principal, Project, ProjectStatus, Role, Scope, UserStatus,
-    Visibility,
+    Credential, KeyStatus, Principal, Project, ProjectStatus, Role, Scope, UserStatus, Visibility,
 };
 
 /// Whether a key's scopes, capped by its owner's role, cover `required`.
@@ -90,7 +90,8 @@ pub fn check_key(
 /// What a route asks of a caller.
 #[derive(Clone, Copy, Debug)]
 pub struct Access<'a> {
-    pub org: &'a OrgId,
+    /// The org the route or request names; `None`: any (the key's own).
+    pub org: Option<&'a str>,
     pub scopes: &'a [Scope],
     /// The project the request is for: `None` when the route names none, `Some(None)` when it
     /// names one that does not exist.
@@ -99,7 +100,8 @@ pub struct Access<'a> {
 
 /// Rule 2: may this (usable) key make this request?
 pub fn authorize(p: &Principal, access: &Access<'_>) -> Result<(), Denial> {
-    if &p.key.org_id != access.org || &p.owner.org_id != access.org {
+    let org = &p.key.org_id;
+    if access.org.is_some_and(|want| want != org.as_str()) || &p.owner.org_id != org {
         return Err(Denial::OrgMismatch);
     }
     if p.owner.role == Role::Guest {
@@ -110,7 +112,7 @@ pub fn authorize(p: &Principal, access: &Access<'_>) -> Result<(), Denial> {
         None => {}
         Some(None) => return Err(Denial::ProjectNotFound),
         Some(Some(project)) => {
-            if &project.org_id != access.org {
+            if &project.org_id != org {
                 return Err(Denial::ProjectNotFound);
             }
             if project.status == ProjectStatus::Archived {
@@ -140,7 +142,7 @@ pub fn authorize(p: &Principal, access: &Access<'_>) -> Result<(), Denial> {
 mod tests {
     use super::*;
     use crate::model::KeyHash;
-    use crate::model::{KeyGrant, KeyId, Owner, ProjectId, UserId};
+    use crate::model::{KeyGrant, KeyId, OrgId, Owner, ProjectId, UserId};
 
     fn s(x: &str) -> Scope {
         Scope::new(x)
@@ -383,8 +385,6 @@ mod tests {
 
     #[test]
     fn authorization_table() {
-        let acme = OrgId::from("acme");
-        let other = OrgId::from("other");
         let predict = [s("predict")];
         let admin = [s("admin")];
         let private_member = project("p1", "acme", Visibility::Private, &["u1"]);
@@ -402,17 +402,37 @@ mod tests {
                 "org route, no project",
                 none,
                 Access {
-                    org: &acme,
+                    org: Some("acme"),
                     scopes: &predict,
                     project: None,
                 },
                 Ok(()),
             ),
             (
+                "a route for every org, the key's own project",
+                none,
+                Access {
+                    org: None,
+                    scopes: &predict,
+                    project: Some(Some(&private_member)),
+                },
+                Ok(()),
+            ),
+            (
+                "a route for every org, another org's project: as if there were none",
+                none,
+                Access {
+                    org: None,
+                    scopes: &predict,
+                    project: Some(Some(&foreign)),
+                },
+                Err(Denial::ProjectNotFound),
+            ),
+            (
                 "other org's route",
                 none,
                 Access {
-                    org: &other,
+                    org: Some("other"),
                     scopes: &predict,
                     project: None,
                 },
@@ -422,7 +442,7 @@ mod tests {
                 "guest",
                 |p| p.owner.role = Role::Guest,
                 Access {
-                    org: &acme,
+                    org: Some("acme"),
                     scopes: &predict,
                     project: None,
                 },
@@ -432,7 +452,7 @@ mod tests {
                 "member of private project",
                 none,
                 Access {
-                    org: &acme,
+                    org: Some("acme"),
                     scopes: &predict,
                     project: Some(Some(&private_member)),
                 },
@@ -442,7 +462,7 @@ mod tests {
                 "stranger to private project",
                 none,
                 Access {
-                    org: &acme,
+                    org: Some("acme"),
                     scopes: &predict,
                     project: Some(Some(&private_stranger)),
                 },
@@ -452,7 +472,7 @@ mod tests {
                 "org admin reaches every project of the org",
                 |p| p.owner.role = Role::Admin,
                 Access {
-                    org: &acme,
+                    org: Some("acme"),
                     scopes: &predict,
                     project: Some(Some(&private_stranger)),
                 },
@@ -462,7 +482,7 @@ mod tests {
                 "public project",
                 none,
                 Access {
-                    org: &acme,
+                    org: Some("acme"),
                     scopes: &predict,
                     project: Some(Some(&public)),
                 },
@@ -472,7 +492,7 @@ mod tests {
                 "archived project",
                 none,
                 Access {
-                    org: &acme,
+                    org: Some("acme"),
                     scopes: &predict,
                     project: Some(Some(&archived)),
                 },
@@ -482,7 +502,7 @@ mod tests {
                 "unknown project",
                 none,
                 Access {
-                    org: &acme,
+                    org: Some("acme"),
                     scopes: &predict,
                     project: Some(None),
                 },
@@ -492,7 +512,7 @@ mod tests {
                 "project of another org",
                 none,
                 Access {
-                    org: &acme,
+                    org: Some("acme"),
                     scopes: &predict,
                     project: Some(Some(&foreign)),
                 },
@@ -502,7 +522,7 @@ mod tests {
                 "key restricted to this project",
                 |p| p.key.project_ids = vec![ProjectId::from("p3")],
                 Access {
-                    org: &acme,
+                    org: Some("acme"),
                     scopes: &predict,
                     project: Some(Some(&public)),
                 },
@@ -512,7 +532,7 @@ mod tests {
                 "key restricted to another project",
                 |p| p.key.project_ids = vec![ProjectId::from("p1")],
                 Access {
-                    org: &acme,
+                    org: Some("acme"),
                     scopes: &predict,
                     project: Some(Some(&public)),
                 },
@@ -522,7 +542,7 @@ mod tests {
                 "restricted key on an org-wide route",
                 |p| p.key.project_ids = vec![ProjectId::from("p1")],
                 Access {
-                    org: &acme,
+                    org: Some("acme"),
                     scopes: &predict,
                     project: None,
                 },
@@ -532,7 +552,7 @@ mod tests {
                 "scope missing",
                 |p| p.key.scopes = vec![s("models:read")],
                 Access {
-                    org: &acme,
+                    org: Some("acme"),
                     scopes: &predict,
                     project: None,
                 },
@@ -542,7 +562,7 @@ mod tests {
                 "member's * key on admin route",
                 |p| p.key.scopes = vec![s("*")],
                 Access {
-                    org: &acme,
+                    org: Some("acme"),
                     scopes: &admin,
                     project: None,
                 },
@@ -555,7 +575,7 @@ mod tests {
                     p.owner.role = Role::Admin
                 },
                 Access {
-                    org: &acme,
+                    org: Some("acme"),
                     scopes: &admin,
                     project: None,
                 },
@@ -565,7 +585,7 @@ mod tests {
                 "no scopes required",
                 |p| p.key.scopes = vec![],
                 Access {
-                    org: &acme,
+                    org: Some("acme"),
                     scopes: &[],
                     project: None,
                 },

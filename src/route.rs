@@ -119,6 +119,76 @@ pub enum ProjectError {
     Ambiguous,
 }
 
+/// Whose keys a route accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OrgSource {
+    /// One org's: `org = "acme"`.
+    Fixed(OrgId),
+    /// Every org's (`org = "*"`): the tenant is the key's org, and the project the request names
+    /// is looked up in it. Public routes are this too.
+    Any,
+    /// The org the n-th path segment (1-based) names: `/v1/orgs/{org}/…` is segment 3.
+    Segment(usize),
+    /// The org the first host label names (`host = "{org}.api.example.com"`).
+    HostLabel,
+}
+
+/// Which hosts a route serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostRule {
+    Any,
+    /// One host, lower case, without port.
+    Exact(String),
+    /// `{org}.api.example.com`: any one label before this suffix (`.api.example.com`, lower case).
+    OrgLabel(String),
+}
+
+impl HostRule {
+    /// `api.example.com`, or `{org}.api.example.com` for a route that takes the org from the host.
+    pub fn parse(host: &str) -> HostRule {
+        let host = host.to_ascii_lowercase();
+        match host.strip_prefix("{org}") {
+            Some(suffix) => HostRule::OrgLabel(suffix.to_owned()),
+            None => HostRule::Exact(host),
+        }
+    }
+
+    /// The label the request's host has where the rule has `{org}`, when it matches. `host` is
+    /// without port.
+    fn matches<'h>(&self, host: Option<&'h str>) -> Option<&'h str> {
+        match (self, host) {
+            (HostRule::Any, _) => Some(""),
+            (HostRule::Exact(want), Some(h)) => h.eq_ignore_ascii_case(want).then_some(""),
+            (HostRule::OrgLabel(suffix), Some(h)) => {
+                let split = h.len().checked_sub(suffix.len())?;
+                let (label, rest) = (h.get(..split)?, h.get(split..)?);
+                (rest.eq_ignore_ascii_case(suffix) && !label.is_empty() && !label.contains('.'))
+                    .then_some(label)
+            }
+            (_, None) => None,
+        }
+    }
+
+    /// Exact hosts first, then patterns, then any host.
+    fn rank(&self) -> u8 {
+        match self {
+            HostRule::Exact(_) => 2,
+            HostRule::OrgLabel(_) => 1,
+            HostRule::Any => 0,
+        }
+    }
+}
+
+impl fmt::Display for HostRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostRule::Any => f.write_str("*"),
+            HostRule::Exact(h) => f.write_str(h),
+            HostRule::OrgLabel(suffix) => write!(f, "{{org}}{suffix}"),
+        }
+    }
+}
+
 /// An upstream base URL: `http://host[:port][/base/path]`.
 #[derive(Clone, Debug)]
 pub struct Upstream {
@@ -160,11 +230,10 @@ impl Upstream {
 #[derive(Debug)]
 pub struct Route {
     pub id: String,
-    /// Lower-case host without port; `None` matches any host.
-    pub host: Option<String>,
+    pub host: HostRule,
     pub prefix: String,
-    /// The org whose keys this route accepts (`None` only for public routes).
-    pub org: Option<OrgId>,
+    /// Whose keys this route accepts.
+    pub org: OrgSource,
     pub project: ProjectSource,
     /// Required scopes, presets already expanded.
     pub scopes: Vec<Scope>,
@@ -188,9 +257,9 @@ impl Route {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: String,
-        host: Option<String>,
+        host: HostRule,
         prefix: String,
-        org: Option<OrgId>,
+        org: OrgSource,
         project: ProjectSource,
         scopes: Vec<Scope>,
         upstreams: Vec<Upstream>,
@@ -237,6 +306,18 @@ impl Route {
             || path
                 .strip_prefix(self.prefix.as_str())
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+
+    /// The org a request on this route must be made with a key of, by the route's rule; `None`
+    /// when any org's key will do. `host` is without port. A request that names no valid org
+    /// names one no key belongs to.
+    pub fn org_of<'a>(&'a self, host: Option<&'a str>, path: &'a str) -> Option<&'a str> {
+        match &self.org {
+            OrgSource::Fixed(org) => Some(org.as_str()),
+            OrgSource::Any => None,
+            OrgSource::Segment(n) => Some(path[1..].split('/').nth(n - 1).unwrap_or("")),
+            OrgSource::HostLabel => Some(self.host.matches(host).unwrap_or("")),
+        }
     }
 
     /// The project this request is for, by the route's rule.
@@ -323,8 +404,8 @@ impl RouteTable {
     pub fn new(mut routes: Vec<Route>) -> RouteTable {
         routes.sort_by(|a, b| {
             b.host
-                .is_some()
-                .cmp(&a.host.is_some())
+                .rank()
+                .cmp(&a.host.rank())
                 .then(b.prefix.len().cmp(&a.prefix.len()))
         });
         for (i, r) in routes.iter_mut().enumerate() {
@@ -333,15 +414,12 @@ impl RouteTable {
         RouteTable { routes }
     }
 
-    /// The route for a request. `host` may carry a port; `path` must be normalised.
+    /// The route for a request. `host` must be without port (see [`strip_port`]); `path` must be
+    /// normalised.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Route> {
-        let host = host.map(strip_port);
-        self.routes.iter().find(|r| {
-            r.host
-                .as_deref()
-                .is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
-                && r.matches_path(path)
-        })
+        self.routes
+            .iter()
+            .find(|r| r.host.matches(host).is_some() && r.matches_path(path))
     }
 
     /// Pairs of routes no request could tell apart.
@@ -362,7 +440,8 @@ impl RouteTable {
     }
 }
 
-fn strip_port(host: &str) -> &str {
+/// `host` without its `:port`.
+pub fn strip_port(host: &str) -> &str {
     match host.rfind(':') {
         Some(i) if !host.ends_with(']') && host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => {
             &host[..i]
@@ -373,7 +452,7 @@ fn strip_port(host: &str) -> &str {
 
 impl fmt::Display for Route {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}{}", self.host.as_deref().unwrap_or("*"), self.prefix)
+        write!(f, "{}{}", self.host, self.prefix)
     }
 }
 
@@ -435,9 +514,9 @@ mod tests {
     fn route(id: &str, host: Option<&str>, prefix: &str, project: ProjectSource) -> Route {
         Route::new(
             id.into(),
-            host.map(Into::into),
+            host.map_or(HostRule::Any, HostRule::parse),
             prefix.into(),
-            Some(OrgId::from("acme")),
+            OrgSource::Fixed(OrgId::from("acme")),
             project,
             vec![],
             vec![Upstream::parse("http://127.0.0.1:9/base").unwrap()],
@@ -476,7 +555,7 @@ mod tests {
         ];
         for (host, path, want) in rows {
             assert_eq!(
-                t.find(host, path).map(|r| r.id.as_str()),
+                t.find(host.map(strip_port), path).map(|r| r.id.as_str()),
                 Some(want),
                 "{host:?} {path}"
             );
@@ -489,6 +568,55 @@ mod tests {
         )]);
         assert!(no_root.find(None, "/v1/other").is_none());
         assert!(no_root.find(None, "/v1").is_none());
+    }
+
+    #[test]
+    fn org_sources() {
+        let mut by_host = route("h", Some("{org}.api.example.com"), "/", ProjectSource::None);
+        by_host.org = OrgSource::HostLabel;
+        let mut by_path = route("p", None, "/v1/orgs", ProjectSource::Segment(4));
+        by_path.org = OrgSource::Segment(3);
+        let t = RouteTable::new(vec![
+            by_host,
+            by_path,
+            route(
+                "exact",
+                Some("admin.api.example.com"),
+                "/",
+                ProjectSource::None,
+            ),
+        ]);
+        let rows = [
+            (
+                Some("beta.api.example.com"),
+                "/x",
+                Some(("h", Some("beta"))),
+            ),
+            (
+                Some("Beta.API.example.com"),
+                "/x",
+                Some(("h", Some("Beta"))),
+            ),
+            (
+                Some("admin.api.example.com"),
+                "/x",
+                Some(("exact", Some("acme"))),
+            ),
+            (Some("a.b.api.example.com"), "/x", None),
+            (Some(".api.example.com"), "/x", None),
+            (Some("api.example.com"), "/x", None),
+            (None, "/v1/orgs/beta/p1", Some(("p", Some("beta")))),
+            (None, "/v1/orgs", Some(("p", Some("")))),
+        ];
+        for (host, path, want) in rows {
+            let got = t
+                .find(host, path)
+                .map(|r| (r.id.as_str(), r.org_of(host, path)));
+            assert_eq!(got, want, "{host:?} {path}");
+        }
+        let mut any = route("any", None, "/", ProjectSource::None);
+        any.org = OrgSource::Any;
+        assert_eq!(any.org_of(Some("x"), "/a"), None);
     }
 
     #[test]

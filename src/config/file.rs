@@ -147,7 +147,7 @@ pub(super) struct RouteFile {
     pub(super) id: String,
     pub(super) host: Option<String>,
     pub(super) path_prefix: String,
-    pub(super) org: Option<String>,
+    pub(super) org: Option<OrgFile>,
     pub(super) project: Option<ProjectFile>,
     #[serde(default)]
     pub(super) scopes: Vec<String>,
@@ -160,6 +160,17 @@ pub(super) struct RouteFile {
     pub(super) methods: Option<Vec<String>>,
     #[serde(default)]
     pub(super) error_style: crate::route::ErrorStyle,
+}
+
+/// `"acme"`, `"*"` (every org's keys) or `{ segment = 3 }`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "an org id, \"*\" (every org's keys) or { segment = N } (the org is the N-th path segment)"
+)]
+pub(super) enum OrgFile {
+    Named(String),
+    Segment { segment: usize },
 }
 
 #[derive(Debug, Deserialize)]

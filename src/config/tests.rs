@@ -256,3 +256,46 @@ fn scopes_must_name_a_resource_the_deployment_knows() {
     let p = problems(&format!("[scopes]\nresources = [\"a:b\"]\n{MINIMAL}")).join("\n");
     assert!(p.contains("scopes.resources"), "{p}");
 }
+
+#[test]
+fn routes_say_whose_keys_they_accept() {
+    let org = |line: &str| MINIMAL.replace("org = \"acme\"", line);
+    let parsed = |line: &str| {
+        let c = Config::parse(&org(line), Path::new(".")).unwrap();
+        let r = c.routes.iter().next().unwrap();
+        (r.org.clone(), r.host.clone())
+    };
+    use crate::route::{HostRule, OrgSource};
+    assert_eq!(parsed("org = \"*\"").0, OrgSource::Any);
+    assert_eq!(parsed("org = { segment = 2 }").0, OrgSource::Segment(2));
+    assert_eq!(
+        parsed("host = \"{org}.API.example.com\""),
+        (
+            OrgSource::HostLabel,
+            HostRule::OrgLabel(".api.example.com".into())
+        )
+    );
+    for (line, needle) in [
+        ("", "route[r].org: a route that needs keys must say whose"),
+        ("org = \"a b\"", "route[r].org: must be an org id or \"*\""),
+        (
+            "org = { segment = 0 }",
+            "route[r].org: segments count from 1",
+        ),
+        (
+            "org = { segment = 3 }\nproject = { segment = 3 }",
+            "cannot be the same path segment",
+        ),
+        (
+            "org = \"acme\"\nhost = \"{org}.example.com\"",
+            "the host names the org",
+        ),
+        ("host = \"api.{org}.example.com\"", "route[r].host"),
+        ("host = \"{org}x.example.com\"", "route[r].host"),
+    ] {
+        let p = problems(&org(line)).join("\n");
+        assert!(p.contains(needle), "{line}: missing {needle:?} in:\n{p}");
+    }
+    let err = Config::parse(&org("org = { segmnt = 2 }"), Path::new(".")).unwrap_err();
+    assert!(err.to_string().contains("{ segment = N }"), "{err}");
+}

@@ -11,7 +11,9 @@ use std::time::Duration;
 use super::file::*;
 use super::*;
 use crate::model::{OrgId, ProjectId, is_valid_id};
-use crate::route::{NEVER_FORWARDED, ProjectSource, Route, RouteTable, Upstream};
+use crate::route::{
+    HostRule, NEVER_FORWARDED, OrgSource, ProjectSource, Route, RouteTable, Upstream,
+};
 use crate::telemetry::LogFormat;
 
 /// Collects problems instead of stopping at the first.
@@ -557,17 +559,8 @@ impl Validator<'_> {
             {
                 self.problem(&format!("{field}.path_prefix"), format!("`{}` must be a plain absolute path like \"/v1/predict\" (no trailing '/', '..', '%', ';')", f.path_prefix));
             }
-            let org = f.org.as_ref().map(|o| OrgId::from(o.as_str()));
-            match (&org, f.public) {
-                (None, false) => self.problem(
-                    &format!("{field}.org"),
-                    "a route that needs keys must name the org whose keys it accepts",
-                ),
-                (Some(o), _) if !is_valid_id(o.as_str()) => {
-                    self.problem(&format!("{field}.org"), "must be an org id")
-                }
-                _ => {}
-            }
+            let host = f.host.as_deref().map_or(HostRule::Any, HostRule::parse);
+            let org = self.route_org(&field, &f, &host);
             if f.public && (!f.scopes.is_empty() || f.project.is_some()) {
                 self.problem(
                     &field,
@@ -611,7 +604,6 @@ impl Validator<'_> {
                         .ok()
                 })
                 .collect();
-            let host = f.host.map(|h| h.to_ascii_lowercase());
             let methods = f.methods.as_deref().map(|m| self.methods(&field, m));
             let mut route = Route::new(
                 f.id,
@@ -638,5 +630,47 @@ impl Validator<'_> {
             );
         }
         table
+    }
+
+    /// Whose keys a route accepts: `org` = an org id, `"*"` or `{ segment = N }`, or a host
+    /// `{org}.api.example.com`.
+    fn route_org(&mut self, field: &str, f: &RouteFile, host: &HostRule) -> OrgSource {
+        let problem = |v: &mut Self, message: &str| {
+            v.problem(&format!("{field}.org"), message);
+            OrgSource::Any
+        };
+        if let Some(h) = &f.host
+            && h.contains('{')
+            && !matches!(host, HostRule::OrgLabel(suffix) if suffix.starts_with('.') && !suffix.contains(['{', '}']))
+        {
+            self.problem(&format!("{field}.host"), format!("`{h}`: `{{org}}` can only be the first label, as in \"{{org}}.api.example.com\""));
+        }
+        match (&f.org, host) {
+            (Some(_), HostRule::OrgLabel(_)) => problem(
+                self,
+                "the host names the org ({org}.…); remove `org` or name the host in full",
+            ),
+            (None, HostRule::OrgLabel(_)) => OrgSource::HostLabel,
+            (None, _) if f.public => OrgSource::Any,
+            (None, _) => problem(
+                self,
+                "a route that needs keys must say whose it accepts: org = \"acme\" (one org), \"*\" (every org's), { segment = N } (the org in the path), or host = \"{org}.api.example.com\"",
+            ),
+            (Some(OrgFile::Named(o)), _) if o == "*" => OrgSource::Any,
+            (Some(OrgFile::Named(o)), _) if is_valid_id(o) => {
+                OrgSource::Fixed(OrgId::from(o.as_str()))
+            }
+            (Some(OrgFile::Named(_)), _) => problem(self, "must be an org id or \"*\""),
+            (Some(OrgFile::Segment { segment: 0 }), _) => {
+                problem(self, "segments count from 1: /v1/orgs/{org} is segment 3")
+            }
+            (Some(OrgFile::Segment { segment }), _) if matches!(f.project, Some(ProjectFile::Segment(n)) if n == *segment) => {
+                problem(
+                    self,
+                    "the org and the project cannot be the same path segment",
+                )
+            }
+            (Some(OrgFile::Segment { segment }), _) => OrgSource::Segment(*segment),
+        }
     }
 }

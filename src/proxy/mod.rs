@@ -236,7 +236,7 @@ fn proxy<'g>(
     async move {
         refuse_tunnels(&req)?;
         check_head_size(&req, &gw.replica.config.limits)?;
-        let host = host(&req)?;
+        let host = host(&req)?.map(route::strip_port);
         let path = route::normalise(req.uri().path())?;
         let route = gw
             .replica
@@ -252,7 +252,8 @@ fn proxy<'g>(
             let header = gw.replica.config.client_address_header.as_ref();
             let client = conn.client(req.headers(), header);
             let presented = (req.headers(), client);
-            Some(authenticate(&gw.replica, route, presented, project, record).await?)
+            let wanted = (route.org_of(host, path), project);
+            Some(authenticate(&gw.replica, route, presented, wanted, record).await?)
         };
         check_method(route, &req)?;
         check_body_size(req.headers(), gw.replica.config.limits.max_body_bytes)?;
@@ -269,13 +270,15 @@ fn proxy<'g>(
     }
 }
 
-/// Steps 4–7: who is calling, and may they? A client that keeps presenting keys that do not
-/// exist is refused before its keys are looked up (`throttle`).
+/// Steps 4–7: who is calling, and may they? `org`: the org the route or request names (`None`:
+/// any); `project`: the project it names, looked up in the key's org, so that another org's
+/// project is answered as one that does not exist. A client that keeps presenting keys that do
+/// not exist is refused before its keys are looked up (`throttle`).
 async fn authenticate(
     r: &Replica,
     route: &Route,
     (headers, client): (&HeaderMap, IpAddr),
-    project: Option<ProjectId>,
+    (org, project): (Option<&str>, Option<ProjectId>),
     record: &mut Record<'_>,
 ) -> Result<Identity, GatewayError> {
     let now = unix_now();
@@ -319,14 +322,13 @@ async fn authenticate(
     let sunset = r.config.legacy_sunset.as_ref().map(|s| s.at);
     policy::check_key(&principal, &credential, now, sunset)?;
 
-    let org = route
-        .org
-        .as_ref()
-        .expect("config validation: non-public routes have an org");
     let found = match &project {
-        Some(id) if !id.as_str().is_empty() => {
-            Some(r.cache.project(&r.store, org, id).await?.value)
-        }
+        Some(id) if !id.as_str().is_empty() => Some(
+            r.cache
+                .project(&r.store, &principal.key.org_id, id)
+                .await?
+                .value,
+        ),
         Some(_) => Some(None),
         None => None,
     };

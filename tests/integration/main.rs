@@ -14,4 +14,5 @@ mod lifecycle;
 mod proxy;
 mod redis_tls;
 mod streaming;
+mod tenancy;
 mod upload;

@@ -183,6 +183,27 @@ org = "acme"
 scopes = ["admin"]
 upstreams = ["{up}"]
 [[route]]
+id = "shared"
+path_prefix = "/shared/projects"
+org = "*"
+project = {{ segment = 3 }}
+scopes = ["inference"]
+upstreams = ["{up}"]
+[[route]]
+id = "by-org"
+path_prefix = "/v1/orgs"
+org = {{ segment = 3 }}
+project = {{ segment = 5 }}
+scopes = ["inference"]
+upstreams = ["{up}"]
+[[route]]
+id = "by-host"
+host = "{{org}}.api.test"
+path_prefix = "/v1/projects"
+project = {{ segment = 3 }}
+scopes = ["inference"]
+upstreams = ["{up}"]
+[[route]]
 id = "public"
 path_prefix = "/status"
 public = true
