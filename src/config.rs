@@ -284,6 +284,54 @@ impl Config {
         (!self.allow_no_expiry).then_some(self.max_validity)
     }
 
+    /// Takes from `running` the settings only a restart applies, so that `self` (the file
+    /// re-read on a reload) can replace it; returns the names of those that differ in the file,
+    /// which keep their running values. A reload applies the routes (their upstreams, scopes,
+    /// methods), `[scopes]`, `[keys]` (but `usage_flush_interval`), `[headers]`,
+    /// `server.client_address_header` and the listeners' TLS certificates; the listeners'
+    /// addresses, `server.workers`, `[admin]`, `[redis]`, `[cache]`, `[limits]`, `[log]` and
+    /// the bootstrap token need a restart.
+    pub fn keep_restart_only(&mut self, running: &Config) -> Vec<&'static str> {
+        fn differ(a: &impl fmt::Debug, b: &impl fmt::Debug) -> bool {
+            format!("{a:?}") != format!("{b:?}")
+        }
+        let listeners = |c: &Config| -> Vec<_> {
+            c.listeners
+                .iter()
+                .map(|l| (l.addr, l.tls.is_some()))
+                .collect()
+        };
+        let differs = [
+            ("listener", listeners(self) != listeners(running)),
+            ("server.workers", self.workers != running.workers),
+            ("admin", self.admin_addr != running.admin_addr),
+            ("redis", differ(&self.redis, &running.redis)),
+            ("cache", differ(&self.cache, &running.cache)),
+            ("limits", differ(&self.limits, &running.limits)),
+            ("log", differ(&self.log, &running.log)),
+            (
+                "keys.usage_flush_interval",
+                self.usage_flush_interval != running.usage_flush_interval,
+            ),
+        ];
+        if differs[0].1 {
+            self.listeners = running.listeners.clone();
+        }
+        self.workers = running.workers;
+        self.admin_addr = running.admin_addr;
+        self.admin_token = running.admin_token.clone();
+        self.redis = running.redis.clone();
+        self.cache = running.cache;
+        self.limits = running.limits;
+        self.throttle = running.throttle;
+        self.log = running.log.clone();
+        self.usage_flush_interval = running.usage_flush_interval;
+        differs
+            .into_iter()
+            .filter_map(|(name, differs)| differs.then_some(name))
+            .collect()
+    }
+
     /// Scope names or presets (from the CLI or the API) → scopes.
     pub fn scopes(&self, names: &[String]) -> Result<Vec<Scope>, String> {
         expand_scopes(&self.presets, Some(&self.resources), names)

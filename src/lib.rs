@@ -65,17 +65,21 @@ pub mod demo;
 pub mod server;
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::sync::{oneshot, watch};
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
-use crate::replica::{Health, Replica};
+use crate::proxy::forward::Upstreams;
+use crate::replica::{Health, ReloadRequest, Reloaded, Replica};
 use crate::runtime::stopped;
+use crate::server::Current;
 use crate::store::usage::Usage;
 use crate::store::{Store, StoreError};
 use crate::throttle::Throttle;
@@ -148,16 +152,29 @@ fn bind_shared(
     Ok(sockets)
 }
 
+/// Where a replica reads its config again on a reload.
+#[derive(Clone, Debug)]
+pub struct Reload {
+    /// The file the running config came from.
+    pub path: PathBuf,
+    /// Reload on SIGHUP too. The binary does; tests ask the admin listener (`POST /reload`),
+    /// since a signal reaches every replica in a process.
+    pub on_sighup: bool,
+}
+
 /// Runs a keygate replica on bound listeners until `shutdown` resolves, then drains: `/readyz`
-/// turns 503, listeners close, in-flight requests get `limits.drain_timeout` to finish.
+/// turns 503, listeners close, in-flight requests get `limits.drain_timeout` to finish. With
+/// `reload`, the config file is read again on request (`POST /reload`, SIGHUP): when it is
+/// valid, new requests use it; in-flight ones finish on the old one.
 ///
 /// The data plane runs on `config.workers` threads, each a current-thread runtime with its own
 /// accept loops, upstream pool and Redis connection (thread-per-core); they share the config,
-/// the hot cache and the metrics. The admin listener and the invalidation subscriber run on the
-/// caller's runtime.
+/// the hot cache and the metrics. The admin listener, the invalidation subscriber and the
+/// reloader run on the caller's runtime.
 pub async fn run(
     config: Arc<Config>,
     listeners: Listeners,
+    reload: Option<Reload>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new());
@@ -165,8 +182,9 @@ pub async fn run(
     let cache = Arc::new(Cache::new(config.cache));
     let usage = Arc::new(Usage::default());
     let draining = Arc::new(AtomicBool::new(false));
-    let health = Arc::new(Health::new(config.routes.iter().count()));
+    let health = Arc::new(Health::default());
     let throttle = Arc::new(Throttle::new(config.throttle));
+    let (reload_requests, reload_queue) = mpsc::channel(4);
     let replica = |store: Store| Replica {
         config: config.clone(),
         store,
@@ -176,6 +194,7 @@ pub async fn run(
         draining: draining.clone(),
         health: health.clone(),
         throttle: throttle.clone(),
+        reloads: reload.is_some().then(|| reload_requests.clone()),
     };
     let (stop_data, data_stopped) = watch::channel(false);
     let (stop_admin, admin_stopped) = watch::channel(false);
@@ -201,19 +220,22 @@ pub async fn run(
     ));
     let admin_listener = tokio::net::TcpListener::from_std(listeners.admin)?;
     tracing::info!(addr = %config.admin_addr, "admin listening");
+    let admin_replica = Arc::new(ArcSwap::from_pointee(replica(store.clone())));
     let admin = tokio::spawn(server::serve_admin(
-        Arc::new(replica(store.clone())),
+        admin_replica.clone(),
         admin_listener,
-        admin_stopped,
+        admin_stopped.clone(),
     ));
 
     let mut per_worker: Vec<Vec<_>> = (0..config.workers).map(|_| Vec::new()).collect();
+    let mut certificates = Vec::new();
     for (sockets, cfg) in listeners.data.into_iter().zip(&config.listeners) {
         tracing::info!(addr = %cfg.addr, tls = cfg.tls.is_some(), workers = config.workers, "data plane listening");
-        let tls = cfg.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+        let tls = cfg.tls.clone().map(|t| Arc::new(ArcSwap::new(t)));
         for (worker, socket) in per_worker.iter_mut().zip(sockets) {
             worker.push((socket, tls.clone()));
         }
+        certificates.push(tls);
     }
     let (abort, aborted) = watch::channel(false);
     // Each worker gets its own Redis connection. It connects on the worker's first lookup, so
@@ -222,20 +244,38 @@ pub async fn run(
     let stores = (0..config.workers)
         .map(|_| Store::open(&config.redis))
         .collect::<Result<Vec<_>, _>>()?;
+    let upstream_health = Gateway::upstream_health(&config);
+    let gateways: Vec<Current<Gateway>> = stores
+        .into_iter()
+        .map(|store| {
+            let upstreams = Arc::new(Upstreams::new(&config.limits));
+            let gw = Gateway::new(replica(store), upstreams, upstream_health.clone());
+            Arc::new(ArcSwap::from_pointee(gw))
+        })
+        .collect();
     let workers: Vec<oneshot::Receiver<()>> = per_worker
         .into_iter()
-        .zip(stores)
+        .zip(&gateways)
         .enumerate()
-        .map(|(i, (sockets, store))| {
+        .map(|(i, (sockets, gw))| {
             spawn_worker(
                 i,
-                Arc::new(Gateway::new(replica(store))),
+                gw.clone(),
                 sockets,
                 data_stopped.clone(),
                 aborted.clone(),
             )
         })
         .collect();
+    let reloader = reload.map(|reload| {
+        let running = Running {
+            config: config.clone(),
+            admin: admin_replica,
+            gateways,
+            certificates,
+        };
+        tokio::spawn(running.reload_on_request(reload, reload_queue, admin_stopped))
+    });
 
     shutdown.await;
     tracing::info!(deadline = ?config.limits.drain_timeout, "draining");
@@ -255,16 +295,111 @@ pub async fn run(
     let _ = subscriber.await;
     let _ = usage_writer.await;
     let _ = sweeper.await;
+    if let Some(reloader) = reloader {
+        let _ = reloader.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
 
-type WorkerSocket = (std::net::TcpListener, Option<tokio_rustls::TlsAcceptor>);
+/// What a reload replaces: the config, and everything made from it.
+struct Running {
+    config: Arc<Config>,
+    admin: Current<Replica>,
+    /// One per worker.
+    gateways: Vec<Current<Gateway>>,
+    /// One per data-plane listener: its TLS certificates, `None` for plaintext.
+    certificates: Vec<Option<Current<rustls::ServerConfig>>>,
+}
+
+impl Running {
+    /// Reloads when asked over `requests` or, with `reload.on_sighup`, on SIGHUP, until `stop`.
+    async fn reload_on_request(
+        mut self,
+        reload: Reload,
+        mut requests: mpsc::Receiver<ReloadRequest>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut hangups = reload.on_sighup.then(|| {
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .expect("a SIGHUP handler")
+        });
+        let hangup = async |h: &mut Option<tokio::signal::unix::Signal>| match h {
+            Some(h) => h.recv().await,
+            None => std::future::pending().await,
+        };
+        loop {
+            let reply = tokio::select! {
+                Some(reply) = requests.recv() => Some(reply),
+                Some(()) = hangup(&mut hangups) => None,
+                _ = stopped(&mut stop) => break,
+            };
+            let outcome = self.reload(&reload.path);
+            if let Some(reply) = reply {
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+
+    /// Reads the config file again and, when it is valid, switches every worker, the admin side
+    /// and the listeners' certificates to it. When it is not, nothing changes.
+    fn reload(&mut self, path: &Path) -> Result<Reloaded, String> {
+        let metrics = self.admin.load().metrics.clone();
+        let mut config = match Config::load(path) {
+            Ok(config) => config,
+            Err(e) => {
+                metrics.config_reloads.with_label_values(&["error"]).inc();
+                metrics.config_last_reload_successful.set(0);
+                tracing::error!(path = %path.display(), error = %e, "config reload refused; the running config stays");
+                return Err(e.to_string());
+            }
+        };
+        let restart_needed = config.keep_restart_only(&self.config);
+        if !restart_needed.is_empty() {
+            tracing::warn!(settings = ?restart_needed, "config reload: these settings change only on a restart; they keep their running values");
+        }
+        let config = Arc::new(config);
+        let upstream_health = Gateway::upstream_health(&config);
+        for current in &self.gateways {
+            let old = current.load();
+            let replica = Replica {
+                config: config.clone(),
+                ..old.replica.clone()
+            };
+            let gw = Gateway::new(replica, old.upstreams.clone(), upstream_health.clone());
+            current.store(Arc::new(gw));
+        }
+        let admin = Replica {
+            config: config.clone(),
+            ..Replica::clone(&self.admin.load())
+        };
+        self.admin.store(Arc::new(admin));
+        for (current, listener) in self.certificates.iter().zip(&config.listeners) {
+            if let (Some(current), Some(tls)) = (current, &listener.tls) {
+                current.store(tls.clone());
+            }
+        }
+        self.config = config;
+        let routes = self.config.routes.iter().count();
+        metrics.config_reloads.with_label_values(&["ok"]).inc();
+        metrics.config_last_reload_successful.set(1);
+        metrics
+            .config_last_reload_success
+            .set(model::unix_now() as i64);
+        tracing::info!(path = %path.display(), routes, "config reloaded");
+        Ok(Reloaded {
+            routes,
+            restart_needed,
+        })
+    }
+}
+
+type WorkerSocket = (std::net::TcpListener, Option<Current<rustls::ServerConfig>>);
 
 /// Starts one data-plane worker thread; the receiver resolves when it has drained.
 fn spawn_worker(
     index: usize,
-    gw: Arc<Gateway>,
+    gw: Current<Gateway>,
     sockets: Vec<WorkerSocket>,
     stop: watch::Receiver<bool>,
     mut abort: watch::Receiver<bool>,
@@ -278,7 +413,7 @@ fn spawn_worker(
                 .build()
                 .expect("a worker runtime");
             runtime.block_on(async move {
-                tokio::spawn(gw.upstreams.close_idle());
+                tokio::spawn(gw.load().upstreams.close_idle());
                 let mut servers = tokio::task::JoinSet::new();
                 for (socket, tls) in sockets {
                     let listener = tokio::net::TcpListener::from_std(socket)

@@ -40,6 +40,14 @@ enum Command {
         #[arg(long, short, env = "KEYGATE_CONFIG")]
         config: PathBuf,
     },
+    /// Make a running keygate read its config file again (routes, upstreams, scopes, keys,
+    /// headers, TLS certificates); exit 65 if it refused the file (nothing changed then).
+    Reload {
+        /// The admin listener of the running keygate (`kill -HUP <pid>` does the same, with the
+        /// outcome in its log).
+        #[arg(long, env = "KEYGATE_URL", default_value = "http://127.0.0.1:9090")]
+        url: String,
+    },
     /// Validate a config file; report every problem; exit 64 if there are any.
     CheckConfig {
         #[arg(long, short, env = "KEYGATE_CONFIG")]
@@ -111,8 +119,8 @@ fn main() -> ExitCode {
                 }
                 Err(code) => code,
             },
-            Command::Serve { config } => {
-                let config = match load(&config) {
+            Command::Serve { config: path } => {
+                let config = match load(&path) {
                     Ok(c) => Arc::new(c),
                     Err(code) => return code,
                 };
@@ -124,7 +132,11 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 };
-                match keygate::run(config, listeners, shutdown_signal()).await {
+                let reload = keygate::Reload {
+                    path,
+                    on_sighup: true,
+                };
+                match keygate::run(config, listeners, Some(reload), shutdown_signal()).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         tracing::error!(error = %e, "keygate failed");
@@ -132,6 +144,7 @@ fn main() -> ExitCode {
                     }
                 }
             }
+            Command::Reload { url } => ExitCode::from(cli::reload(&url).await),
             Command::Orgs { target, command } => manage(target, Manage::Orgs(command)).await,
             Command::Users { target, command } => manage(target, Manage::Users(command)).await,
             Command::Projects { target, command } => {

@@ -58,6 +58,14 @@ pub struct Metrics {
     /// `keygate_invalidations_live`: 0 while the invalidation subscription is down, when no cache
     /// entry counts as fresh (set when scraped).
     pub invalidations_live: IntGauge,
+    /// `keygate_config_reloads_total{result}`: `ok`, or `error` (the file was refused and
+    /// nothing changed).
+    pub config_reloads: IntCounterVec,
+    /// `keygate_config_last_reload_successful`: 0 after a refused reload, 1 after a good one.
+    pub config_last_reload_successful: IntGauge,
+    /// `keygate_config_last_reload_success_timestamp_seconds`: when the running config was
+    /// loaded (start-up or the last good reload), Unix seconds.
+    pub config_last_reload_success: IntGauge,
 }
 
 impl Metrics {
@@ -136,6 +144,29 @@ impl Metrics {
         let open_connections =
             IntGauge::new("keygate_open_connections", "Open data-plane connections.")
                 .expect("valid metric");
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "keygate_config_reloads_total",
+                "Config reloads by result: ok, or error (the file was refused; nothing changed).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        for result in ["ok", "error"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        let config_last_reload_successful = IntGauge::new(
+            "keygate_config_last_reload_successful",
+            "1 when the last config reload (or the start) succeeded, 0 after a refused reload.",
+        )
+        .expect("valid metric");
+        config_last_reload_successful.set(1);
+        let config_last_reload_success = IntGauge::new(
+            "keygate_config_last_reload_success_timestamp_seconds",
+            "When the running config was loaded (start-up or the last good reload).",
+        )
+        .expect("valid metric");
+        config_last_reload_success.set(crate::model::unix_now() as i64);
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -148,6 +179,9 @@ impl Metrics {
             Box::new(auth_throttled.clone()),
             Box::new(store_reachable.clone()),
             Box::new(invalidations_live.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(config_last_reload_successful.clone()),
+            Box::new(config_last_reload_success.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -171,6 +205,9 @@ impl Metrics {
             auth_throttled,
             store_reachable,
             invalidations_live,
+            config_reloads,
+            config_last_reload_successful,
+            config_last_reload_success,
         }
     }
 

@@ -3,10 +3,13 @@
 //!
 //! Owns: [`Replica`], one per worker thread (each has its own Redis connection; the rest is
 //! shared). Does not own: anything only the data plane needs (upstream pools, per-route metric
-//! handles: `proxy::Gateway`), or starting and stopping the replica (`lib.rs`).
+//! handles and upstream health: `proxy::Gateway`), or starting, reloading and stopping the
+//! replica (`lib.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::{mpsc, oneshot};
 
 use crate::cache::Cache;
 use crate::config::Config;
@@ -19,7 +22,8 @@ use crate::throttle::Throttle;
 /// One worker's view of the replica.
 #[derive(Clone)]
 pub struct Replica {
-    /// The validated configuration, fixed for the life of the process.
+    /// The validated configuration. A reload makes new `Replica`s with the new one; a request
+    /// keeps the one it started with.
     pub config: Arc<Config>,
     /// This worker's Redis connection: its driver runs on the worker's own thread.
     pub store: Store,
@@ -35,27 +39,30 @@ pub struct Replica {
     pub health: Arc<Health>,
     /// Failed-authentication budgets, shared by every worker.
     pub throttle: Arc<Throttle>,
+    /// Asks for the config file to be read again (`None`: the replica was not started from a
+    /// file).
+    pub reloads: Option<mpsc::Sender<ReloadRequest>>,
+}
+
+/// A request to read the config file again, and where its outcome goes: what changed, or why
+/// the file was refused (nothing changed then).
+pub type ReloadRequest = oneshot::Sender<Result<Reloaded, String>>;
+
+/// What a good reload applied.
+#[derive(Debug)]
+pub struct Reloaded {
+    pub routes: usize,
+    /// Settings the file changes that only a restart applies (they keep their running values).
+    pub restart_needed: Vec<&'static str>,
 }
 
 /// The failures a replica logs once per change (see [`Condition`]).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Health {
     /// Redis, as the request path sees it.
     pub store: Condition,
     /// A record in Redis that does not parse.
     pub corrupt_records: Condition,
-    /// Each route's upstreams, by `Route::index`.
-    pub upstreams: Vec<Condition>,
-}
-
-impl Health {
-    pub fn new(routes: usize) -> Health {
-        Health {
-            store: Condition::default(),
-            corrupt_records: Condition::default(),
-            upstreams: (0..routes).map(|_| Condition::default()).collect(),
-        }
-    }
 }
 
 impl Replica {

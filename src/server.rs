@@ -12,6 +12,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::{Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -113,14 +114,23 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Serves the data plane on one listener until `stop`, then drains its connections.
+/// The current value of what a reload replaces: each request (each TLS handshake) takes the one
+/// current when it starts.
+pub type Current<T> = Arc<ArcSwap<T>>;
+
+/// Serves the data plane on one listener until `stop`, then drains its connections. `gw` is this
+/// worker's gateway and `tls` the listener's certificates, as reloads replace them.
 pub async fn serve_data(
-    gw: Arc<Gateway>,
+    gw: Current<Gateway>,
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Current<rustls::ServerConfig>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let limits = gw.replica.config.limits;
+    // What a reload does not change (the limits need a restart).
+    let (limits, metrics) = {
+        let gw = gw.load();
+        (gw.replica.config.limits, gw.replica.metrics.clone())
+    };
     let http = Http::new(&limits);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let drain = Arc::new(Drain::default());
@@ -135,13 +145,14 @@ pub async fn serve_data(
             _ = stopped(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
-        let open = OpenConnection::new(&gw.replica.metrics);
+        let open = OpenConnection::new(&metrics);
         let watcher = drain.watcher();
-        let (gw, http, tls) = (gw.clone(), http.clone(), tls.clone());
+        let (gw, http) = (gw.clone(), http.clone());
+        let tls = tls.as_ref().map(|t| TlsAcceptor::from(t.load_full()));
         tokio::spawn(async move {
             let _held = (permit, open);
             let info = ConnInfo::new(peer, tls.is_some());
-            let service = service_fn(move |req| proxy::handle(gw.clone(), info.clone(), req));
+            let service = service_fn(move |req| proxy::handle(gw.load_full(), info.clone(), req));
             match tls {
                 None => serve_plaintext(&http, stream, service, watcher).await,
                 Some(acceptor) => {
@@ -199,11 +210,11 @@ async fn accept(
 
 /// Serves the admin endpoints on one listener until `stop`, then drains its connections.
 pub async fn serve_admin(
-    replica: Arc<Replica>,
+    replica: Current<Replica>,
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
 ) {
-    let http = Http::new(&replica.config.limits);
+    let http = Http::new(&replica.load().config.limits);
     let drain = Arc::new(Drain::default());
     let failing = Condition::default();
     loop {
@@ -213,7 +224,7 @@ pub async fn serve_admin(
         };
         let replica = replica.clone();
         let service = service_fn(move |req| {
-            let response = admin::handle(replica.clone(), req);
+            let response = admin::handle(replica.load_full(), req);
             async move { Ok::<_, Infallible>(response.await.map(Either::Right)) }
         });
         let (http, watcher) = (http.clone(), drain.watcher());

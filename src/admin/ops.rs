@@ -1,11 +1,12 @@
-//! The operators' endpoints: liveness, readiness and metrics.
+//! The operators' endpoints: liveness, readiness, metrics and reload.
 //!
-//! Owns: what `/healthz`, `/readyz` and `/metrics` answer. Does not own: the metrics themselves
+//! Owns: what `/healthz`, `/readyz`, `/metrics` and `POST /reload` answer. Does not own: the metrics themselves
 //! (`metrics`).
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
+use tokio::sync::oneshot;
 
 use super::api::json;
 use crate::error::json_error;
@@ -17,11 +18,47 @@ pub async fn handle<B>(replica: &Replica, req: &Request<B>) -> Response<Full<Byt
         (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
         (&Method::GET, "/readyz") => readiness(replica).await,
         (&Method::GET, "/metrics") => metrics(replica),
+        (&Method::POST, "/reload") => reload(replica).await,
         _ => json_error(
             StatusCode::NOT_FOUND,
             "route_not_found",
-            "No such admin endpoint; see /healthz, /readyz, /metrics.",
+            "No such admin endpoint; see /healthz, /readyz, /metrics, POST /reload.",
         ),
+    }
+}
+
+/// Reads the config file again: 200 with what was applied, or 422 with every problem of the
+/// file (the running config stays).
+async fn reload(replica: &Replica) -> Response<Full<Bytes>> {
+    let unavailable = || {
+        json_error(
+            StatusCode::CONFLICT,
+            "reload_unavailable",
+            "This keygate was not started from a config file it can read again.",
+        )
+    };
+    let Some(requests) = &replica.reloads else {
+        return unavailable();
+    };
+    let (reply, outcome) = oneshot::channel();
+    if requests.send(reply).await.is_err() {
+        return unavailable();
+    }
+    match outcome.await {
+        Ok(Ok(done)) => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "status": "reloaded",
+                "routes": done.routes,
+                "restart_needed": done.restart_needed,
+            }),
+        ),
+        Ok(Err(problems)) => json_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_config",
+            &format!("The config file was refused; the running config stays. {problems}"),
+        ),
+        Err(_) => unavailable(),
     }
 }
 

@@ -247,6 +247,31 @@ pub async fn run(target: Target, command: Manage) -> u8 {
     }
 }
 
+/// Asks the keygate whose admin listener is at `url` to read its config file again; prints
+/// what it applied, or why it refused the file. Returns the process exit code.
+pub async fn reload(url: &str) -> u8 {
+    match remote::send(url, None, http::Method::POST, "/reload", None).await {
+        Ok(answer) => {
+            println!("reloaded: {} route(s)", answer["routes"]);
+            if let Some(kept) = answer["restart_needed"]
+                .as_array()
+                .filter(|k| !k.is_empty())
+            {
+                let names: Vec<&str> = kept.iter().filter_map(|k| k.as_str()).collect();
+                println!(
+                    "changed in the file but applied only on a restart: {}",
+                    names.join(", ")
+                );
+            }
+            0
+        }
+        Err(Failure { code, message }) => {
+            eprintln!("error: {message}");
+            code
+        }
+    }
+}
+
 /// Whether `keys revoke` was given a secret rather than a key id: keygate makes every key id
 /// `key_` and 16 characters, and a secret is longer than any id.
 pub fn is_secret(id_or_secret: &str) -> bool {

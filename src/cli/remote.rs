@@ -201,7 +201,7 @@ fn without_nulls(mut body: Value) -> Value {
     body
 }
 
-async fn send(
+pub(super) async fn send(
     url: &str,
     api_key: Option<&str>,
     method: Method,

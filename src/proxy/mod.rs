@@ -29,15 +29,15 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::cache::Outcome;
-use crate::config::Limits;
+use crate::config::{Config, Limits};
 use crate::credential;
 use crate::error::GatewayError;
 use crate::metrics::{self, RouteMetrics};
 use crate::model::{Credential, Principal, ProjectId, unix_now};
 use crate::policy::{self, Access};
-use crate::replica::{Health, Replica};
+use crate::replica::Replica;
 use crate::route::{self, ErrorStyle, Route};
-use crate::telemetry::{X_REQUEST_ID, chain, request_id};
+use crate::telemetry::{Condition, X_REQUEST_ID, chain, request_id};
 use crate::throttle::Refusal;
 use crate::upstream::PooledBody;
 use forward::Upstreams;
@@ -49,18 +49,26 @@ const SUNSET: HeaderName = HeaderName::from_static("sunset");
 pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
 
 /// What the request path needs: the replica's shared state, and this worker's upstream pool and
-/// metric handles.
+/// metric handles. Made anew, for every worker, when the config is reloaded; a request keeps
+/// the one it started with, so in-flight requests finish on the old routes.
 pub struct Gateway {
     pub replica: Replica,
-    /// Keep-alive connections to every upstream (one pool per worker).
-    pub upstreams: Upstreams,
+    /// Keep-alive connections to every upstream (one pool per worker, kept across reloads).
+    pub upstreams: Arc<Upstreams>,
     /// Metric handles per route (by [`Route::index`]), then one for requests matching none.
     route_metrics: Vec<RouteMetrics>,
+    /// Whether each route's upstreams are failing (by [`Route::index`]), shared by every worker.
+    upstream_health: Arc<[Condition]>,
 }
 
 impl Gateway {
-    /// One worker's gateway, with its own upstream pool.
-    pub fn new(replica: Replica) -> Gateway {
+    /// One worker's gateway: `upstreams` is its pool; `upstream_health` has one entry per route
+    /// of `replica.config` (see [`Gateway::upstream_health`]).
+    pub fn new(
+        replica: Replica,
+        upstreams: Arc<Upstreams>,
+        upstream_health: Arc<[Condition]>,
+    ) -> Gateway {
         let (config, metrics) = (&replica.config, &replica.metrics);
         let route_metrics = config
             .routes
@@ -69,10 +77,16 @@ impl Gateway {
             .chain([metrics.route("none")])
             .collect();
         Gateway {
-            upstreams: Upstreams::new(&config.limits),
+            upstreams,
             replica,
             route_metrics,
+            upstream_health,
         }
+    }
+
+    /// The conditions the workers of a config share, one per route.
+    pub fn upstream_health(config: &Config) -> Arc<[Condition]> {
+        config.routes.iter().map(|_| Condition::default()).collect()
     }
 
     fn route_metrics(&self, route: Option<&Route>) -> &RouteMetrics {
@@ -180,7 +194,7 @@ pub fn handle(
         if let Some(secs) = record.upstream_seconds {
             m.upstream_duration.observe(secs);
         }
-        log_health(&gw.replica.health, record.route, error.as_ref());
+        log_health(&gw, record.route, error.as_ref());
         if gw.replica.config.log.access_log {
             tracing::info!(
                 target: "keygate::access",
@@ -199,8 +213,9 @@ pub fn handle(
 
 /// keygate's own failures and its upstreams', logged when they start and when they end, not per
 /// request: each request is in the access log and the metrics.
-fn log_health(health: &Health, route: Option<&Route>, error: Option<&GatewayError>) {
-    let upstream = route.map(|r| (r.id.as_str(), &health.upstreams[r.index]));
+fn log_health(gw: &Gateway, route: Option<&Route>, error: Option<&GatewayError>) {
+    let health = &gw.replica.health;
+    let upstream = route.map(|r| (r.id.as_str(), &gw.upstream_health[r.index]));
     match (error, upstream) {
         (Some(e @ GatewayError::KeyStoreUnavailable(_)), _) if health.store.failed() => {
             tracing::warn!(error = %chain(e), "key store unreachable: cached keys are served until cache.max_stale, other requests get 503");

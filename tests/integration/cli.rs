@@ -276,6 +276,39 @@ async fn bootstrap_cli_and_serve_work_end_to_end() {
     let (code, _, _) = admin(&config, &["keys", "show", &key_id]);
     assert_eq!(code, 65);
 
+    // SIGHUP (to this child's own pid) reads the file again: a new route serves at once.
+    let original = std::fs::read_to_string(&config).unwrap();
+    let with_v2 = format!(
+        "{original}[[route]]\nid = \"v2\"\npath_prefix = \"/v2\"\norg = \"acme\"\nupstreams = [\"{}\"]\n",
+        upstream.url()
+    );
+    std::fs::write(&config, &with_v2).unwrap();
+    assert_eq!(answer(gw, "/v2/x", &bulk[2]).await, "route_not_found");
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    answers(gw, "/v2/x", &bulk[2], "ok").await;
+    // `keygate reload` asks the admin listener, and says what happened.
+    let admin_url = format!("http://{admin_addr}");
+    let reload = || keygate(&["reload", "--url", &admin_url]);
+    let out = reload();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "reloaded: 2 route(s)\n"
+    );
+    std::fs::write(&config, with_v2.replace("/v2", "v2")).unwrap();
+    let out = reload();
+    assert_eq!(out.status.code(), Some(65), "a broken file is refused");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("route[v2].path_prefix") && err.contains("invalid_config"),
+        "{err}"
+    );
+    assert_eq!(answer(gw, "/v2/x", &bulk[2]).await, "ok", "nothing changed");
+
     // An outage: every request for an uncached key fails alike, and the log says so once when
     // it starts and once when it ends.
     redis.stop();

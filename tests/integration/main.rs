@@ -13,6 +13,7 @@ mod layers;
 mod lifecycle;
 mod proxy;
 mod redis_tls;
+mod reload;
 mod streaming;
 mod tenancy;
 mod upload;

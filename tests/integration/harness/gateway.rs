@@ -23,11 +23,25 @@ pub struct Gateway {
 
 impl Gateway {
     pub async fn start(toml: &str, base: &Path) -> Gateway {
+        let config = Config::parse(toml, base).unwrap_or_else(|e| panic!("{e}"));
+        Gateway::launch(config, None).await
+    }
+
+    /// A gateway started from a config file, which `POST /reload` reads again.
+    pub async fn start_from_file(path: &Path) -> Gateway {
+        let config = Config::load(path).unwrap_or_else(|e| panic!("{e}"));
+        let reload = keygate::Reload {
+            path: path.to_owned(),
+            on_sighup: false,
+        };
+        Gateway::launch(config, Some(reload)).await
+    }
+
+    async fn launch(mut config: Config, reload: Option<keygate::Reload>) -> Gateway {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter("warn")
             .try_init();
-        let mut config = Config::parse(toml, base).unwrap_or_else(|e| panic!("{e}"));
         // Set directly rather than through the environment, which tests share.
         config.admin_token = Some(keygate::model::Secret(BOOTSTRAP.into()));
         let config = Arc::new(config);
@@ -39,7 +53,7 @@ impl Gateway {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let cfg = config.clone();
         let task = tokio::spawn(async move {
-            keygate::run(cfg, listeners, async move {
+            keygate::run(cfg, listeners, reload, async move {
                 let _ = stopped.await;
             })
             .await
