@@ -501,7 +501,7 @@ http {{
             for key in keys:
                 assert all(c.status(key) == 200 for c in conns), "key not usable before revocation"
                 hexhash = hashlib.sha256(key.encode()).hexdigest()
-                key_id = self.redis("GET", f"kg:keyhash:{hexhash}").strip()
+                key_id = self.redis("GET", f"kg:credential:{hexhash}").strip().split("/")[1]
                 self.admin("keys", "revoke", key_id)
                 committed = time.perf_counter()
                 for i, c in enumerate(conns):

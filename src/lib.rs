@@ -89,6 +89,9 @@ use crate::throttle::Throttle;
 pub enum RunError {
     #[error("cannot open the key store")]
     Store(#[from] StoreError),
+    /// The store has another layout than this keygate reads (the message says what to run).
+    #[error("{0}")]
+    Layout(String),
     #[error("cannot use a listener")]
     Listener(#[from] std::io::Error),
 }
@@ -179,6 +182,15 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new());
     let store = Store::open(&config.redis)?;
+    // A store of another layout is never served. One that cannot be reached now is checked by
+    // the next start: the outage semantics (cached keys, else 503) hold meanwhile.
+    match store.check_schema().await {
+        Err(StoreError::Schema(message)) => return Err(RunError::Layout(message)),
+        Err(e) => {
+            tracing::warn!(error = %telemetry::chain(&e), "cannot check the store's layout: Redis is unreachable; serving")
+        }
+        Ok(()) => {}
+    }
     let cache = Arc::new(Cache::new(config.cache));
     let usage = Arc::new(Usage::default());
     let draining = Arc::new(AtomicBool::new(false));

@@ -1,8 +1,8 @@
 //! The `keygate` binary: parses the command line and hands over to the library.
 //!
-//! Exit codes: 0 ok; 1 runtime failure; 64 bad configuration (nothing was bound); the management
-//! commands (`orgs`, `users`, `projects`, `keys`) exit as `cli` says (64 usage, 65 refused, 69
-//! unreachable).
+//! Exit codes: 0 ok; 1 runtime failure (a store of another layout included); 64 bad
+//! configuration (nothing was bound); the management commands (`orgs`, `users`, `projects`,
+//! `keys`, `migrate`, `reload`) exit as `cli` says (64 usage, 65 refused, 69 unreachable).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +47,15 @@ enum Command {
         /// outcome in its log).
         #[arg(long, env = "KEYGATE_URL", default_value = "http://127.0.0.1:9090")]
         url: String,
+    },
+    /// Move the store to the layout this keygate reads (stop every replica first); safe to run
+    /// again, e.g. after a crash.
+    Migrate {
+        #[arg(long, short, env = "KEYGATE_CONFIG")]
+        config: PathBuf,
+        /// Say what would be copied and deleted; write nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Validate a config file; report every problem; exit 64 if there are any.
     CheckConfig {
@@ -139,10 +148,13 @@ fn main() -> ExitCode {
                 match keygate::run(config, listeners, Some(reload), shutdown_signal()).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
-                        tracing::error!(error = %e, "keygate failed");
+                        tracing::error!(error = %keygate::telemetry::chain(&e), "keygate failed");
                         ExitCode::FAILURE
                     }
                 }
+            }
+            Command::Migrate { config, dry_run } => {
+                ExitCode::from(cli::migrate(&config, dry_run).await)
             }
             Command::Reload { url } => ExitCode::from(cli::reload(&url).await),
             Command::Orgs { target, command } => manage(target, Manage::Orgs(command)).await,

@@ -67,6 +67,9 @@ CFG=$RUN/keygate.toml
 sed -e "s/127.0.0.1:8080/127.0.0.1:$KEYGATE_PORT/" -e "s/127.0.0.1:9090/127.0.0.1:$ADMIN_PORT/" \
     -e "s/127.0.0.1:9000/127.0.0.1:$UPSTREAM_PORT/" config/demo.toml >"$CFG"
 
+# A store kept from an older keygate is moved to this one's layout (nothing to do otherwise).
+"$KG" migrate --config "$CFG" >/dev/null
+
 # The demo's org, once; a kept store already has it.
 store() { "$KG" "$@" --config "$CFG"; }
 if ! store orgs list | grep -q '^demo '; then

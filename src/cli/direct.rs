@@ -42,6 +42,7 @@ pub async fn run(config: &Path, org: Option<&str>, command: Manage) -> Result<Va
     // Audited as the operator's login name, as far as the environment tells it.
     let login = std::env::var("USER").unwrap_or_default();
     let store = Store::open(&config.redis)?.acting_as(Actor::named(format!("cli:{login}")));
+    store.check_schema().await?;
     let org = || {
         org.map(OrgId::from)
             .ok_or_else(|| Failure::usage("on the store directly, name the org with --org ORG"))
@@ -56,6 +57,14 @@ pub async fn run(config: &Path, org: Option<&str>, command: Manage) -> Result<Va
         Manage::Projects(cmd) => projects(&store, org()?, cmd).await,
         Manage::Keys(cmd) => keys(&config, &store, org, cmd).await,
     }
+}
+
+/// `keygate migrate`: moves the store `config` names to the layout this keygate reads (with
+/// `dry_run`, says what that would do); the report.
+pub async fn migrate(config: &Path, dry_run: bool) -> Result<Value, Failure> {
+    let config = Config::load(config).map_err(|e| Failure::usage(e.to_string()))?;
+    let store = Store::open(&config.redis)?;
+    value(&store.migrate(dry_run).await?)
 }
 
 fn value(record: &impl Serialize) -> Result<Value, Failure> {

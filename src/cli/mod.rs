@@ -272,6 +272,41 @@ pub async fn reload(url: &str) -> u8 {
     }
 }
 
+/// `keygate migrate`: moves the store to this keygate's layout and says what it did (with
+/// `dry_run`, what it would do). Returns the process exit code.
+pub async fn migrate(config: &std::path::Path, dry_run: bool) -> u8 {
+    match direct::migrate(config, dry_run).await {
+        Ok(r) => {
+            let done = if dry_run { "would copy" } else { "copied" };
+            let gone = if dry_run { "would delete" } else { "deleted" };
+            if r["from"] == r["to"] {
+                println!("the store has layout {} already", r["to"]);
+            } else {
+                println!(
+                    "layout {} -> {}: {done} {} org(s), {} user(s), {} project(s), {} key(s) ({} credential(s)), {} audit entr(ies)",
+                    r["from"],
+                    r["to"],
+                    r["orgs"],
+                    r["users"],
+                    r["projects"],
+                    r["keys"],
+                    r["credentials"],
+                    r["audit_entries"]
+                );
+            }
+            println!("{gone} {} record(s) of the old layout", r["removed"]);
+            if dry_run {
+                println!("dry run: nothing was written");
+            }
+            0
+        }
+        Err(Failure { code, message }) => {
+            eprintln!("error: {message}");
+            code
+        }
+    }
+}
+
 /// Whether `keys revoke` was given a secret rather than a key id: keygate makes every key id
 /// `key_` and 16 characters, and a secret is longer than any id.
 pub fn is_secret(id_or_secret: &str) -> bool {

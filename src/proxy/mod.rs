@@ -353,7 +353,8 @@ async fn authenticate(
         project: found.as_ref().map(|p| p.as_deref()),
     };
     policy::authorize(&principal, &access)?;
-    r.usage.record(&principal.key.id, now);
+    r.usage
+        .record(&principal.key.org_id, &principal.key.id, now);
     Ok(Identity { principal, project })
 }
 

@@ -4,7 +4,7 @@
 //! write functions), the entry each write appends in its own MULTI/EXEC ([`Store::commit`] calls
 //! [`Actor::append_entry`]), and reading the log back newest first.
 //!
-//! Schema: one stream per org, `kg:org:{org}:audit`, capped near [`AUDIT_MAX_ENTRIES`] (XADD
+//! Schema: one stream per org, `kg:{org}:audit`, capped near [`AUDIT_MAX_ENTRIES`] (XADD
 //! MAXLEN ~). Fields: `actor`, `key_id`, `request_id`, `action`, `target`, `details` (JSON).
 //! Invariant: no write commits without its audit entry, and no audit entry without its write.
 
@@ -138,7 +138,7 @@ impl Store {
             None => "+".to_owned(),
         };
         let mut c = self.conn.clone();
-        let key = self.name(format_args!("org:{org}:audit"));
+        let key = self.name(format_args!("{}:audit", super::Tag(org)));
         let rows: Vec<(String, Vec<String>)> = self
             .bounded(async {
                 Ok(redis::cmd("XREVRANGE")

@@ -135,6 +135,7 @@ impl Owner {
 }
 
 impl User {
+    /// From a membership's fields and the account's `name`.
     pub fn from_fields(id: UserId, f: &(impl Record + ?Sized)) -> Result<Self, BadRecord> {
         let Owner {
             id,
@@ -152,10 +153,10 @@ impl User {
         })
     }
 
-    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+    /// The membership's fields (the name is the account's).
+    pub fn membership_fields(&self) -> Vec<(&'static str, String)> {
         vec![
             ("org_id", self.org_id.to_string()),
-            ("name", self.name.clone()),
             ("role", self.role.to_string()),
             ("status", self.status.to_string()),
             ("created_at", self.created_at.to_string()),

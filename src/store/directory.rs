@@ -6,7 +6,8 @@
 
 use serde_json::json;
 
-use super::{Change, Invalidation, Store, StoreError};
+use super::codec::Fields;
+use super::{Change, Invalidation, Store, StoreError, Tag};
 use crate::model::{
     Org, OrgId, Project, ProjectId, ProjectStatus, Role, User, UserId, UserStatus, Visibility,
     is_valid_id, unix_now,
@@ -46,7 +47,7 @@ impl Store {
     pub async fn create_org(&self, id: &OrgId, name: &str) -> Result<Org, StoreError> {
         check_id("org", id.as_str())?;
         check_name(name)?;
-        let key = self.name(format_args!("org:{id}"));
+        let key = self.name(format_args!("{}:org", Tag(id)));
         self.ensure_absent("org", id.as_str(), &key).await?;
         let org = Org {
             id: id.clone(),
@@ -76,7 +77,7 @@ impl Store {
     }
 
     pub async fn org(&self, id: &OrgId) -> Result<Org, StoreError> {
-        let key = self.name(format_args!("org:{id}"));
+        let key = self.name(format_args!("{}:org", Tag(id)));
         self.record("org", id.as_str(), key, |f| Org::from_fields(id.clone(), f))
             .await
     }
@@ -90,7 +91,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Creates a user; `id` is generated when not given.
+    /// Creates a user: a person (an account) and their membership of `org`; `id` is generated
+    /// when not given.
     pub async fn create_user(
         &self,
         org: &OrgId,
@@ -102,8 +104,8 @@ impl Store {
         check_name(name)?;
         let id = id.unwrap_or_else(|| UserId::from(new_id("u")));
         check_id("user", id.as_str())?;
-        let key = self.name(format_args!("user:{id}"));
-        self.ensure_absent("user", id.as_str(), &key).await?;
+        let account = self.name(format_args!("account:{id}"));
+        self.ensure_absent("user", id.as_str(), &account).await?;
         let user = User {
             id: id.clone(),
             org_id: org.clone(),
@@ -113,10 +115,24 @@ impl Store {
             created_at: unix_now(),
         };
         let mut pipe = redis::pipe();
-        pipe.hset_multiple(&key, &user.to_fields())
-            .ignore()
-            .sadd(self.name(format_args!("org:{org}:users")), id.as_str())
-            .ignore();
+        pipe.hset_multiple(
+            &account,
+            &[
+                ("name", user.name.clone()),
+                ("status", UserStatus::Active.to_string()),
+                ("created_at", user.created_at.to_string()),
+            ],
+        )
+        .ignore()
+        .sadd(self.name(format_args!("account:{id}:orgs")), org.as_str())
+        .ignore()
+        .hset_multiple(
+            self.name(format_args!("{}:member:{id}", Tag(org))),
+            &user.membership_fields(),
+        )
+        .ignore()
+        .sadd(self.name(format_args!("{}:members", Tag(org))), id.as_str())
+        .ignore();
         let change = Change {
             org,
             action: "user.create",
@@ -128,19 +144,46 @@ impl Store {
         Ok(user)
     }
 
+    /// A user: their membership of their org, with their name.
     pub async fn user(&self, id: &UserId) -> Result<User, StoreError> {
-        let key = self.name(format_args!("user:{id}"));
-        self.record("user", id.as_str(), key, |f| {
-            User::from_fields(id.clone(), f)
-        })
-        .await
+        let set = self.name(format_args!("account:{id}:orgs"));
+        let orgs = self.members(set).await?;
+        let org = orgs.first().ok_or_else(|| StoreError::NotFound {
+            kind: "user",
+            id: id.to_string(),
+        })?;
+        self.member(&OrgId::from(org.as_str()), id).await
+    }
+
+    /// A user's membership of `org`, with their name.
+    pub async fn member(&self, org: &OrgId, id: &UserId) -> Result<User, StoreError> {
+        let mut c = self.conn.clone();
+        let member = self.name(format_args!("{}:member:{id}", Tag(org)));
+        let account = self.name(format_args!("account:{id}"));
+        let (mut fields, name): (Fields, Option<String>) = self
+            .bounded(async {
+                Ok(redis::pipe()
+                    .hgetall(member)
+                    .hget(account, "name")
+                    .query_async(&mut c)
+                    .await?)
+            })
+            .await?;
+        if fields.is_empty() {
+            return Err(StoreError::NotFound {
+                kind: "user",
+                id: id.to_string(),
+            });
+        }
+        fields.extend(name.map(|n| ("name".to_owned(), n)));
+        Ok(User::from_fields(id.clone(), &fields)?)
     }
 
     pub async fn users(&self, org: &OrgId) -> Result<Vec<User>, StoreError> {
         let mut out = Vec::new();
-        let set = self.name(format_args!("org:{org}:users"));
+        let set = self.name(format_args!("{}:members", Tag(org)));
         for id in self.members(set).await? {
-            out.push(self.user(&UserId::from(id)).await?);
+            out.push(self.member(org, &UserId::from(id)).await?);
         }
         Ok(out)
     }
@@ -157,7 +200,7 @@ impl Store {
         user.status = status.unwrap_or(user.status);
         let mut pipe = redis::pipe();
         pipe.hset_multiple(
-            self.name(format_args!("user:{id}")),
+            self.name(format_args!("{}:member:{id}", Tag(&user.org_id))),
             &[
                 ("role", user.role.to_string()),
                 ("status", user.status.to_string()),
@@ -185,7 +228,7 @@ impl Store {
         self.org(org).await?;
         check_id("project", id.as_str())?;
         check_name(name)?;
-        let key = self.name(format_args!("project:{org}:{id}"));
+        let key = self.name(format_args!("{}:project:{id}", Tag(org)));
         self.ensure_absent("project", id.as_str(), &key).await?;
         let project = Project {
             id: id.clone(),
@@ -206,7 +249,10 @@ impl Store {
         let mut pipe = redis::pipe();
         pipe.hset_multiple(&key, &fields)
             .ignore()
-            .sadd(self.name(format_args!("org:{org}:projects")), id.as_str())
+            .sadd(
+                self.name(format_args!("{}:projects", Tag(org))),
+                id.as_str(),
+            )
             .ignore();
         let change = Change {
             org,
@@ -236,7 +282,7 @@ impl Store {
 
     pub async fn projects(&self, org: &OrgId) -> Result<Vec<Project>, StoreError> {
         let mut out = Vec::new();
-        let set = self.name(format_args!("org:{org}:projects"));
+        let set = self.name(format_args!("{}:projects", Tag(org)));
         for id in self.members(set).await? {
             out.push(self.existing_project(org, &ProjectId::from(id)).await?);
         }
@@ -253,7 +299,7 @@ impl Store {
         project.visibility = visibility;
         let mut pipe = redis::pipe();
         pipe.hset(
-            self.name(format_args!("project:{org}:{id}")),
+            self.name(format_args!("{}:project:{id}", Tag(org))),
             "visibility",
             visibility.as_str(),
         )
@@ -281,7 +327,7 @@ impl Store {
         project.status = status;
         let mut pipe = redis::pipe();
         pipe.hset(
-            self.name(format_args!("project:{org}:{id}")),
+            self.name(format_args!("{}:project:{id}", Tag(org))),
             "status",
             status.as_str(),
         )
@@ -308,11 +354,14 @@ impl Store {
             return Err(StoreError::ProjectNotArchived);
         }
         let mut pipe = redis::pipe();
-        pipe.del(self.name(format_args!("project:{org}:{id}")))
+        pipe.del(self.name(format_args!("{}:project:{id}", Tag(org))))
             .ignore()
-            .del(self.name(format_args!("project:{org}:{id}:members")))
+            .del(self.name(format_args!("{}:project:{id}:members", Tag(org))))
             .ignore()
-            .srem(self.name(format_args!("org:{org}:projects")), id.as_str())
+            .srem(
+                self.name(format_args!("{}:projects", Tag(org))),
+                id.as_str(),
+            )
             .ignore();
         let change = Change {
             org,
@@ -333,14 +382,8 @@ impl Store {
         member: bool,
     ) -> Result<Project, StoreError> {
         self.existing_project(org, id).await?;
-        let u = self.user(user).await?;
-        if &u.org_id != org {
-            return Err(StoreError::NotFound {
-                kind: "user",
-                id: user.to_string(),
-            });
-        }
-        let set = self.name(format_args!("project:{org}:{id}:members"));
+        self.member(org, user).await?;
+        let set = self.name(format_args!("{}:project:{id}:members", Tag(org)));
         let mut pipe = redis::pipe();
         if member {
             pipe.sadd(set, user.as_str()).ignore();

@@ -15,7 +15,7 @@ use super::Change;
 use super::audit::Actor;
 use super::codec::{Fields, join};
 use super::directory::{check_name, new_id};
-use super::{Invalidation, Store, StoreError};
+use super::{Invalidation, Store, StoreError, Tag};
 use crate::credential::{KeyFormat, hash_key, hash_legacy};
 use crate::model::{
     KeyGrant, KeyHash, KeyId, KeyRecord, KeyStatus, MAX_TIME, OrgId, ProjectId, Role, Scope, User,
@@ -230,7 +230,7 @@ impl Store {
     ) -> Result<KeyRecord, StoreError> {
         let owner = self.check_new_key(&new).await?;
         let record = key_record(&owner, new, hash, display, legacy);
-        let index = self.name(format_args!("keyhash:{hash}"));
+        let index = self.name(format_args!("credential:{hash}"));
         self.ensure_absent("credential", &record.display, &index)
             .await?;
         let mut pipe = redis::pipe();
@@ -252,21 +252,34 @@ impl Store {
 
     /// Adds the writes that store a new key to a transaction.
     fn add_key_writes(&self, pipe: &mut redis::Pipeline, record: &KeyRecord) {
-        let id = record.grant.id.as_str();
-        pipe.hset_multiple(self.name(format_args!("key:{id}")), &record.to_fields())
-            .ignore()
-            .set(self.name(format_args!("keyhash:{}", record.grant.hash)), id)
-            .ignore()
-            .sadd(
-                self.name(format_args!("user:{}:keys", record.grant.user_id)),
-                id,
-            )
-            .ignore()
-            .sadd(
-                self.name(format_args!("org:{}:keys", record.grant.org_id)),
-                id,
-            )
-            .ignore();
+        let (id, org) = (record.grant.id.as_str(), Tag(&record.grant.org_id));
+        pipe.hset_multiple(
+            self.name(format_args!("{org}:key:{id}")),
+            &record.to_fields(),
+        )
+        .ignore()
+        .set(
+            self.name(format_args!("credential:{}", record.grant.hash)),
+            self.credential_ref(record),
+        )
+        .ignore()
+        .set(
+            self.name(format_args!("keyorg:{id}")),
+            record.grant.org_id.as_str(),
+        )
+        .ignore()
+        .sadd(
+            self.name(format_args!("{org}:member:{}:keys", record.grant.user_id)),
+            id,
+        )
+        .ignore()
+        .sadd(self.name(format_args!("{org}:keys")), id)
+        .ignore();
+    }
+
+    /// What a credential's index holds: `{org}/{key id}`.
+    fn credential_ref(&self, key: &KeyRecord) -> String {
+        format!("{}/{}", key.grant.org_id, key.grant.id)
     }
 
     /// Creates `count` keys like `new` (for seeding benchmarks and migrations): the rules are
@@ -310,7 +323,13 @@ impl Store {
     }
 
     pub async fn key(&self, id: &KeyId) -> Result<KeyRecord, StoreError> {
-        let key = self.name(format_args!("key:{id}"));
+        let mut c = self.conn.clone();
+        let index = self.name(format_args!("keyorg:{id}"));
+        let org: Option<String> = self
+            .bounded(async { Ok(redis::cmd("GET").arg(index).query_async(&mut c).await?) })
+            .await?;
+        let org = OrgId::from(org.unwrap_or_default());
+        let key = self.name(format_args!("{}:key:{id}", Tag(&org)));
         self.record("key", id.as_str(), key, KeyRecord::from_fields)
             .await
     }
@@ -322,14 +341,14 @@ impl Store {
         user: Option<&UserId>,
     ) -> Result<Vec<KeyRecord>, StoreError> {
         let set = match user {
-            Some(u) => self.name(format_args!("user:{u}:keys")),
-            None => self.name(format_args!("org:{org}:keys")),
+            Some(u) => self.name(format_args!("{}:member:{u}:keys", Tag(org))),
+            None => self.name(format_args!("{}:keys", Tag(org))),
         };
         let mut out = Vec::new();
         for ids in self.members(set).await?.chunks(LIST_BATCH) {
             let mut pipe = redis::pipe();
             for id in ids {
-                pipe.hgetall(self.name(format_args!("key:{id}")));
+                pipe.hgetall(self.name(format_args!("{}:key:{id}", Tag(org))));
             }
             let mut c = self.conn.clone();
             let records: Vec<Fields> = self
@@ -363,8 +382,12 @@ impl Store {
             .map(|(k, v)| ((*k).to_owned(), json!(v)))
             .collect();
         let mut pipe = redis::pipe();
-        pipe.hset_multiple(self.name(format_args!("key:{}", key.grant.id)), fields)
-            .ignore();
+        let name = self.name(format_args!(
+            "{}:key:{}",
+            Tag(&key.grant.org_id),
+            key.grant.id
+        ));
+        pipe.hset_multiple(name, fields).ignore();
         self.commit(pipe, key_change(key, action, details.into()))
             .await
     }
@@ -430,7 +453,7 @@ impl Store {
         mut scopes: Vec<Scope>,
     ) -> Result<KeyRecord, StoreError> {
         let mut key = self.key(id).await?;
-        let owner = self.user(&key.grant.user_id).await?;
+        let owner = self.member(&key.grant.org_id, &key.grant.user_id).await?;
         check_scopes(&owner, &scopes)?;
         scopes.sort();
         scopes.dedup();
@@ -495,7 +518,7 @@ impl Store {
         }
         let mut pipe = redis::pipe();
         if let Some(stale) = before.grant.previous_hash {
-            pipe.del(self.name(format_args!("keyhash:{stale}")))
+            pipe.del(self.name(format_args!("credential:{stale}")))
                 .ignore();
         }
         let fields = [
@@ -510,11 +533,14 @@ impl Store {
             ("expires_at", key.grant.expires_at.unwrap_or(0).to_string()),
         ];
         pipe.set(
-            self.name(format_args!("keyhash:{}", key.grant.hash)),
-            id.as_str(),
+            self.name(format_args!("credential:{}", key.grant.hash)),
+            self.credential_ref(&key),
         )
         .ignore()
-        .hset_multiple(self.name(format_args!("key:{id}")), &fields)
+        .hset_multiple(
+            self.name(format_args!("{}:key:{id}", Tag(&key.grant.org_id))),
+            &fields,
+        )
         .ignore();
         let details = json!({ "grace_period_secs": grace.as_secs(), "display": key.display });
         // Cached entries under the old secrets must be re-read (the current one gets its grace
@@ -533,20 +559,22 @@ impl Store {
         if key.grant.status != KeyStatus::Revoked {
             return Err(StoreError::KeyNotRevoked);
         }
+        let org = Tag(&key.grant.org_id);
         let mut pipe = redis::pipe();
-        pipe.del(self.name(format_args!("key:{id}"))).ignore();
+        pipe.del(self.name(format_args!("{org}:key:{id}")))
+            .ignore()
+            .del(self.name(format_args!("keyorg:{id}")))
+            .ignore();
         for hash in std::iter::once(key.grant.hash).chain(key.grant.previous_hash) {
-            pipe.del(self.name(format_args!("keyhash:{hash}"))).ignore();
+            pipe.del(self.name(format_args!("credential:{hash}")))
+                .ignore();
         }
         pipe.srem(
-            self.name(format_args!("user:{}:keys", key.grant.user_id)),
+            self.name(format_args!("{org}:member:{}:keys", key.grant.user_id)),
             id.as_str(),
         )
         .ignore()
-        .srem(
-            self.name(format_args!("org:{}:keys", key.grant.org_id)),
-            id.as_str(),
-        )
+        .srem(self.name(format_args!("{org}:keys")), id.as_str())
         .ignore();
         self.commit(pipe, key_change(&key, "key.delete", json!({})))
             .await

@@ -4,23 +4,38 @@
 //! [`Store::project`]), the management writes (in `directory` and `keys`, shared by the CLI and
 //! the HTTP API), and the invalidation channel. Does not own: caching (`cache`) or policy.
 //!
-//! Schema (every name starts with the configured namespace, `kg` by default):
+//! Layout (schema version [`SCHEMA_VERSION`]; every name starts with the configured namespace,
+//! `kg` by default). `{org}`, in braces, is a Redis Cluster hash tag: every record of one org is
+//! in one hash slot, so a write to an org's records is one MULTI/EXEC there.
 //! ```text
-//! kg:orgs                      set   org ids
-//! kg:org:{org}                 hash  name, created_at
-//! kg:org:{org}:users           set   user ids
-//! kg:org:{org}:projects        set   project ids
-//! kg:org:{org}:keys            set   key ids
-//! kg:user:{user}               hash  org_id, name, role, status, created_at
-//! kg:user:{user}:keys          set   key ids
-//! kg:project:{org}:{project}   hash  org_id, name, visibility, created_at
-//! kg:project:{org}:{project}:members  set  user ids
-//! kg:key:{key}                 hash  see KeyRecord::to_fields (SHA-256 only, never the secret)
-//! kg:keyhash:{sha256 hex}      string key id: the lookup index (one per secret; a rotated-out
-//!                              secret's stays until the next rotation or the key's deletion)
-//! kg:org:{org}:audit           stream the audit log, see `audit`
-//! kg:invalidate                pub/sub channel, see [`Invalidation`]
+//! kg:schema                          string  the layout's version; keygate refuses any other
+//! kg:orgs                            set     org ids
+//! kg:account:{user}                  hash    the person: name, status, created_at
+//! kg:account:{user}:orgs             set     the orgs they are a member of
+//! kg:keyorg:{key}                    string  the org a key id is in
+//! kg:credential:{sha256 hex}         string  `{org}/{key id}`: the request path's index (one per
+//!                                            secret; a rotated-out secret's stays until the next
+//!                                            rotation or the key's deletion)
+//! kg:{org}:org                       hash    name, created_at
+//! kg:{org}:members                   set     user ids
+//! kg:{org}:member:{user}             hash    the membership: org_id, role, status, created_at
+//! kg:{org}:member:{user}:keys        set     key ids
+//! kg:{org}:projects                  set     project ids
+//! kg:{org}:project:{project}         hash    org_id, name, visibility, status, created_at
+//! kg:{org}:project:{project}:members set     user ids
+//! kg:{org}:keys                      set     key ids
+//! kg:{org}:key:{key}                 hash    see KeyRecord::to_fields (SHA-256 only, never the secret)
+//! kg:{org}:audit                     stream  the audit log, see `audit`
+//! kg:invalidate                      pub/sub channel, see [`Invalidation`]
 //! ```
+//! The records outside an org's slot are the indexes from a credential or a key id to its org,
+//! the accounts and the org list. On one Redis every write is one MULTI/EXEC with all of them.
+//! On a Cluster they are written apart from the org's transaction, in an order that leaves only
+//! harmless leftovers after a crash: an index before the record it points to on creation, after
+//! it on deletion (an index to no key finds no key). The cold key lookup is one script: one round
+//! trip on one Redis; on a Cluster, the index `GET`, then the script in the org's slot.
+//! `migrate` moves a store of the first layout (no hash tags, one org per user) to this one.
+//!
 //! Invariants: every write is one MULTI/EXEC transaction ([`Store::commit`]) that also appends
 //! its audit entry and PUBLISHes its invalidations, so no crash leaves half a key, no change goes
 //! unaudited, and no replica misses a change it could see. The actor is the handle's
@@ -34,6 +49,7 @@ pub mod audit;
 pub mod codec;
 pub mod directory;
 pub mod keys;
+pub mod migrate;
 pub mod usage;
 
 use std::fmt;
@@ -111,6 +127,8 @@ pub enum StoreError {
     KeyRevoked,
     #[error("{0}")]
     Rejected(String),
+    #[error("{0}")]
+    Schema(String),
 }
 
 impl From<redis::RedisError> for StoreError {
@@ -160,7 +178,8 @@ impl Invalidation {
     }
 }
 
-/// GET the index, then the key's grant and its owner, in one round trip. HMGET of only the fields
+/// GET the index, then the key's grant and its owner (the membership in the key's org, disabled
+/// with the account), in one round trip. HMGET of only the fields
 /// the request path reads ([`KeyGrant::FIELDS`], [`Owner::FIELDS`]), filled in by
 /// [`resolve_script`]: every field named or returned is a Lua string for Redis to make, so
 /// HGETALL of the whole key costs Redis more per call.
@@ -173,15 +192,23 @@ impl Invalidation {
 /// value contains a NUL; a corrupt one that did would change the count of values, which is
 /// checked.
 const RESOLVE_SCRIPT: &str = r"
-local id = redis.call('GET', KEYS[1])
-if not id then return false end
-local key = redis.call('HMGET', ARGV[1] .. ':key:' .. id, KEY_FIELDS)
+local ref = redis.call('GET', KEYS[1])
+if not ref then return false end
+local slash = string.find(ref, '/', 1, true)
+if not slash then return redis.error_reply('corrupt credential index') end
+local org = string.sub(ref, 1, slash - 1)
+local base = ARGV[1] .. ':{' .. org .. '}:'
+local key = redis.call('HMGET', base .. 'key:' .. string.sub(ref, slash + 1), KEY_FIELDS)
 if not key[1] then return false end
-local user = redis.call('HMGET', ARGV[1] .. ':user:' .. (key[2] or ''), OWNER_FIELDS)
+local user = key[2] or ''
+local member = redis.call('HMGET', base .. 'member:' .. user, OWNER_FIELDS)
 for i = 1, #key do key[i] = key[i] or '\1' end
--- A missing owner: the key's values alone.
-if user[1] then
-  for i = 1, #user do key[#key + 1] = user[i] or '\1' end
+-- A missing owner: the key's values alone. A disabled account disables every membership.
+if member[1] then
+  if redis.call('HGET', ARGV[1] .. ':account:' .. user, 'status') == 'disabled' then
+    member[3] = 'disabled'
+  end
+  for i = 1, #member do key[#key + 1] = member[i] or '\1' end
 end
 return table.concat(key, '\0')
 ";
@@ -201,6 +228,18 @@ fn resolve_script() -> String {
     RESOLVE_SCRIPT
         .replace("KEY_FIELDS", &quoted(&KeyGrant::FIELDS))
         .replace("OWNER_FIELDS", &quoted(&Owner::FIELDS))
+}
+
+/// The layout [`Store::check_schema`] accepts, in `{namespace}:schema`.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// An org's hash tag, `{acme}`: the part of a name Redis Cluster places by.
+pub(crate) struct Tag<'a>(pub &'a OrgId);
+
+impl fmt::Display for Tag<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{{{}}}", self.0)
+    }
 }
 
 /// A Redis key name ([`Store::name_arg`]).
@@ -301,7 +340,7 @@ impl Store {
     }
 
     /// A Redis key name: the namespace, `:`, then `parts`. Allocated once at a size that fits
-    /// the longest (`keyhash:` and 64 hex digits), where `format!` would start small and grow it.
+    /// the longest (`credential:` and 64 hex digits), where `format!` would start small and grow it.
     fn name(&self, parts: fmt::Arguments<'_>) -> String {
         use std::fmt::Write;
         let mut name = String::with_capacity(self.ns.len() + 96);
@@ -324,7 +363,7 @@ impl Store {
         mut pipe: redis::Pipeline,
         change: Change<'_>,
     ) -> Result<(), StoreError> {
-        let stream = self.name(format_args!("org:{}:audit", change.org));
+        let stream = self.name(format_args!("{}:audit", Tag(change.org)));
         self.actor.append_entry(pipe.atomic(), stream, &change);
         for inv in &change.invalidations {
             pipe.publish(self.channel(), inv.encode()).ignore();
@@ -363,6 +402,51 @@ impl Store {
         .await
     }
 
+    /// Checks the store's layout is [`SCHEMA_VERSION`]; marks an empty store as such. A store of
+    /// another layout is refused, saying what to run.
+    pub async fn check_schema(&self) -> Result<(), StoreError> {
+        let mut c = self.conn.clone();
+        let schema = self.name(format_args!("schema"));
+        let (version, orgs): (Option<u32>, bool) = self
+            .bounded(async {
+                Ok(redis::pipe()
+                    .get(&schema)
+                    .exists(self.name(format_args!("orgs")))
+                    .query_async(&mut c)
+                    .await?)
+            })
+            .await?;
+        let found = match (version, orgs) {
+            (Some(SCHEMA_VERSION), _) => return Ok(()),
+            (None, false) => {
+                let _: () = self
+                    .bounded(async {
+                        Ok(redis::cmd("SET")
+                            .arg(&schema)
+                            .arg(SCHEMA_VERSION)
+                            .arg("NX")
+                            .query_async(&mut c)
+                            .await?)
+                    })
+                    .await?;
+                return Ok(());
+            }
+            (None, true) => 1,
+            (Some(v), _) => v,
+        };
+        Err(StoreError::Schema(if found < SCHEMA_VERSION {
+            format!(
+                "the store (namespace `{}`) has layout {found}, this keygate reads layout {SCHEMA_VERSION}: stop every replica, then run `keygate migrate --config FILE` (`--dry-run` first shows what it will do)",
+                self.ns
+            )
+        } else {
+            format!(
+                "the store (namespace `{}`) has layout {found}, written by a newer keygate; this one reads layout {SCHEMA_VERSION}: run the newer version",
+                self.ns
+            )
+        }))
+    }
+
     /// The key with this credential hash and its owner, or `None` if no key has it.
     pub async fn resolve_key(&self, hash: &KeyHash) -> Result<Option<Principal>, StoreError> {
         let mut c = self.conn.clone();
@@ -376,7 +460,7 @@ impl Store {
             .arg("EVALSHA")
             .arg(self.resolve.get_hash())
             .arg(1)
-            .arg(self.name_arg(format_args!("keyhash:{hash}")))
+            .arg(self.name_arg(format_args!("credential:{hash}")))
             .arg(&self.ns);
         let found: Option<Vec<u8>> = self
             .bounded(async {
@@ -442,7 +526,7 @@ impl Store {
         id: &ProjectId,
     ) -> Result<Option<Project>, StoreError> {
         let mut c = self.conn.clone();
-        let key = self.name(format_args!("project:{org}:{id}"));
+        let key = self.name(format_args!("{}:project:{id}", Tag(org)));
         let (fields, mut members): (Fields, Vec<String>) = self
             .bounded(async {
                 Ok(redis::pipe()

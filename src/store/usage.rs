@@ -19,8 +19,8 @@ use dashmap::DashMap;
 use prometheus::IntCounter;
 use tokio::sync::watch;
 
-use super::{Store, StoreError};
-use crate::model::KeyId;
+use super::{Store, StoreError, Tag};
+use crate::model::{KeyId, OrgId};
 use crate::telemetry::Condition;
 
 /// Adds each key's count and moves its `last_used_at` forward, for keys that still exist.
@@ -45,8 +45,9 @@ const KEYS_PER_CALL: usize = 256;
 /// Script calls per round trip, each round trip bounded by the store timeout.
 const CALLS_PER_TRIP: usize = 16;
 
-#[derive(Default)]
 struct Counter {
+    /// The key's org, where its record is.
+    org: OrgId,
     requests: AtomicU64,
     /// Unix seconds of the latest use.
     last_used: AtomicU64,
@@ -61,21 +62,26 @@ pub struct Usage {
 /// One key's uses in a batch.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Used {
+    pub org: OrgId,
     pub key: KeyId,
     pub requests: u64,
     pub last_used: u64,
 }
 
 impl Usage {
-    /// Counts one allowed request of `key` at `now` (Unix seconds).
-    pub fn record(&self, key: &KeyId, now: u64) {
+    /// Counts one allowed request of `key` (of `org`) at `now` (Unix seconds).
+    pub fn record(&self, org: &OrgId, key: &KeyId, now: u64) {
         let add = |c: &Counter| {
             c.requests.fetch_add(1, Ordering::Relaxed);
             c.last_used.fetch_max(now, Ordering::Relaxed);
         };
         match self.counts.get(key) {
             Some(c) => add(&c),
-            None => add(&self.counts.entry(key.clone()).or_default()),
+            None => add(&self.counts.entry(key.clone()).or_insert_with(|| Counter {
+                org: org.clone(),
+                requests: AtomicU64::new(0),
+                last_used: AtomicU64::new(0),
+            })),
         }
     }
 
@@ -87,6 +93,7 @@ impl Usage {
             let requests = c.requests.swap(0, Ordering::Relaxed);
             if requests > 0 {
                 out.push(Used {
+                    org: c.org.clone(),
                     key: key.clone(),
                     requests,
                     last_used: c.last_used.load(Ordering::Relaxed),
@@ -113,7 +120,8 @@ impl Store {
                 // then copies them into the command.
                 pipe.cmd("EVALSHA").arg(script.get_hash()).arg(call.len());
                 for used in call {
-                    pipe.arg(self.name_arg(format_args!("key:{}", used.key)));
+                    let (org, key) = (Tag(&used.org), &used.key);
+                    pipe.arg(self.name_arg(format_args!("{org}:key:{key}")));
                 }
                 for used in call {
                     pipe.arg(used.requests).arg(used.last_used);
@@ -167,22 +175,24 @@ mod tests {
     #[test]
     fn counts_are_drained_once_and_idle_keys_forgotten() {
         let usage = Usage::default();
-        let (a, b) = (KeyId::from("a"), KeyId::from("b"));
-        usage.record(&a, 10);
-        usage.record(&a, 12);
-        usage.record(&a, 11);
-        usage.record(&b, 5);
+        let (a, b, org) = (KeyId::from("a"), KeyId::from("b"), OrgId::from("acme"));
+        usage.record(&org, &a, 10);
+        usage.record(&org, &a, 12);
+        usage.record(&org, &a, 11);
+        usage.record(&org, &b, 5);
         let mut batch = usage.drain();
         batch.sort_by(|x, y| x.key.cmp(&y.key));
         assert_eq!(
             batch,
             [
                 Used {
+                    org: org.clone(),
                     key: a.clone(),
                     requests: 3,
                     last_used: 12
                 },
                 Used {
+                    org: org.clone(),
                     key: b,
                     requests: 1,
                     last_used: 5
@@ -191,7 +201,7 @@ mod tests {
         );
         assert!(usage.drain().is_empty(), "nothing twice");
         assert!(usage.counts.is_empty(), "idle keys are forgotten");
-        usage.record(&a, 20);
+        usage.record(&org, &a, 20);
         assert_eq!(usage.drain()[0].requests, 1);
     }
 }

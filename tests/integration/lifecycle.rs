@@ -298,6 +298,7 @@ async fn usage_batches_span_script_calls_and_never_recreate_deleted_keys() {
     let (_, last) = new_key(&w.store, &w.gw.config, "bob", &["predict"], &[]).await;
     // 600 entries: three script calls of up to 256 keys; only the first and the last exist.
     let used = |key: KeyId, requests| Used {
+        org: keygate::model::OrgId::from("acme"),
         key,
         requests,
         last_used: 1_900_000_000,

@@ -11,6 +11,7 @@ mod demo;
 mod directory;
 mod layers;
 mod lifecycle;
+mod migrate;
 mod proxy;
 mod redis_tls;
 mod reload;

@@ -178,7 +178,7 @@ async fn every_refusal_has_its_status_and_code_and_reaches_no_upstream() {
     // Expiry in the past, written straight into Redis (the API refuses to create one).
     w.redis.cmd(&[
         "HSET",
-        &format!("kg:key:{expired_id}"),
+        &format!("kg:{{acme}}:key:{expired_id}"),
         "expires_at",
         &(unix_now() - 1).to_string(),
     ]);
@@ -559,7 +559,7 @@ async fn a_corrupt_key_record_fails_closed() {
     ];
     for (change, field) in cases {
         let (key, id) = new_key(&w.store, &w.gw.config, "alice", &["predict"], &["p1"]).await;
-        let record = format!("kg:key:{id}");
+        let record = format!("kg:{{acme}}:key:{id}");
         let mut cmd = vec![change[0], &record];
         cmd.extend(&change[1..]);
         w.redis.cmd(&cmd);
@@ -581,7 +581,7 @@ async fn a_corrupt_key_record_fails_closed() {
     // An intact key is served: only the corrupt records are refused. The lookup does not read
     // the owner's name, so free text there changes nothing.
     w.redis
-        .cmd(&["HSET", "kg:user:alice", "name", "Zoë \"the\" \\ admin"]);
+        .cmd(&["HSET", "kg:account:alice", "name", "Zoë \"the\" \\ admin"]);
     let (status, _, _) =
         get_with(w.gw.addr, "/v1/projects/p1/x", &[("apikey", &w.keys.alice)]).await;
     assert_eq!(status.as_u16(), 200);

@@ -81,7 +81,9 @@ impl ApiError {
                 StoreError::Unavailable(_) | StoreError::Timeout => {
                     (StatusCode::SERVICE_UNAVAILABLE, "key_store_unavailable")
                 }
-                StoreError::Corrupt(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+                StoreError::Corrupt(_) | StoreError::Schema(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
+                }
                 StoreError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
                 StoreError::AlreadyExists { .. } => (StatusCode::CONFLICT, "already_exists"),
                 StoreError::KeyNotRevoked => (StatusCode::CONFLICT, "key_not_revoked"),
