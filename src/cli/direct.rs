@@ -94,11 +94,31 @@ async fn users(
             value(&user)
         }
         UsersCommand::List => items(&store.users(&org()?).await?),
-        UsersCommand::Show { id } => value(&store.user(&UserId::from(id)).await?),
+        UsersCommand::Show { id } => value(&membership(store, &org, &UserId::from(id)).await?),
+        UsersCommand::AddMember { id, role } => {
+            let (org, id) = (org()?, UserId::from(id));
+            value(&store.add_member(&org, &id, parsed(&role)?).await?)
+        }
+        UsersCommand::Invite { id, role } => {
+            let (org, id) = (org()?, UserId::from(id));
+            value(&store.invite(&org, &id, parsed(&role)?).await?)
+        }
+        UsersCommand::Accept { .. } => Err(Failure::usage(
+            "a person accepts an invitation over the API, with their own key (KEYGATE_API_KEY)",
+        )),
+        UsersCommand::SetAccount { id, status } => {
+            let id = UserId::from(id);
+            value(&store.set_account_status(&id, parsed(&status)?).await?)
+        }
         UsersCommand::Set { id, role, status } => {
             let role = role.as_deref().map(parsed).transpose()?;
             let status = status.as_deref().map(parsed).transpose()?;
-            value(&store.update_user(&UserId::from(id), role, status).await?)
+            let user = membership(store, &org, &UserId::from(id)).await?;
+            value(
+                &store
+                    .update_member(&user.org_id, &user.id, role, status)
+                    .await?,
+            )
         }
     }
 }
@@ -182,6 +202,23 @@ fn with_secret(record: &impl Serialize, secret: String) -> Result<Value, Failure
 }
 
 /// The owner a key is created for: on the store, it must be named.
+/// A person's membership of the org `--org` names, or without it, of their only org.
+async fn membership(
+    store: &Store,
+    org: &impl Fn() -> Result<OrgId, Failure>,
+    id: &UserId,
+) -> Result<crate::model::User, Failure> {
+    Ok(match given(org) {
+        Some(org) => store.member(&org, id).await?,
+        None => store.user(id).await?,
+    })
+}
+
+/// The org `--org` names, if it does (a key's owner in one org needs none).
+fn given(org: &impl Fn() -> Result<OrgId, Failure>) -> Option<OrgId> {
+    org().ok()
+}
+
 fn owner(user: Option<String>) -> Result<UserId, Failure> {
     user.map(UserId::from)
         .ok_or_else(|| Failure::usage("on the store directly, name the key's owner with --user"))
@@ -208,6 +245,7 @@ async fn keys(
                 None => None,
             };
             let new = NewKey {
+                org_id: given(&org),
                 user_id: owner(user)?,
                 name,
                 scopes: scopes(config, &names)?,
@@ -227,6 +265,7 @@ async fn keys(
         } => {
             let asked = now.saturating_add(expires_in.as_secs());
             let new = NewKey {
+                org_id: given(&org),
                 user_id: UserId::from(user),
                 name: "bulk".into(),
                 scopes: scopes(config, &names)?,
@@ -252,6 +291,7 @@ async fn keys(
         } => {
             let secret = secret_from_stdin()?;
             let new = NewKey {
+                org_id: given(&org),
                 user_id: UserId::from(user),
                 name,
                 scopes: scopes(config, &names)?,

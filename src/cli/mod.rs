@@ -88,13 +88,35 @@ pub enum UsersCommand {
     List,
     /// One user.
     Show { id: String },
-    /// Change role and/or status; their keys follow at once on every replica.
+    /// Change a member's role and/or status in the org; their keys there follow at once on every
+    /// replica.
     Set {
         id: String,
         #[arg(long)]
         role: Option<String>,
         #[arg(long)]
         status: Option<String>,
+    },
+    /// Add a person who exists (a member of another org) to the org: the platform's act (the
+    /// bootstrap token, or --config).
+    AddMember {
+        id: String,
+        #[arg(long, default_value = "member")]
+        role: String,
+    },
+    /// Invite a person to the org by their id; they accept with a key of their own.
+    Invite {
+        id: String,
+        #[arg(long, default_value = "member")]
+        role: String,
+    },
+    /// Accept an invitation to ORG, as the holder of the API key (over the API only).
+    Accept { org: String, invitation: String },
+    /// Disable or enable a person in every org at once (the platform's act).
+    SetAccount {
+        id: String,
+        #[arg(long)]
+        status: String,
     },
 }
 
@@ -252,13 +274,13 @@ pub async fn run(target: Target, command: Manage) -> u8 {
 pub async fn reload(url: &str) -> u8 {
     match remote::send(url, None, http::Method::POST, "/reload", None).await {
         Ok(answer) => {
-            println!("reloaded: {} route(s)", answer["routes"]);
+            print::outln!("reloaded: {} route(s)", answer["routes"]);
             if let Some(kept) = answer["restart_needed"]
                 .as_array()
                 .filter(|k| !k.is_empty())
             {
                 let names: Vec<&str> = kept.iter().filter_map(|k| k.as_str()).collect();
-                println!(
+                print::outln!(
                     "changed in the file but applied only on a restart: {}",
                     names.join(", ")
                 );
@@ -280,9 +302,9 @@ pub async fn migrate(config: &std::path::Path, dry_run: bool) -> u8 {
             let done = if dry_run { "would copy" } else { "copied" };
             let gone = if dry_run { "would delete" } else { "deleted" };
             if r["from"] == r["to"] {
-                println!("the store has layout {} already", r["to"]);
+                print::outln!("the store has layout {} already", r["to"]);
             } else {
-                println!(
+                print::outln!(
                     "layout {} -> {}: {done} {} org(s), {} user(s), {} project(s), {} key(s) ({} credential(s)), {} audit entr(ies)",
                     r["from"],
                     r["to"],
@@ -294,9 +316,9 @@ pub async fn migrate(config: &std::path::Path, dry_run: bool) -> u8 {
                     r["audit_entries"]
                 );
             }
-            println!("{gone} {} record(s) of the old layout", r["removed"]);
+            print::outln!("{gone} {} record(s) of the old layout", r["removed"]);
             if dry_run {
-                println!("dry run: nothing was written");
+                print::outln!("dry run: nothing was written");
             }
             0
         }

@@ -5,6 +5,8 @@
 //! create …)` captures just the secret; the warning that it is shown once, and the key's row, go
 //! to stderr.
 
+use std::io::Write;
+
 use serde_json::Value;
 
 use crate::model::MAX_TIME;
@@ -34,36 +36,65 @@ const PROJECT_COLUMNS: &[(&str, &str)] = &[
     ("VISIBILITY", "visibility"),
     ("MEMBERS", "members"),
 ];
+const ACCOUNT_COLUMNS: &[(&str, &str)] = &[
+    ("ID", "id"),
+    ("NAME", "name"),
+    ("STATUS", "status"),
+    ("ORGS", "org_ids"),
+];
 const ORG_COLUMNS: &[(&str, &str)] = &[("ID", "id"), ("NAME", "name"), ("CREATED", "created_at")];
+
+/// Writes to stdout; a closed stdout (`keygate keys list | head -1`) ends the process quietly,
+/// where `print!` would panic.
+pub(crate) fn write_out(text: std::fmt::Arguments<'_>) {
+    if let Err(e) = std::io::stdout().lock().write_fmt(text) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write the answer: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `print!` through [`write_out`].
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::print::write_out(format_args!($($arg)*)) };
+}
+
+/// `println!` through [`write_out`].
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::cli::print::write_out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+pub(crate) use outln;
 
 /// Prints a successful answer.
 pub fn answer(value: &Value, as_json: bool) {
     if let Some(secret) = value["secret"].as_str() {
         eprintln!("Store this key now: it is shown only once and cannot be recovered.");
         if as_json {
-            println!("{}", pretty(value));
+            outln!("{}", pretty(value));
         } else {
-            println!("{secret}");
+            outln!("{secret}");
             eprint!("{}", table(std::slice::from_ref(value)));
         }
         return;
     }
     if as_json {
         if !value.is_null() {
-            println!("{}", pretty(value));
+            outln!("{}", pretty(value));
         }
         return;
     }
     match (value, value["items"].as_array()) {
-        (_, Some(items)) if items.is_empty() => println!("(none)"),
-        (_, Some(items)) => print!("{}", table(items)),
-        (Value::Null, _) => println!("done"),
+        (_, Some(items)) if items.is_empty() => outln!("(none)"),
+        (_, Some(items)) => out!("{}", table(items)),
+        (Value::Null, _) => outln!("done"),
         (Value::Object(map), _) if !map.contains_key("name") => {
             for (name, v) in map {
-                println!("{name}: {}", cell(name, v));
+                outln!("{name}: {}", cell(name, v));
             }
         }
-        _ => print!("{}", table(std::slice::from_ref(value))),
+        _ => out!("{}", table(std::slice::from_ref(value))),
     }
 }
 
@@ -80,6 +111,8 @@ fn table(rows: &[Value]) -> String {
         USER_COLUMNS
     } else if first.get("visibility").is_some() {
         PROJECT_COLUMNS
+    } else if first.get("org_ids").is_some() {
+        ACCOUNT_COLUMNS
     } else {
         ORG_COLUMNS
     };

@@ -76,6 +76,26 @@ fn users_call(cmd: UsersCommand) -> Call {
             format!("/v1/users/{id}"),
             Some(json!({ "role": role, "status": status })),
         ),
+        UsersCommand::AddMember { id, role } => (
+            Method::POST,
+            "/v1/memberships".into(),
+            Some(json!({ "user_id": id, "role": role })),
+        ),
+        UsersCommand::Invite { id, role } => (
+            Method::POST,
+            "/v1/invitations".into(),
+            Some(json!({ "user_id": id, "role": role })),
+        ),
+        UsersCommand::Accept { org, invitation } => (
+            Method::POST,
+            format!("/v1/orgs/{org}/invitations/{invitation}/accept"),
+            None,
+        ),
+        UsersCommand::SetAccount { id, status } => (
+            Method::PATCH,
+            format!("/v1/accounts/{id}"),
+            Some(json!({ "status": status })),
+        ),
     }
 }
 

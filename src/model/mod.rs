@@ -260,14 +260,40 @@ pub struct Owner {
     pub status: UserStatus,
 }
 
+/// A person's membership of one org, with their name: what an org sees of a user. One person
+/// ([`Account`]) may be a member of several orgs, with a role and a status in each.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct User {
     pub id: UserId,
     pub org_id: OrgId,
     pub name: String,
     pub role: Role,
+    /// The membership's; a disabled account disables every membership on the data plane.
     pub status: UserStatus,
     pub created_at: u64,
+}
+
+/// A person, across the orgs they belong to: what only the platform sees.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Account {
+    pub id: UserId,
+    pub name: String,
+    /// Disabled: every key of theirs, in every org, stops at once.
+    pub status: UserStatus,
+    pub created_at: u64,
+    pub org_ids: Vec<OrgId>,
+}
+
+/// An org's invitation to a person to become a member with `role`; the person accepts it with a
+/// key of their own. Invitations lapse after a week.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Invitation {
+    pub id: String,
+    pub org_id: OrgId,
+    pub user_id: UserId,
+    pub role: Role,
+    pub created_at: u64,
+    pub expires_at: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::model::{
-    KeyGrant, KeyHash, KeyRecord, MAX_TIME, Org, OrgId, Owner, Project, ProjectId, ProjectStatus,
-    Scope, User, UserId, is_valid_id,
+    Account, Invitation, KeyGrant, KeyHash, KeyRecord, MAX_TIME, Org, OrgId, Owner, Project,
+    ProjectId, ProjectStatus, Scope, User, UserId, is_valid_id,
 };
 
 /// A Redis hash read back as field → value. A B-tree, not a hash map: records have a dozen
@@ -161,6 +161,31 @@ impl User {
             ("status", self.status.to_string()),
             ("created_at", self.created_at.to_string()),
         ]
+    }
+}
+
+impl Account {
+    pub fn from_fields(id: UserId, f: &Fields, org_ids: Vec<OrgId>) -> Result<Self, BadRecord> {
+        Ok(Account {
+            id,
+            name: field(f, "name")?.to_owned(),
+            status: parsed(f, "status")?,
+            created_at: parsed(f, "created_at")?,
+            org_ids,
+        })
+    }
+}
+
+impl Invitation {
+    pub fn from_fields(id: String, org_id: OrgId, f: &Fields) -> Result<Self, BadRecord> {
+        Ok(Invitation {
+            id,
+            org_id,
+            user_id: slug(f, "user_id")?,
+            role: parsed(f, "role")?,
+            created_at: parsed(f, "created_at")?,
+            expires_at: parsed(f, "expires_at")?,
+        })
     }
 }
 

@@ -9,9 +9,12 @@ use serde_json::json;
 use super::codec::Fields;
 use super::{Change, Invalidation, Store, StoreError, Tag};
 use crate::model::{
-    Org, OrgId, Project, ProjectId, ProjectStatus, Role, User, UserId, UserStatus, Visibility,
-    is_valid_id, unix_now,
+    Account, Invitation, Org, OrgId, Project, ProjectId, ProjectStatus, Role, User, UserId,
+    UserStatus, Visibility, is_valid_id, unix_now,
 };
+
+/// How long an invitation can be accepted: a week.
+pub const INVITATION_VALIDITY_SECS: u64 = 7 * 24 * 3600;
 
 fn check_id(kind: &str, id: &str) -> Result<(), StoreError> {
     if is_valid_id(id) {
@@ -123,16 +126,8 @@ impl Store {
                 ("created_at", user.created_at.to_string()),
             ],
         )
-        .ignore()
-        .sadd(self.name(format_args!("account:{id}:orgs")), org.as_str())
-        .ignore()
-        .hset_multiple(
-            self.name(format_args!("{}:member:{id}", Tag(org))),
-            &user.membership_fields(),
-        )
-        .ignore()
-        .sadd(self.name(format_args!("{}:members", Tag(org))), id.as_str())
         .ignore();
+        self.add_membership_writes(&mut pipe, &user);
         let change = Change {
             org,
             action: "user.create",
@@ -144,15 +139,20 @@ impl Store {
         Ok(user)
     }
 
-    /// A user: their membership of their org, with their name.
+    /// A person's membership when they belong to one org; one of several orgs must be named
+    /// (`member`).
     pub async fn user(&self, id: &UserId) -> Result<User, StoreError> {
         let set = self.name(format_args!("account:{id}:orgs"));
-        let orgs = self.members(set).await?;
-        let org = orgs.first().ok_or_else(|| StoreError::NotFound {
-            kind: "user",
-            id: id.to_string(),
-        })?;
-        self.member(&OrgId::from(org.as_str()), id).await
+        match self.members(set).await?.as_slice() {
+            [] => Err(StoreError::NotFound {
+                kind: "user",
+                id: id.to_string(),
+            }),
+            [org] => self.member(&OrgId::from(org.as_str()), id).await,
+            _ => Err(StoreError::Rejected(format!(
+                "user `{id}` is a member of several orgs; name the org"
+            ))),
+        }
     }
 
     /// A user's membership of `org`, with their name.
@@ -188,19 +188,21 @@ impl Store {
         Ok(out)
     }
 
-    /// Changes a user's role and/or status; every replica re-reads their keys at once.
-    pub async fn update_user(
+    /// Changes a membership's role and/or status; every replica re-reads the person's keys at
+    /// once.
+    pub async fn update_member(
         &self,
+        org: &OrgId,
         id: &UserId,
         role: Option<Role>,
         status: Option<UserStatus>,
     ) -> Result<User, StoreError> {
-        let mut user = self.user(id).await?;
+        let mut user = self.member(org, id).await?;
         user.role = role.unwrap_or(user.role);
         user.status = status.unwrap_or(user.status);
         let mut pipe = redis::pipe();
         pipe.hset_multiple(
-            self.name(format_args!("{}:member:{id}", Tag(&user.org_id))),
+            self.name(format_args!("{}:member:{id}", Tag(org))),
             &[
                 ("role", user.role.to_string()),
                 ("status", user.status.to_string()),
@@ -208,7 +210,7 @@ impl Store {
         )
         .ignore();
         let change = Change {
-            org: &user.org_id,
+            org,
             action: "user.update",
             target: format!("user:{id}"),
             details: json!({ "role": role, "status": status }),
@@ -216,6 +218,251 @@ impl Store {
         };
         self.commit(pipe, change).await?;
         Ok(user)
+    }
+
+    /// A person and the orgs they belong to (the platform's view).
+    pub async fn account(&self, id: &UserId) -> Result<Account, StoreError> {
+        let (record, orgs) = (
+            self.name(format_args!("account:{id}")),
+            self.name(format_args!("account:{id}:orgs")),
+        );
+        let fields = self
+            .hash(record)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "user",
+                id: id.to_string(),
+            })?;
+        let orgs = self.members(orgs).await?;
+        let orgs = orgs.iter().map(|o| OrgId::from(o.as_str())).collect();
+        Ok(Account::from_fields(id.clone(), &fields, orgs)?)
+    }
+
+    /// Disables or re-enables a person everywhere: every key of theirs, in every org, follows
+    /// at once on every replica. Audited in each of their orgs.
+    pub async fn set_account_status(
+        &self,
+        id: &UserId,
+        status: UserStatus,
+    ) -> Result<Account, StoreError> {
+        let mut account = self.account(id).await?;
+        account.status = status;
+        let mut pipe = redis::pipe();
+        pipe.hset(
+            self.name(format_args!("account:{id}")),
+            "status",
+            status.as_str(),
+        )
+        .ignore();
+        let Some((first, others)) = account.org_ids.split_first() else {
+            let mut c = self.conn.clone();
+            self.bounded(async { Ok(pipe.query_async::<()>(&mut c).await?) })
+                .await?;
+            return Ok(account);
+        };
+        let change = |org| Change {
+            org,
+            action: "account.update",
+            target: format!("user:{id}"),
+            details: json!({ "status": status }),
+            invalidations: vec![Invalidation::User(id.clone())],
+        };
+        for org in others {
+            let stream = self.name(format_args!("{}:audit", Tag(org)));
+            self.actor.append_entry(pipe.atomic(), stream, &change(org));
+        }
+        self.commit(pipe, change(first)).await?;
+        Ok(account)
+    }
+
+    /// Adds a person who exists (in another org) to `org`: the platform's act (the bootstrap
+    /// token or the CLI on the store). An org admin invites instead ([`Store::invite`]).
+    pub async fn add_member(
+        &self,
+        org: &OrgId,
+        id: &UserId,
+        role: Role,
+    ) -> Result<User, StoreError> {
+        self.org(org).await?;
+        let account = self.account(id).await?;
+        let membership = self.name(format_args!("{}:member:{id}", Tag(org)));
+        self.ensure_absent("member", id.as_str(), &membership)
+            .await?;
+        let user = User {
+            id: id.clone(),
+            org_id: org.clone(),
+            name: account.name,
+            role,
+            status: UserStatus::Active,
+            created_at: unix_now(),
+        };
+        let mut pipe = redis::pipe();
+        self.add_membership_writes(&mut pipe, &user);
+        let change = Change {
+            org,
+            action: "member.add",
+            target: format!("user:{id}"),
+            details: json!({ "role": role }),
+            invalidations: Vec::new(),
+        };
+        self.commit(pipe, change).await?;
+        Ok(user)
+    }
+
+    /// Adds the writes that make `user` a member of their org to a transaction.
+    fn add_membership_writes(&self, pipe: &mut redis::Pipeline, user: &User) {
+        let (id, org) = (&user.id, Tag(&user.org_id));
+        pipe.hset_multiple(
+            self.name(format_args!("{org}:member:{id}")),
+            &user.membership_fields(),
+        )
+        .ignore()
+        .sadd(self.name(format_args!("{org}:members")), id.as_str())
+        .ignore()
+        .sadd(
+            self.name(format_args!("account:{id}:orgs")),
+            user.org_id.as_str(),
+        )
+        .ignore();
+    }
+
+    /// Invites the person `user` to `org` with `role`; they accept with a key of their own.
+    /// Made and answered alike whether or not the person exists: the inviting org learns
+    /// nothing of other orgs' people. A member of `org` already is refused (that is `org`'s own).
+    pub async fn invite(
+        &self,
+        org: &OrgId,
+        user: &UserId,
+        role: Role,
+    ) -> Result<Invitation, StoreError> {
+        check_id("user", user.as_str())?;
+        let membership = self.name(format_args!("{}:member:{user}", Tag(org)));
+        self.ensure_absent("member", user.as_str(), &membership)
+            .await?;
+        let now = unix_now();
+        let invitation = Invitation {
+            id: new_id("inv"),
+            org_id: org.clone(),
+            user_id: user.clone(),
+            role,
+            created_at: now,
+            expires_at: now + INVITATION_VALIDITY_SECS,
+        };
+        let record = self.name(format_args!("{}:invitation:{}", Tag(org), invitation.id));
+        let mut pipe = redis::pipe();
+        pipe.hset_multiple(
+            &record,
+            &[
+                ("user_id", user.to_string()),
+                ("role", role.to_string()),
+                ("created_at", now.to_string()),
+                ("expires_at", invitation.expires_at.to_string()),
+            ],
+        )
+        .ignore()
+        .expire(&record, INVITATION_VALIDITY_SECS as i64)
+        .ignore()
+        .sadd(
+            self.name(format_args!("{}:invitations", Tag(org))),
+            &invitation.id,
+        )
+        .ignore();
+        let change = Change {
+            org,
+            action: "invitation.create",
+            target: format!("invitation:{}", invitation.id),
+            details: json!({ "user_id": user, "role": role }),
+            invalidations: Vec::new(),
+        };
+        self.commit(pipe, change).await?;
+        Ok(invitation)
+    }
+
+    /// An org's invitations that have not lapsed, newest first.
+    pub async fn invitations(&self, org: &OrgId) -> Result<Vec<Invitation>, StoreError> {
+        let set = self.name(format_args!("{}:invitations", Tag(org)));
+        let mut out = Vec::new();
+        for id in self.members(set).await? {
+            let record = self.name(format_args!("{}:invitation:{id}", Tag(org)));
+            if let Some(fields) = self.hash(record).await? {
+                out.push(Invitation::from_fields(id, org.clone(), &fields)?);
+            }
+        }
+        out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    async fn invitation(&self, org: &OrgId, id: &str) -> Result<Invitation, StoreError> {
+        let record = self.name(format_args!("{}:invitation:{id}", Tag(org)));
+        self.record("invitation", id, record, |f| {
+            Invitation::from_fields(id.to_owned(), org.clone(), f)
+        })
+        .await
+    }
+
+    /// Withdraws an invitation.
+    pub async fn delete_invitation(&self, org: &OrgId, id: &str) -> Result<(), StoreError> {
+        let invitation = self.invitation(org, id).await?;
+        let mut pipe = redis::pipe();
+        self.remove_invitation_writes(&mut pipe, org, id);
+        let change = Change {
+            org,
+            action: "invitation.delete",
+            target: format!("invitation:{id}"),
+            details: json!({ "user_id": invitation.user_id }),
+            invalidations: Vec::new(),
+        };
+        self.commit(pipe, change).await
+    }
+
+    fn remove_invitation_writes(&self, pipe: &mut redis::Pipeline, org: &OrgId, id: &str) {
+        pipe.del(self.name(format_args!("{}:invitation:{id}", Tag(org))))
+            .ignore()
+            .srem(self.name(format_args!("{}:invitations", Tag(org))), id)
+            .ignore();
+    }
+
+    /// `user` accepts an invitation to `org` made for them, and becomes a member with its role.
+    /// An invitation for someone else is not found.
+    pub async fn accept_invitation(
+        &self,
+        org: &OrgId,
+        id: &str,
+        user: &UserId,
+    ) -> Result<User, StoreError> {
+        let invitation = self
+            .invitation(org, id)
+            .await
+            .ok()
+            .filter(|i| &i.user_id == user && i.expires_at > unix_now())
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "invitation",
+                id: id.to_owned(),
+            })?;
+        let account = self.account(user).await?;
+        let membership = self.name(format_args!("{}:member:{user}", Tag(org)));
+        self.ensure_absent("member", user.as_str(), &membership)
+            .await?;
+        let member = User {
+            id: user.clone(),
+            org_id: org.clone(),
+            name: account.name,
+            role: invitation.role,
+            status: UserStatus::Active,
+            created_at: unix_now(),
+        };
+        let mut pipe = redis::pipe();
+        self.add_membership_writes(&mut pipe, &member);
+        self.remove_invitation_writes(&mut pipe, org, id);
+        let change = Change {
+            org,
+            action: "invitation.accept",
+            target: format!("invitation:{id}"),
+            details: json!({ "user_id": user, "role": invitation.role }),
+            invalidations: Vec::new(),
+        };
+        self.commit(pipe, change).await?;
+        Ok(member)
     }
 
     pub async fn create_project(

@@ -60,6 +60,8 @@ pub fn expiry(
 /// What a caller asks for when creating a key.
 #[derive(Clone, Debug)]
 pub struct NewKey {
+    /// The org of the owner's membership the key acts in; `None`: the owner's only org.
+    pub org_id: Option<OrgId>,
     pub user_id: UserId,
     pub name: String,
     pub scopes: Vec<Scope>,
@@ -156,7 +158,10 @@ fn key_change<'a>(
 impl Store {
     /// Checks a new key's owner, scopes, projects and expiry; returns the owner.
     async fn check_new_key(&self, new: &NewKey) -> Result<User, StoreError> {
-        let owner = self.user(&new.user_id).await?;
+        let owner = match &new.org_id {
+            Some(org) => self.member(org, &new.user_id).await?,
+            None => self.user(&new.user_id).await?,
+        };
         if owner.status == UserStatus::Disabled {
             return Err(StoreError::Rejected(format!(
                 "user `{}` is disabled",

@@ -221,7 +221,8 @@ async fn refusals_name_the_rule_or_field() {
     );
     // Guests can do nothing, even with an old management key.
     w.store
-        .update_user(
+        .update_member(
+            &keygate::model::OrgId::from("acme"),
             &keygate::model::UserId("alice".into()),
             Some(keygate::model::Role::Guest),
             None,

@@ -69,7 +69,12 @@ async fn changes_on_one_replica_reach_the_other_within_100ms() {
         assert!(t < Duration::from_millis(100), "re-activation took {t:?}");
     }
     w.store
-        .update_user(&UserId::from("bob"), None, Some(UserStatus::Disabled))
+        .update_member(
+            &OrgId::from("acme"),
+            &UserId::from("bob"),
+            None,
+            Some(UserStatus::Disabled),
+        )
         .await
         .unwrap();
     for t in both_answer(addrs, &key, 401).await {
@@ -79,7 +84,12 @@ async fn changes_on_one_replica_reach_the_other_within_100ms() {
         );
     }
     w.store
-        .update_user(&UserId::from("bob"), None, Some(UserStatus::Active))
+        .update_member(
+            &OrgId::from("acme"),
+            &UserId::from("bob"),
+            None,
+            Some(UserStatus::Active),
+        )
         .await
         .unwrap();
     both_answer(addrs, &key, 200).await;

@@ -54,7 +54,8 @@ async fn orgs_are_created_by_the_bootstrap_token_only() {
 async fn admins_manage_users_and_their_keys_follow_at_once() {
     let w = World::start().await;
     let (a, ada) = (w.gw.admin, Some(w.keys.ada.as_str()));
-    let (s, carl) = api(
+    // Only the platform chooses ids: an org admin's new user gets one.
+    let (s, v) = api(
         a,
         "POST",
         "/v1/users",
@@ -62,10 +63,15 @@ async fn admins_manage_users_and_their_keys_follow_at_once() {
         Some(json!({"id": "carl", "name": "Carl"})),
     )
     .await;
+    assert_eq!((s, err(&v)), (403, "forbidden"));
+    assert!(v["message"].as_str().unwrap().contains("invite"), "{v}");
+    let (s, carl) = api(a, "POST", "/v1/users", ada, Some(json!({"name": "Carl"}))).await;
     assert_eq!(
         (s, carl["role"].as_str(), carl["org_id"].as_str()),
         (201, Some("member"), Some("acme"))
     );
+    let carl_id = carl["id"].as_str().unwrap();
+    assert!(carl_id.starts_with("u_"), "{carl}");
     let (s, v) = api(
         a,
         "POST",
@@ -108,7 +114,7 @@ async fn admins_manage_users_and_their_keys_follow_at_once() {
         .iter()
         .map(|u| u["id"].as_str().unwrap())
         .collect();
-    assert!(ids.contains(&"carl") && !ids.contains(&"gina"), "{ids:?}");
+    assert!(ids.contains(&carl_id) && !ids.contains(&"gina"), "{ids:?}");
     assert_eq!(api(a, "GET", "/v1/users/gina", ada, None).await.0, 404);
 
     // A member manages only their own keys: no user administration, but they may see themselves.

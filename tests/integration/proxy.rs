@@ -131,6 +131,7 @@ async fn every_credential_header_form_is_accepted() {
 async fn legacy_pairs_resolve_like_keys() {
     let w = World::start().await;
     let new = keygate::store::keys::NewKey {
+        org_id: None,
         user_id: UserId::from("alice"),
         name: "old system".into(),
         scopes: vec![keygate::model::Scope::new("predict")],
@@ -326,7 +327,12 @@ async fn every_refusal_has_its_status_and_code_and_reaches_no_upstream() {
     }
     // Disabling the owner, or demoting them to guest, stops their keys at once.
     w.store
-        .update_user(&UserId::from("bob"), None, Some(UserStatus::Disabled))
+        .update_member(
+            &OrgId::from("acme"),
+            &UserId::from("bob"),
+            None,
+            Some(UserStatus::Disabled),
+        )
         .await
         .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -338,7 +344,12 @@ async fn every_refusal_has_its_status_and_code_and_reaches_no_upstream() {
     .await;
     assert_eq!((r.0.as_u16(), code(&r.2).as_str()), (401, "user_disabled"));
     w.store
-        .update_user(&UserId::from("alice"), Some(Role::Guest), None)
+        .update_member(
+            &OrgId::from("acme"),
+            &UserId::from("alice"),
+            Some(Role::Guest),
+            None,
+        )
         .await
         .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -968,7 +979,12 @@ async fn upstreams_receive_the_effective_scopes_of_a_capped_key() {
     answers(w.gw.addr, path, &w.keys.ada, "ok").await;
     assert_eq!(w.upstream.last().headers["x-keygate-scopes"], "*");
     w.store
-        .update_user(&UserId::from("ada"), Some(Role::Member), None)
+        .update_member(
+            &OrgId::from("acme"),
+            &UserId::from("ada"),
+            Some(Role::Member),
+            None,
+        )
         .await
         .unwrap();
     w.gw.sync_invalidations(&w.redis).await;

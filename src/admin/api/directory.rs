@@ -89,11 +89,19 @@ pub async fn list_orgs(ctx: &Ctx<'_>) -> Result<Response<Full<Bytes>>, ApiError>
     Ok(json(StatusCode::OK, &serde_json::json!({ "items": orgs })))
 }
 
+/// A new person and their membership of the org. Only the platform chooses ids: an org admin
+/// gets a generated one, and invites a person who exists (`POST /v1/invitations`), so that
+/// creating a user never tells an org whether an id is taken elsewhere.
 pub async fn create_user(
     ctx: &Ctx<'_>,
     body: CreateUser,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     ctx.caller.require_admin()?;
+    if body.id.is_some() && ctx.caller.user.is_some() {
+        return Err(ApiError::Forbidden(
+            "only the platform chooses user ids: leave `id` out (one is made), or invite a person who has one (POST /v1/invitations)",
+        ));
+    }
     let org = ctx.org(body.org_id.as_deref()).await?;
     let user = ctx
         .store
@@ -108,11 +116,12 @@ pub async fn list_users(ctx: &Ctx<'_>) -> Result<Response<Full<Bytes>>, ApiError
     super::page(ctx, &users)
 }
 
-/// A user the caller may see (admins: their org's; members: themselves), or not found.
+/// A user the caller may see (admins: their org's members; members: themselves), or not found:
+/// one lookup of the membership in the caller's org, whether or not the person exists elsewhere.
 async fn visible_user(ctx: &Ctx<'_>, id: &str) -> Result<User, ApiError> {
     let user = ctx
         .store
-        .user(&UserId::from(id))
+        .member(&ctx.org(None).await?, &UserId::from(id))
         .await
         .map_err(ApiError::not_found("user"))?;
     if ctx.caller.may_touch(&user.org_id, &user.id) {
@@ -142,9 +151,127 @@ pub async fn update_user(
     }
     let user = ctx
         .store
-        .update_user(&user.id, body.role, body.status)
+        .update_member(&user.org_id, &user.id, body.role, body.status)
         .await?;
     Ok(json(StatusCode::OK, &user))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMember {
+    user_id: String,
+    /// Or in the query.
+    org_id: Option<String>,
+    #[serde(default = "member")]
+    role: Role,
+}
+
+/// The platform adds a person who exists to another org (`POST /v1/memberships`).
+pub async fn add_member(ctx: &Ctx<'_>, body: AddMember) -> Result<Response<Full<Bytes>>, ApiError> {
+    require_platform(ctx)?;
+    let org = ctx.org(body.org_id.as_deref()).await?;
+    let user = ctx
+        .store
+        .add_member(&org, &UserId::from(body.user_id.as_str()), body.role)
+        .await?;
+    Ok(json(StatusCode::CREATED, &user))
+}
+
+fn require_platform(ctx: &Ctx<'_>) -> Result<(), ApiError> {
+    match ctx.caller.user {
+        None => Ok(()),
+        Some(_) => Err(ApiError::Forbidden(
+            "only the platform (the bootstrap token) manages people across orgs",
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAccount {
+    status: UserStatus,
+}
+
+/// A person and their orgs (the platform only).
+pub async fn show_account(ctx: &Ctx<'_>, id: &str) -> Result<Response<Full<Bytes>>, ApiError> {
+    require_platform(ctx)?;
+    let account = ctx
+        .store
+        .account(&UserId::from(id))
+        .await
+        .map_err(ApiError::not_found("user"))?;
+    Ok(json(StatusCode::OK, &account))
+}
+
+/// Disables or enables a person in every org at once (the platform only).
+pub async fn update_account(
+    ctx: &Ctx<'_>,
+    id: &str,
+    body: UpdateAccount,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    require_platform(ctx)?;
+    let account = ctx
+        .store
+        .set_account_status(&UserId::from(id), body.status)
+        .await
+        .map_err(ApiError::not_found("user"))?;
+    Ok(json(StatusCode::OK, &account))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Invite {
+    user_id: String,
+    #[serde(default = "member")]
+    role: Role,
+    org_id: Option<String>,
+}
+
+/// Invites a person to the org by their id (admins). Answered alike whether or not they exist.
+pub async fn invite(ctx: &Ctx<'_>, body: Invite) -> Result<Response<Full<Bytes>>, ApiError> {
+    ctx.caller.require_admin()?;
+    let org = ctx.org(body.org_id.as_deref()).await?;
+    let invitation = ctx
+        .store
+        .invite(&org, &UserId::from(body.user_id.as_str()), body.role)
+        .await?;
+    Ok(json(StatusCode::CREATED, &invitation))
+}
+
+pub async fn list_invitations(ctx: &Ctx<'_>) -> Result<Response<Full<Bytes>>, ApiError> {
+    ctx.caller.require_admin()?;
+    let invitations = ctx.store.invitations(&ctx.org(None).await?).await?;
+    super::page(ctx, &invitations)
+}
+
+pub async fn delete_invitation(ctx: &Ctx<'_>, id: &str) -> Result<Response<Full<Bytes>>, ApiError> {
+    ctx.caller.require_admin()?;
+    let org = ctx.org(None).await?;
+    ctx.store
+        .delete_invitation(&org, id)
+        .await
+        .map_err(ApiError::not_found("invitation"))?;
+    Ok(super::no_content())
+}
+
+/// The caller accepts an invitation of `org` made for them (with a key of any org of theirs),
+/// and becomes a member.
+pub async fn accept_invitation(
+    ctx: &Ctx<'_>,
+    org: &str,
+    id: &str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let Some(me) = &ctx.caller.user else {
+        return Err(ApiError::Forbidden(
+            "a person accepts an invitation, with a key of their own",
+        ));
+    };
+    let user = ctx
+        .store
+        .accept_invitation(&OrgId::from(org), id, &me.id)
+        .await
+        .map_err(ApiError::not_found("invitation"))?;
+    Ok(json(StatusCode::CREATED, &user))
 }
 
 pub async fn create_project(

@@ -13,7 +13,9 @@ use http_body_util::Full;
 use serde::Deserialize;
 
 use super::{ApiError, Ctx, json, no_content, page};
-use crate::model::{KeyId, KeyRecord, KeyState, KeyStatus, ProjectId, Scope, UserId, unix_now};
+use crate::model::{
+    KeyId, KeyRecord, KeyState, KeyStatus, OrgId, ProjectId, Scope, UserId, unix_now,
+};
 use crate::store::keys::{CreatedKey, NewKey, expiry};
 
 #[derive(Debug, Deserialize)]
@@ -105,8 +107,10 @@ fn key_expiry(ctx: &Ctx<'_>, body: &CreateKey) -> Result<Option<u64>, ApiError> 
     expiry(now, asked, cfg.max_validity, cfg.allow_no_expiry).map_err(invalid)
 }
 
-/// The owner a new key is for: `user_id` (admins: anyone in their org) or the caller.
-async fn owner(ctx: &Ctx<'_>, user_id: Option<&String>) -> Result<UserId, ApiError> {
+/// The owner a new key is for, and the org it acts in: `user_id` (admins: anyone in their org)
+/// or the caller, in the caller's org (the bootstrap token: the org it names, else the owner's
+/// only one). Someone outside the caller's org is not found, whether or not they exist.
+async fn owner(ctx: &Ctx<'_>, user_id: Option<&String>) -> Result<(OrgId, UserId), ApiError> {
     let id = match (user_id, &ctx.caller.user) {
         (Some(id), _) => UserId::from(id.as_str()),
         (None, Some(me)) => me.id.clone(),
@@ -117,15 +121,15 @@ async fn owner(ctx: &Ctx<'_>, user_id: Option<&String>) -> Result<UserId, ApiErr
             });
         }
     };
-    let owner = ctx
-        .store
-        .user(&id)
-        .await
-        .map_err(ApiError::not_found("user"))?;
+    let owner = match (&ctx.caller.user, ctx.param("org_id")) {
+        (None, None) => ctx.store.user(&id).await,
+        _ => ctx.store.member(&ctx.org(None).await?, &id).await,
+    }
+    .map_err(ApiError::not_found("user"))?;
     if !ctx.caller.may_touch(&owner.org_id, &owner.id) {
         return Err(ApiError::NotFound("user"));
     }
-    Ok(owner.id)
+    Ok((owner.org_id, owner.id))
 }
 
 /// A new key's record with its secret: the only response that ever carries it.
@@ -136,8 +140,10 @@ fn with_secret(created: CreatedKey, status: StatusCode) -> Response<Full<Bytes>>
 }
 
 pub async fn create(ctx: &Ctx<'_>, body: CreateKey) -> Result<Response<Full<Bytes>>, ApiError> {
+    let (org, user) = owner(ctx, body.user_id.as_ref()).await?;
     let new = NewKey {
-        user_id: owner(ctx, body.user_id.as_ref()).await?,
+        org_id: Some(org),
+        user_id: user,
         name: body.name.clone(),
         scopes: scopes(ctx, &body.scopes)?,
         project_ids: body
@@ -156,8 +162,10 @@ pub async fn import_legacy(
     body: ImportLegacy,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     ctx.caller.require_admin()?;
+    let (org, user) = owner(ctx, body.user_id.as_ref()).await?;
     let new = NewKey {
-        user_id: owner(ctx, body.user_id.as_ref()).await?,
+        org_id: Some(org),
+        user_id: user,
         name: body.name,
         scopes: scopes(ctx, &body.scopes)?,
         project_ids: body.project_ids.into_iter().map(ProjectId::from).collect(),

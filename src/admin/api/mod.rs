@@ -307,6 +307,17 @@ async fn route(ctx: &Ctx<'_>, req: Request<Incoming>) -> Result<Response<Full<By
         (Method::PATCH, ["users", id]) => {
             directory::update_user(ctx, id, json_body(req).await?).await
         }
+        (Method::POST, ["memberships"]) => directory::add_member(ctx, json_body(req).await?).await,
+        (Method::GET, ["accounts", id]) => directory::show_account(ctx, id).await,
+        (Method::PATCH, ["accounts", id]) => {
+            directory::update_account(ctx, id, json_body(req).await?).await
+        }
+        (Method::POST, ["invitations"]) => directory::invite(ctx, json_body(req).await?).await,
+        (Method::GET, ["invitations"]) => directory::list_invitations(ctx).await,
+        (Method::DELETE, ["invitations", id]) => directory::delete_invitation(ctx, id).await,
+        (Method::POST, ["orgs", org, "invitations", id, "accept"]) => {
+            directory::accept_invitation(ctx, org, id).await
+        }
         (Method::POST, ["projects"]) => directory::create_project(ctx, json_body(req).await?).await,
         (Method::GET, ["projects"]) => directory::list_projects(ctx).await,
         (Method::GET, ["projects", id]) => directory::show_project(ctx, id).await,

@@ -110,6 +110,23 @@ impl Redis {
         String::from_utf8_lossy(&out).into_owned()
     }
 
+    /// Calls of every command so far but `INFO` and `PING` (what tests and health checks send),
+    /// from `INFO commandstats`: the work a request cost Redis.
+    pub fn data_calls(&self) -> u64 {
+        let info = self.cmd(&["INFO", "commandstats"]);
+        info.lines()
+            .filter(|l| !l.starts_with("cmdstat_info:") && !l.starts_with("cmdstat_ping:"))
+            .filter_map(|l| {
+                l.split_once(":calls=")?
+                    .1
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    }
+
     /// Calls of one command so far, from `INFO commandstats`.
     pub fn calls(&self, command: &str) -> u64 {
         let info = self.cmd(&["INFO", "commandstats"]);

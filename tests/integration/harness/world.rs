@@ -74,6 +74,7 @@ pub async fn new_key(
         .create_key(
             &config.keys,
             NewKey {
+                org_id: None,
                 user_id: UserId::from(user),
                 name: format!("{user}'s key"),
                 scopes: scopes
