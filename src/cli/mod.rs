@@ -247,6 +247,7 @@ pub enum KeysCommand {
 
 /// Runs one management command on the chosen transport; returns the process exit code.
 pub async fn run(target: Target, command: Manage) -> u8 {
+    let created_user = matches!(command, Manage::Users(UsersCommand::Create { .. }));
     let answer = match (&target.config, &target.url, &target.api_key) {
         (Some(config), _, _) => direct::run(config, target.org.as_deref(), command).await,
         (None, Some(url), key) => {
@@ -258,6 +259,10 @@ pub async fn run(target: Target, command: Manage) -> u8 {
         )),
     };
     match answer {
+        Ok(value) if created_user && !target.json => {
+            print::created_user(&value);
+            0
+        }
         Ok(value) => {
             print::answer(&value, target.json);
             0

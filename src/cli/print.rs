@@ -3,7 +3,7 @@
 //!
 //! A new secret (`keys create`, `keys rotate`) goes alone to stdout, so `KEY=$(keygate keys
 //! create …)` captures just the secret; the warning that it is shown once, and the key's row, go
-//! to stderr.
+//! to stderr. So does a new user's id (`users create`).
 
 use std::io::Write;
 
@@ -96,6 +96,13 @@ pub fn answer(value: &Value, as_json: bool) {
         }
         _ => out!("{}", table(std::slice::from_ref(value))),
     }
+}
+
+/// A new user: the id (made by keygate unless the platform chose it) alone on stdout, so that
+/// `ID=$(keygate users create --name Bob)` captures it; the row on stderr.
+pub fn created_user(value: &Value) {
+    outln!("{}", value["id"].as_str().unwrap_or_default());
+    eprint!("{}", table(std::slice::from_ref(value)));
 }
 
 fn pretty(value: &Value) -> String {

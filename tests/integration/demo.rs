@@ -120,6 +120,43 @@ async fn the_demo_serves_refuses_a_second_run_and_stops_on_sigterm() {
         "{listed:?}"
     );
 
+    // The README's next steps work as printed (against this run's ports).
+    let readme = include_str!("../../README.md");
+    let steps = readme
+        .split("## After the demo")
+        .nth(1)
+        .and_then(|rest| rest.split("```sh\n").nth(1))
+        .and_then(|block| block.split("```").next())
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("export "))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("127.0.0.1:8080", &gw.to_string());
+    let bin_dir = std::path::Path::new(BIN).parent().unwrap();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
+    let ran = tokio::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &steps])
+        .env("PATH", path)
+        .env("KEYGATE_URL", exported(&printed, "KEYGATE_URL"))
+        .env("KEYGATE_API_KEY", exported(&printed, "KEYGATE_API_KEY"))
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&ran.stdout);
+    assert!(
+        ran.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let statuses: Vec<&str> = out.lines().filter(|l| l.starts_with("HTTP/1.1")).collect();
+    assert_eq!(
+        statuses,
+        ["HTTP/1.1 200 OK", "HTTP/1.1 401 Unauthorized"],
+        "{out}"
+    );
+    assert!(out.contains("key_revoked"), "{out}");
+
     // A second run finds the ports taken, says which, and leaves the first one's data alone.
     let before: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     let second = demo(&ports, &dir).output().await.unwrap();
