@@ -287,10 +287,11 @@ impl Config {
     /// Takes from `running` the settings only a restart applies, so that `self` (the file
     /// re-read on a reload) can replace it; returns the names of those that differ in the file,
     /// which keep their running values. A reload applies the routes (their upstreams, scopes,
-    /// methods), `[scopes]`, `[keys]` (but `usage_flush_interval`), `[headers]`,
-    /// `server.client_address_header` and the listeners' TLS certificates; the listeners'
-    /// addresses, `server.workers`, `[admin]`, `[redis]`, `[cache]`, `[limits]`, `[log]` and
-    /// the bootstrap token need a restart.
+    /// methods), `[scopes]`, `[keys]` (but `usage_flush_interval`), `[headers]`, the limits of
+    /// each request (`max_body_bytes`, `max_uri_bytes`, `upstream_response_timeout`,
+    /// `body_idle_timeout`), `server.client_address_header` and the listeners' TLS
+    /// certificates; what the listeners, the connections and the pools were made with needs a
+    /// restart.
     pub fn keep_restart_only(&mut self, running: &Config) -> Vec<&'static str> {
         fn differ(a: &impl fmt::Debug, b: &impl fmt::Debug) -> bool {
             format!("{a:?}") != format!("{b:?}")
@@ -301,13 +302,22 @@ impl Config {
                 .map(|l| (l.addr, l.tls.is_some()))
                 .collect()
         };
+        // The limits a reload applies, from the file; the others kept.
+        let mut limits = running.limits;
+        limits.max_body_bytes = self.limits.max_body_bytes;
+        limits.max_uri_bytes = self.limits.max_uri_bytes;
+        limits.upstream_response_timeout = self.limits.upstream_response_timeout;
+        limits.body_idle_timeout = self.limits.body_idle_timeout;
         let differs = [
             ("listener", listeners(self) != listeners(running)),
             ("server.workers", self.workers != running.workers),
             ("admin", self.admin_addr != running.admin_addr),
             ("redis", differ(&self.redis, &running.redis)),
             ("cache", differ(&self.cache, &running.cache)),
-            ("limits", differ(&self.limits, &running.limits)),
+            (
+                "limits",
+                differ(&self.limits, &limits) || differ(&self.throttle, &running.throttle),
+            ),
             ("log", differ(&self.log, &running.log)),
             (
                 "keys.usage_flush_interval",
@@ -322,7 +332,7 @@ impl Config {
         self.admin_token = running.admin_token.clone();
         self.redis = running.redis.clone();
         self.cache = running.cache;
-        self.limits = running.limits;
+        self.limits = limits;
         self.throttle = running.throttle;
         self.log = running.log.clone();
         self.usage_flush_interval = running.usage_flush_interval;

@@ -13,7 +13,7 @@ use std::future::poll_fn;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version};
@@ -54,16 +54,15 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// The most headers the rewrite adds (`Host` included): room for them is made at once.
 const ADDED_HEADERS: usize = 11;
 
-/// One worker's connections to every upstream, with the timeouts that apply per request.
+/// One worker's connections to every upstream, and the clocks of the timeouts that apply per
+/// request (the timeouts themselves are the config's, which a reload may change; a clock's tick
+/// is the one made for the timeout at start).
 pub struct Upstreams {
     pool: Arc<Pool>,
-    response_timeout: Duration,
     /// The response timeout's clock. Its ticker runs on the runtime that made the gateway, and
     /// only wakes requests whose upstream has not answered in time.
     timer: CoarseTimer,
-    max_body_bytes: u64,
-    /// How long a request body may make no progress, on a clock of its own.
-    body_idle: Duration,
+    /// The clock of how long a request body may make no progress.
     body_timer: CoarseTimer,
 }
 
@@ -74,10 +73,7 @@ impl Upstreams {
                 limits.upstream_connect_timeout,
                 limits.upstream_idle_timeout,
             ),
-            response_timeout: limits.upstream_response_timeout,
             timer: CoarseTimer::new(limits.upstream_response_timeout),
-            max_body_bytes: limits.max_body_bytes,
-            body_idle: limits.body_idle_timeout,
             body_timer: CoarseTimer::new(limits.body_idle_timeout),
         }
     }
@@ -105,17 +101,20 @@ pub fn forward(
     let ups = &gw.upstreams;
     let upstream = route.pick_upstream();
     let config = &gw.replica.config;
+    let limits = &config.limits;
     let upstream_req = upstream_request(route, upstream, req, identity, conn, request_id, config);
     let upstream_req = upstream_req.map(|body| {
-        let body = Progress::new(body, &ups.body_timer, ups.body_idle);
-        Limited::new(body, ups.max_body_bytes as usize)
+        let body = Progress::new(body, &ups.body_timer, limits.body_idle_timeout);
+        Limited::new(body, limits.max_body_bytes as usize)
     });
     async move {
         // The response timeout is polled beside the send, in place: a wrapper like
         // `tokio::time::timeout` would move the send future once more.
         let started = Instant::now();
         let mut send = pin!(ups.pool.send(upstream, upstream_req));
-        let mut deadline = ups.timer.deadline(started + ups.response_timeout);
+        let mut deadline = ups
+            .timer
+            .deadline(started + limits.upstream_response_timeout);
         let sent = poll_fn(|cx| match send.as_mut().poll(cx) {
             Poll::Ready(sent) => Poll::Ready(Some(sent)),
             Poll::Pending => Pin::new(&mut deadline).poll(cx).map(|()| None),
@@ -123,10 +122,14 @@ pub fn forward(
         .await;
         *upstream_seconds = Some(started.elapsed().as_secs_f64());
         let mut response = match sent {
-            None => return Err(GatewayError::UpstreamTimeout(ups.response_timeout)),
+            None => {
+                return Err(GatewayError::UpstreamTimeout(
+                    limits.upstream_response_timeout,
+                ));
+            }
             Some(Err(e)) if caused_by_body_limit(&e) => return Err(GatewayError::PayloadTooLarge),
             Some(Err(e)) if caused_by::<BodyStalled>(&e) => {
-                return Err(GatewayError::BodyTimeout(ups.body_idle));
+                return Err(GatewayError::BodyTimeout(limits.body_idle_timeout));
             }
             Some(Err(e)) if caused_by_request_body(&e) => {
                 return Err(GatewayError::InvalidRequestBody);

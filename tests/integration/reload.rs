@@ -58,6 +58,8 @@ async fn a_reload_switches_routes_under_load_and_a_broken_file_changes_nothing()
         ),
         1,
     );
+    // And a request body may be at most 1,000 bytes from now on.
+    let moved = moved.replace("max_body_bytes = 100000000", "max_body_bytes = 1000");
     assert_ne!(moved, original);
     std::fs::write(&path, &moved).unwrap();
     let (status, body) = reload(&gw).await;
@@ -89,6 +91,12 @@ async fn a_reload_switches_routes_under_load_and_a_broken_file_changes_nothing()
         answer(addr, "/v1/projects/p2/x", &w.keys.bob).await,
         "insufficient_scope"
     );
+    let upload = |key: &str| {
+        format!(
+            "POST /v1/projects/p1/x HTTP/1.1\r\nHost: x\r\napikey: {key}\r\nContent-Length: 2000\r\n\r\n"
+        )
+    };
+    assert_eq!(raw(addr, &upload(&w.keys.alice)).await.0, 413);
     assert_eq!(
         gw.metric("keygate_config_reloads_total{result=\"ok\"}")
             .await,
