@@ -147,3 +147,38 @@ async fn a_replica_started_without_a_file_says_it_cannot_reload() {
     assert_eq!(status, 409);
     assert_eq!(body["error"]["code"], "reload_unavailable");
 }
+
+#[tokio::test]
+async fn a_reload_serves_new_connections_with_the_new_certificate() {
+    let w = World::start().await;
+    // The private keys are removed when the test ends, pass or fail.
+    let dir = temp_dir("keygate-reload-tls-");
+    let (line, first) = tls_files(&dir);
+    let path = dir.path().join("keygate.toml");
+    std::fs::write(&path, config_toml(&w.redis, &w.upstream, &line)).unwrap();
+    let gw = Gateway::start_from_file(&path).await;
+    assert!(tls_handshake(gw.addr, &first, b"http/1.1").await.is_ok());
+    let kept = tls_handshake(gw.addr, &first, b"http/1.1").await.unwrap();
+
+    // New files at the same paths: the running listener keeps the old certificate until a
+    // reload, then new connections get the new one.
+    let (_, second) = tls_files(&dir);
+    assert!(tls_handshake(gw.addr, &second, b"http/1.1").await.is_err());
+    let (status, body) = reload(&gw).await;
+    assert_eq!(
+        (status, body["restart_needed"].clone()),
+        (200, serde_json::json!([]))
+    );
+    assert!(tls_handshake(gw.addr, &second, b"http/1.1").await.is_ok());
+    assert!(tls_handshake(gw.addr, &first, b"http/1.1").await.is_err());
+    // A connection made before the reload goes on.
+    let io = hyper_util::rt::TokioIo::new(kept);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("https://localhost/v1/projects/p1/kept")
+        .header("host", "localhost")
+        .header("apikey", &w.keys.alice)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(sender.send_request(req).await.unwrap().status(), 200);
+}

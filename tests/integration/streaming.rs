@@ -1,7 +1,6 @@
 //! Streaming, protocols and shutdown: server-sent events chunk by chunk, TLS with ALPN (HTTP/1.1
 //! and HTTP/2), HTTP/2 prior knowledge on plaintext, and graceful drain.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
@@ -43,42 +42,12 @@ async fn server_sent_events_arrive_chunk_by_chunk() {
     );
 }
 
-/// A certificate for `localhost` written to PEM files in `dir`; returns the TOML line and the
-/// cert.
-fn tls_files(dir: &tempfile::TempDir) -> (String, rustls::pki_types::CertificateDer<'static>) {
-    let rcgen::CertifiedKey { cert, signing_key } =
-        rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let (c, k) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, signing_key.serialize_pem()).unwrap();
-    let line = format!(
-        "tls = {{ cert = \"{}\", key = \"{}\" }}",
-        c.display(),
-        k.display()
-    );
-    (line, cert.der().clone())
-}
-
 async fn tls_connect(
     addr: std::net::SocketAddr,
     cert: &rustls::pki_types::CertificateDer<'static>,
     alpn: &[u8],
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![alpn.to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let tls = tls_handshake(addr, cert, alpn).await.unwrap();
     assert_eq!(
         tls.get_ref().1.alpn_protocol(),
         Some(alpn),

@@ -4,7 +4,7 @@
 //! - [`Upstream`] (`upstream.rs`): a real HTTP server that records exactly what it received.
 //! - [`Gateway`] (`gateway.rs`): keygate's `run()` in process on port-0 listeners.
 //! - [`World`] (`world.rs`): all three plus seeded orgs, users, projects and keys.
-//! - `http.rs`: the clients tests talk through.
+//! - `http.rs`: the clients tests talk through; `tls.rs`: certificates and TLS handshakes.
 //!
 //! And the two helpers every file uses: [`eventually`] for changes that reach a replica
 //! asynchronously, and [`temp_dir`] for files that must not outlive the test.
@@ -12,6 +12,7 @@
 mod gateway;
 mod http;
 mod redis;
+mod tls;
 mod upstream;
 mod world;
 
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 pub use gateway::*;
 pub use http::*;
 pub use redis::*;
+pub use tls::*;
 pub use upstream::*;
 pub use world::*;
 
