@@ -58,7 +58,7 @@ pub struct Metrics {
     /// `keygate_invalidations_live`: 0 while the invalidation subscription is down, when no cache
     /// entry counts as fresh (set when scraped).
     pub invalidations_live: IntGauge,
-    /// `keygate_config_reloads_total{result}`: `ok`, or `error` (the file was refused and
+    /// `keygate_config_reload_total{result}`: `ok`, or `error` (the file was refused and
     /// nothing changed).
     pub config_reloads: IntCounterVec,
     /// `keygate_config_last_reload_successful`: 0 after a refused reload, 1 after a good one.
@@ -146,7 +146,7 @@ impl Metrics {
                 .expect("valid metric");
         let config_reloads = IntCounterVec::new(
             Opts::new(
-                "keygate_config_reloads_total",
+                "keygate_config_reload_total",
                 "Config reloads by result: ok, or error (the file was refused; nothing changed).",
             ),
             &["result"],

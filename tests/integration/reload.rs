@@ -98,7 +98,7 @@ async fn a_reload_switches_routes_under_load_and_a_broken_file_changes_nothing()
     };
     assert_eq!(raw(addr, &upload(&w.keys.alice)).await.0, 413);
     assert_eq!(
-        gw.metric("keygate_config_reloads_total{result=\"ok\"}")
+        gw.metric("keygate_config_reload_total{result=\"ok\"}")
             .await,
         1.0
     );
@@ -118,7 +118,7 @@ async fn a_reload_switches_routes_under_load_and_a_broken_file_changes_nothing()
     assert!(message.contains("route[projects].path_prefix"), "{message}");
     assert!(message.contains("keys.usage_flush_interval"), "{message}");
     assert_eq!(
-        gw.metric("keygate_config_reloads_total{result=\"error\"}")
+        gw.metric("keygate_config_reload_total{result=\"error\"}")
             .await,
         1.0
     );
