@@ -474,6 +474,8 @@ pub async fn subscribe(
         cache.set_subscribed(false);
         if let Err(e) = result {
             redis_errors.inc();
+            // With Sentinel, the master may have moved: the next attempt asks again.
+            store.rediscover();
             if !down {
                 tracing::warn!(error = %e, "invalidation subscription down; cache entries count as stale until it is back");
                 down = true;
@@ -495,8 +497,14 @@ async fn subscription(
     invalidations: &IntCounter,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), redis::RedisError> {
-    let connect = tokio::time::timeout(SUBSCRIBER_PING_EVERY, store.client().get_async_pubsub());
-    let pubsub = connect
+    let connect = async {
+        let client = store.client().await.map_err(|e| match e {
+            crate::store::StoreError::Unavailable(e) => e,
+            other => std::io::Error::other(other.to_string()).into(),
+        })?;
+        client.get_async_pubsub().await
+    };
+    let pubsub = tokio::time::timeout(SUBSCRIBER_PING_EVERY, connect)
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     let (mut sink, mut stream) = pubsub.split();

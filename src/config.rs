@@ -21,7 +21,7 @@ use crate::cache::CacheConfig;
 use crate::credential::KeyFormat;
 use crate::model::{Scope, Secret};
 use crate::route::RouteTable;
-use crate::store::{RedisConfig, RedisTls};
+use crate::store::{RedisConfig, RedisTarget, RedisTls};
 use crate::telemetry::LogConfig;
 use crate::throttle::ThrottleConfig;
 use file::FileConfig;

@@ -72,6 +72,13 @@ pub(super) struct AdminFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RedisFile {
+    /// `standalone` (default) or `sentinel`.
+    pub(super) mode: Option<RedisMode>,
+    /// Sentinel: `host:port` of each sentinel, and the name they know the master by.
+    pub(super) sentinels: Option<Vec<String>>,
+    pub(super) master_name: Option<String>,
+    /// Sentinel: TLS to the sentinels and the master.
+    pub(super) tls: Option<bool>,
     pub(super) url: Option<String>,
     pub(super) url_env: Option<String>,
     pub(super) username: Option<String>,
@@ -83,6 +90,15 @@ pub(super) struct RedisFile {
     pub(super) namespace: Option<String>,
     pub(super) connect_timeout: Option<String>,
     pub(super) command_timeout: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum RedisMode {
+    #[default]
+    Standalone,
+    Sentinel,
+    Cluster,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -58,10 +58,55 @@ fn defaults_and_presets_apply() {
     let scopes: Vec<&str> = route.scopes.iter().map(Scope::as_str).collect();
     assert_eq!(scopes, ["models:read", "predict"]);
     assert_eq!(
-        format!("{:?}", c.redis.url),
-        "***",
+        format!("{:?}", c.redis.target),
+        "Standalone(***)",
         "the Redis URL may hold a password"
     );
+}
+
+#[test]
+fn one_section_chooses_the_redis_mode() {
+    let sentinel = MINIMAL.replace(
+        "url = \"redis://127.0.0.1:6379\"",
+        "mode = \"sentinel\"\nsentinels = [\"127.0.0.1:26379\", \"10.0.0.2:26379\"]\nmaster_name = \"keygate\"",
+    );
+    let c = Config::parse(&sentinel, Path::new(".")).unwrap();
+    match c.redis.target {
+        crate::store::RedisTarget::Sentinel {
+            sentinels,
+            master,
+            tls,
+        } => {
+            assert_eq!(sentinels, ["127.0.0.1:26379", "10.0.0.2:26379"]);
+            assert_eq!((master.as_str(), tls), ("keygate", false));
+        }
+        other => panic!("{other:?}"),
+    }
+    for (text, needle) in [
+        (
+            MINIMAL.replace("url = ", "mode = \"sentinel\"\nurl = "),
+            "redis.url: with mode = \"sentinel\"",
+        ),
+        (
+            MINIMAL.replace("url = ", "mode = \"sentinel\"\nsentinels = [\"x\"]\nurl = "),
+            "redis.sentinels: `x` must be host:port",
+        ),
+        (
+            MINIMAL.replace("url = ", "mode = \"sentinel\"\nurl = "),
+            "redis.master_name",
+        ),
+        (
+            MINIMAL.replace("url = ", "master_name = \"m\"\nurl = "),
+            "are for mode = \"sentinel\"",
+        ),
+        (
+            MINIMAL.replace("url = ", "mode = \"cluster\"\nurl = "),
+            "redis.mode: \"cluster\" is not supported yet",
+        ),
+    ] {
+        let p = problems(&text).join("\n");
+        assert!(p.contains(needle), "missing {needle:?} in:\n{p}");
+    }
 }
 
 #[test]

@@ -340,27 +340,28 @@ impl Validator<'_> {
     }
 
     fn redis(&mut self, r: &RedisFile) -> Option<RedisConfig> {
-        let url = match (&r.url, &r.url_env) {
-            (Some(url), None) => Some(url.clone()),
-            (None, Some(var)) => std::env::var(var).ok().or_else(|| {
+        let mode = r.mode.unwrap_or_default();
+        let (target, tls) = match mode {
+            RedisMode::Standalone => {
+                if r.sentinels.is_some() || r.master_name.is_some() || r.tls.is_some() {
+                    self.problem(
+                        "redis",
+                        "sentinels, master_name and tls are for mode = \"sentinel\" (a standalone Redis takes TLS from a rediss:// url)",
+                    );
+                }
+                let url = self.redis_url(r);
+                let tls = url.as_deref().is_some_and(|u| u.starts_with("rediss://"));
+                (url.map(|u| RedisTarget::Standalone(Secret(u))), tls)
+            }
+            RedisMode::Sentinel => (self.sentinel(r), r.tls.unwrap_or(false)),
+            RedisMode::Cluster => {
                 self.problem(
-                    "redis.url_env",
-                    format!("environment variable {var} is not set"),
+                    "redis.mode",
+                    "\"cluster\" is not supported yet: use \"standalone\" or \"sentinel\" (the store's layout is ready for a Cluster: each org's records share one hash slot)",
                 );
-                None
-            }),
-            _ => {
-                self.problem("redis", "set exactly one of url = \"redis://127.0.0.1:6379\" or url_env = \"KEYGATE_REDIS_URL\"");
-                None
+                (None, false)
             }
         };
-        let tls = url.as_deref().is_some_and(|u| u.starts_with("rediss://"));
-        if let Some(url) = &url
-            && !url.starts_with("redis://")
-            && !tls
-        {
-            self.problem("redis.url", "must start with redis:// or rediss:// (TLS)");
-        }
         // A password in the config file would be read by whoever reads the config.
         if let Some(url) = &r.url
             && url
@@ -391,7 +392,10 @@ impl Validator<'_> {
         if !tls
             && (r.ca_file.is_some() || r.client_cert_file.is_some() || r.client_key_file.is_some())
         {
-            self.problem("redis.ca_file", "TLS files need a rediss:// URL");
+            self.problem(
+                "redis.ca_file",
+                "TLS files need a rediss:// URL (or tls = true with Sentinel)",
+            );
         }
         redis_tls.ca = r
             .ca_file
@@ -431,13 +435,74 @@ impl Validator<'_> {
             defaults::REDIS_COMMAND_TIMEOUT,
         );
         Some(RedisConfig {
-            url: Secret(url?),
+            target: target?,
             username: r.username.clone(),
             password,
             tls: redis_tls,
             namespace,
             connect_timeout,
             command_timeout,
+        })
+    }
+
+    /// A standalone Redis's URL, from `url` or `url_env`.
+    fn redis_url(&mut self, r: &RedisFile) -> Option<String> {
+        let url = match (&r.url, &r.url_env) {
+            (Some(url), None) => Some(url.clone()),
+            (None, Some(var)) => std::env::var(var).ok().or_else(|| {
+                self.problem(
+                    "redis.url_env",
+                    format!("environment variable {var} is not set"),
+                );
+                None
+            }),
+            _ => {
+                self.problem("redis", "set exactly one of url = \"redis://127.0.0.1:6379\" or url_env = \"KEYGATE_REDIS_URL\"");
+                None
+            }
+        };
+        if let Some(url) = &url
+            && !url.starts_with("redis://")
+            && !url.starts_with("rediss://")
+        {
+            self.problem("redis.url", "must start with redis:// or rediss:// (TLS)");
+        }
+        url
+    }
+
+    /// `mode = "sentinel"`: the sentinels and the master's name; no URL (the sentinels say
+    /// where the master is).
+    fn sentinel(&mut self, r: &RedisFile) -> Option<RedisTarget> {
+        if r.url.is_some() || r.url_env.is_some() {
+            self.problem(
+                "redis.url",
+                "with mode = \"sentinel\" the sentinels say where the master is: remove url and url_env",
+            );
+        }
+        let sentinels = r.sentinels.clone().unwrap_or_default();
+        if sentinels.is_empty() {
+            self.problem(
+                "redis.sentinels",
+                "list the sentinels, e.g. [\"10.0.0.1:26379\", \"10.0.0.2:26379\", \"10.0.0.3:26379\"]",
+            );
+        }
+        for s in &sentinels {
+            let port = s.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
+            if port.is_none() || s.contains('/') || s.contains('@') {
+                self.problem("redis.sentinels", format!("`{s}` must be host:port"));
+            }
+        }
+        let master = r.master_name.clone().unwrap_or_default();
+        if master.is_empty() {
+            self.problem(
+                "redis.master_name",
+                "name the master the sentinels monitor (their `sentinel monitor <name> …`)",
+            );
+        }
+        Some(RedisTarget::Sentinel {
+            sentinels,
+            master,
+            tls: r.tls.unwrap_or(false),
         })
     }
 

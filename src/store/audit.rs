@@ -137,7 +137,7 @@ impl Store {
             }
             None => "+".to_owned(),
         };
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let key = self.name(format_args!("{}:audit", super::Tag(org)));
         let rows: Vec<(String, Vec<String>)> = self
             .bounded(async {

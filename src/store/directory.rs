@@ -157,7 +157,7 @@ impl Store {
 
     /// A user's membership of `org`, with their name.
     pub async fn member(&self, org: &OrgId, id: &UserId) -> Result<User, StoreError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let member = self.name(format_args!("{}:member:{id}", Tag(org)));
         let account = self.name(format_args!("account:{id}"));
         let (mut fields, name): (Fields, Option<String>) = self
@@ -255,7 +255,7 @@ impl Store {
         )
         .ignore();
         let Some((first, others)) = account.org_ids.split_first() else {
-            let mut c = self.conn.clone();
+            let mut c = self.conn().await?;
             self.bounded(async { Ok(pipe.query_async::<()>(&mut c).await?) })
                 .await?;
             return Ok(account);

@@ -328,7 +328,7 @@ impl Store {
     }
 
     pub async fn key(&self, id: &KeyId) -> Result<KeyRecord, StoreError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let index = self.name(format_args!("keyorg:{id}"));
         let org: Option<String> = self
             .bounded(async { Ok(redis::cmd("GET").arg(index).query_async(&mut c).await?) })
@@ -355,7 +355,7 @@ impl Store {
             for id in ids {
                 pipe.hgetall(self.name(format_args!("{}:key:{id}", Tag(org))));
             }
-            let mut c = self.conn.clone();
+            let mut c = self.conn().await?;
             let records: Vec<Fields> = self
                 .bounded(async { Ok(pipe.query_async(&mut c).await?) })
                 .await?;

@@ -85,7 +85,7 @@ impl Store {
 
     /// One command, bounded by the command timeout.
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         self.bounded(async { Ok(cmd.query_async(&mut c).await?) })
             .await
     }
@@ -219,7 +219,7 @@ impl Store {
     }
 
     async fn query_pipe(&self, pipe: &redis::Pipeline) -> Result<(), StoreError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         self.bounded(async { Ok(pipe.query_async::<()>(&mut c).await?) })
             .await
     }

@@ -49,6 +49,7 @@ pub mod audit;
 pub mod codec;
 pub mod directory;
 pub mod keys;
+pub mod link;
 pub mod migrate;
 pub mod usage;
 
@@ -56,13 +57,14 @@ use std::fmt;
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 
 use crate::model::{
     KeyGrant, KeyHash, OrgId, Owner, Principal, Project, ProjectId, Secret, UserId,
 };
 use audit::Actor;
 use codec::{BadRecord, Fields, Values};
+use link::Link;
 
 /// One write, as the audit log records it.
 #[derive(Debug)]
@@ -82,9 +84,7 @@ pub struct Change<'a> {
 /// How to reach Redis, from the `[redis]` section of the config.
 #[derive(Clone, Debug)]
 pub struct RedisConfig {
-    /// `redis://` or `rediss://` (TLS, the certificate verified against the system's roots or
-    /// `tls`'s CA).
-    pub url: Secret,
+    pub target: RedisTarget,
     /// An ACL user and its password, when the URL carries none (they come from the environment
     /// or a file, never from the config file).
     pub username: Option<String>,
@@ -95,6 +95,21 @@ pub struct RedisConfig {
     pub namespace: String,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
+}
+
+/// Which Redis: one server, or the master Sentinel names.
+#[derive(Clone, Debug)]
+pub enum RedisTarget {
+    /// `redis://` or `rediss://` (TLS, the certificate verified against the system's roots or
+    /// `tls`'s CA).
+    Standalone(Secret),
+    /// The master the sentinels (`host:port` each) know as `master`, followed across failovers;
+    /// `tls`: TLS to the sentinels and the master alike.
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+        tls: bool,
+    },
 }
 
 /// The certificates of a TLS connection to Redis, PEM.
@@ -263,8 +278,7 @@ impl redis::ToRedisArgs for Name<'_> {
 /// A handle on the store; cheap to clone (one multiplexed, self-reconnecting connection).
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
-    client: redis::Client,
+    link: Link,
     ns: String,
     timeout: Duration,
     resolve: std::sync::Arc<redis::Script>,
@@ -275,46 +289,8 @@ pub struct Store {
 impl Store {
     /// Connects lazily: keygate starts (and answers from cache, or 503) while Redis is down.
     pub fn open(cfg: &RedisConfig) -> Result<Store, StoreError> {
-        use redis::IntoConnectionInfo;
-        let mut info = cfg.url.0.as_str().into_connection_info()?;
-        let mut settings = info.redis_settings().clone();
-        if let Some(user) = &cfg.username {
-            settings = settings.set_username(user);
-        }
-        if let Some(password) = &cfg.password {
-            settings = settings.set_password(&password.0);
-        }
-        info = info.set_redis_settings(settings);
-        if cfg.url.0.starts_with("rediss://") {
-            // redis-rs builds its TLS config on rustls's process-wide crypto provider (the
-            // listeners name theirs); a second call finds it installed.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-        let client = match (&cfg.tls.ca, &cfg.tls.client) {
-            (None, None) => redis::Client::open(info)?,
-            (ca, client) => redis::Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
-                        client_cert: cert.clone(),
-                        client_key: key.0.clone().into_bytes(),
-                    }),
-                    root_cert: ca.clone(),
-                },
-            )?,
-        };
-        let manager_cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(cfg.connect_timeout))
-            // `Store::bounded` bounds every command with `command_timeout`, reconnects included;
-            // redis-rs's own timer on each one (500 ms unless set) would be a second timer per
-            // cache miss and, when a command timed out, would not reconnect either.
-            .set_response_timeout(None)
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_cfg)?;
         Ok(Store {
-            conn,
-            client,
+            link: Link::open(cfg)?,
             ns: cfg.namespace.clone(),
             timeout: cfg.command_timeout,
             resolve: std::sync::Arc::new(redis::Script::new(&resolve_script())),
@@ -330,9 +306,20 @@ impl Store {
         }
     }
 
-    /// The client, for the dedicated pub/sub connection of the invalidation subscriber.
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    /// A client for the invalidation subscriber's own pub/sub connection, to the server the
+    /// store's commands go to (with Sentinel, the current master).
+    pub async fn client(&self) -> Result<redis::Client, StoreError> {
+        self.link.client().await
+    }
+
+    /// After the subscriber's connection failed: with Sentinel, ask where the master is again.
+    pub fn rediscover(&self) {
+        self.link.rediscover();
+    }
+
+    /// The connection to send on.
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        self.link.conn().await
     }
 
     pub fn channel(&self) -> String {
@@ -368,7 +355,7 @@ impl Store {
         for inv in &change.invalidations {
             pipe.publish(self.channel(), inv.encode()).ignore();
         }
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         self.bounded(async { Ok(pipe.query_async::<()>(&mut c).await?) })
             .await
     }
@@ -378,16 +365,21 @@ impl Store {
         &self,
         f: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, f)
+        let result = tokio::time::timeout(self.timeout, f)
             .await
-            .map_err(|_| StoreError::Timeout)?
+            .map_err(|_| StoreError::Timeout)
+            .and_then(|r| r);
+        if let Err(e) = &result {
+            self.link.failed(e);
+        }
+        result
     }
 
     /// Whether Redis answers now. A connection Redis dropped (a restart) fails its next command
     /// and reconnects, so a failed ping asks once more, on the new connection.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let once = || async {
-            let mut c = self.conn.clone();
+            let mut c = self.conn().await?;
             Ok(redis::cmd("PING")
                 .query_async::<String>(&mut c)
                 .await
@@ -405,7 +397,7 @@ impl Store {
     /// Checks the store's layout is [`SCHEMA_VERSION`]; marks an empty store as such. A store of
     /// another layout is refused, saying what to run.
     pub async fn check_schema(&self) -> Result<(), StoreError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let schema = self.name(format_args!("schema"));
         let (version, orgs): (Option<u32>, bool) = self
             .bounded(async {
@@ -449,7 +441,7 @@ impl Store {
 
     /// The key with this credential hash and its owner, or `None` if no key has it.
     pub async fn resolve_key(&self, hash: &KeyHash) -> Result<Option<Principal>, StoreError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         // The script's `EVALSHA` written out, where `Script::invoke_async` holds each key and
         // argument in a `Vec` of its own first and copies them into the command: five
         // allocations per cache miss. Allocated once, at a size that fits the arguments: the
@@ -525,7 +517,7 @@ impl Store {
         org: &OrgId,
         id: &ProjectId,
     ) -> Result<Option<Project>, StoreError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let key = self.name(format_args!("{}:project:{id}", Tag(org)));
         let (fields, mut members): (Fields, Vec<String>) = self
             .bounded(async {
@@ -546,7 +538,7 @@ impl Store {
 
     /// Fields of one hash, `None` when it does not exist.
     async fn hash(&self, key: String) -> Result<Option<Fields>, StoreError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let f: Fields = self.bounded(async { Ok(c.hgetall(key).await?) }).await?;
         Ok((!f.is_empty()).then_some(f))
     }
@@ -573,7 +565,7 @@ impl Store {
         id: &str,
         key: &str,
     ) -> Result<(), StoreError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let taken: bool = self
             .bounded(async { Ok(redis::cmd("EXISTS").arg(key).query_async(&mut c).await?) })
             .await?;
@@ -587,7 +579,7 @@ impl Store {
     }
 
     async fn members(&self, key: String) -> Result<Vec<String>, StoreError> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn().await?;
         let mut m: Vec<String> = self.bounded(async { Ok(c.smembers(key).await?) }).await?;
         m.sort();
         Ok(m)

@@ -128,7 +128,7 @@ impl Store {
                 }
                 pipe.ignore();
             }
-            let mut c = self.conn.clone();
+            let mut c = self.conn().await?;
             self.bounded(async { Ok(pipe.query_async::<()>(&mut c).await?) })
                 .await?;
         }

@@ -15,6 +15,7 @@ mod migrate;
 mod proxy;
 mod redis_tls;
 mod reload;
+mod sentinel;
 mod streaming;
 mod tenancy;
 mod upload;

@@ -10,29 +10,65 @@ use super::free_port;
 pub struct Redis {
     pub port: u16,
     pub dir: PathBuf,
+    /// Arguments before the common ones (a config file), and after them.
+    args: (Vec<String>, Vec<String>),
     child: Option<Child>,
 }
 
 impl Redis {
     pub fn start() -> Redis {
-        let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("keygate-test-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut r = Redis {
-            port,
-            dir,
-            child: None,
-        };
+        Redis::start_with(&[])
+    }
+
+    /// A `redis-server` with extra arguments, e.g. a replica: `--replicaof 127.0.0.1 PORT`.
+    pub fn start_with(extra: &[&str]) -> Redis {
+        let mut r = Redis::unstarted();
+        r.args.1 = extra.iter().map(|a| (*a).to_owned()).collect();
         r.spawn();
         r
     }
 
+    /// A sentinel watching the master on `master_port` as `name`: a quorum of 2, and a master
+    /// counted down after 500 ms without an answer.
+    pub fn sentinel(master_port: u16, name: &str) -> Redis {
+        let mut r = Redis::unstarted();
+        let conf = r.dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "sentinel monitor {name} 127.0.0.1 {master_port} 2\n\
+                 sentinel down-after-milliseconds {name} 500\n\
+                 sentinel failover-timeout {name} 3000\n\
+                 sentinel parallel-syncs {name} 1\n"
+            ),
+        )
+        .unwrap();
+        r.args.0 = vec![conf.display().to_string()];
+        r.args.1 = vec!["--sentinel".to_owned()];
+        r.spawn();
+        r
+    }
+
+    fn unstarted() -> Redis {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("keygate-test-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Redis {
+            port,
+            dir,
+            args: (Vec::new(), Vec::new()),
+            child: None,
+        }
+    }
+
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
+            .args(&self.args.0)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.args.1)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -90,7 +90,8 @@ pub async fn new_key(
     (created.secret, created.record.grant.id)
 }
 
-async fn seed(store: &Store, config: &Config) -> Keys {
+/// The orgs, users, projects and keys every world has.
+pub async fn seed(store: &Store, config: &Config) -> Keys {
     let acme = OrgId::from("acme");
     let globex = OrgId::from("globex");
     store.create_org(&acme, "Acme").await.unwrap();

@@ -1,0 +1,223 @@
+//! Where the store's commands go: one Redis, or the master a set of Sentinels names, followed
+//! across failovers without a restart.
+//!
+//! Owns: building a Redis client from the config (ACL user, password, TLS), the connection a
+//! [`Store`](super::Store) handle sends on, and, with Sentinel, finding the master: asked of the
+//! sentinels in turn (`SENTINEL get-master-addr-by-name`) on first use, and again after a command
+//! fails in a way a failover explains (the connection refused or dropped, a timeout, `READONLY`
+//! from a master demoted to a replica), at most every [`REDISCOVER_AFTER`]. Commands in flight
+//! finish or fail on the old connection; the next ones go to the master the sentinels name.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::{RedisConfig, RedisTarget, StoreError};
+
+/// The shortest time between two questions to the sentinels while commands keep failing.
+pub const REDISCOVER_AFTER: Duration = Duration::from_millis(100);
+
+/// One Redis server: a self-reconnecting multiplexed connection, and the client that made it
+/// (for the invalidation subscriber's own connection).
+struct Target {
+    conn: ConnectionManager,
+    client: redis::Client,
+}
+
+/// The connection of a store handle; clones share it.
+#[derive(Clone)]
+pub struct Link {
+    current: Arc<ArcSwapOption<Target>>,
+    sentinel: Option<Arc<Sentinel>>,
+}
+
+/// How to find the master, and when it was last looked for.
+struct Sentinel {
+    cfg: RedisConfig,
+    sentinels: Vec<String>,
+    master: String,
+    tls: bool,
+    /// When the sentinels were last asked; held while asking, so one task asks for all.
+    asked: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl Link {
+    /// Connects lazily: nothing is dialled until the first command.
+    pub fn open(cfg: &RedisConfig) -> Result<Link, StoreError> {
+        Ok(match &cfg.target {
+            RedisTarget::Standalone(url) => {
+                let target = target(cfg, &url.0)?;
+                Link {
+                    current: Arc::new(ArcSwapOption::from_pointee(target)),
+                    sentinel: None,
+                }
+            }
+            RedisTarget::Sentinel {
+                sentinels,
+                master,
+                tls,
+            } => Link {
+                current: Arc::new(ArcSwapOption::empty()),
+                sentinel: Some(Arc::new(Sentinel {
+                    cfg: cfg.clone(),
+                    sentinels: sentinels.clone(),
+                    master: master.clone(),
+                    tls: *tls,
+                    asked: tokio::sync::Mutex::new(None),
+                })),
+            },
+        })
+    }
+
+    /// The connection to send on (with Sentinel, found first when there is none).
+    pub async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        Ok(self.target().await?.conn.clone())
+    }
+
+    /// A client for a connection of its own to the same server (pub/sub).
+    pub async fn client(&self) -> Result<redis::Client, StoreError> {
+        Ok(self.target().await?.client.clone())
+    }
+
+    async fn target(&self) -> Result<Arc<Target>, StoreError> {
+        if let Some(target) = self.current.load_full() {
+            return Ok(target);
+        }
+        let sentinel = self
+            .sentinel
+            .as_ref()
+            .expect("a standalone link always has its target");
+        let mut asked = sentinel.asked.lock().await;
+        // Another task may have found the master while this one waited.
+        if let Some(target) = self.current.load_full() {
+            return Ok(target);
+        }
+        *asked = Some(Instant::now());
+        let target = Arc::new(sentinel.find_master().await?);
+        self.current.store(Some(target.clone()));
+        Ok(target)
+    }
+
+    /// After a failed command: with Sentinel, when a failover could explain the failure, the
+    /// next command asks the sentinels where the master is (at most every
+    /// [`REDISCOVER_AFTER`]).
+    pub fn failed(&self, e: &StoreError) {
+        let Some(sentinel) = &self.sentinel else {
+            return;
+        };
+        let failover = match e {
+            StoreError::Timeout => true,
+            StoreError::Unavailable(e) => {
+                e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_io_error()
+                    || e.is_timeout()
+                    || e.code() == Some("READONLY")
+                    || e.code() == Some("MASTERDOWN")
+            }
+            _ => false,
+        };
+        let recent = sentinel.asked.try_lock().map_or(true, |at| {
+            at.is_some_and(|at| at.elapsed() < REDISCOVER_AFTER)
+        });
+        if failover && !recent {
+            self.current.store(None);
+        }
+    }
+
+    /// Forgets the master, so that the next command asks the sentinels (the subscriber calls
+    /// this when its connection fails). Nothing for one Redis.
+    pub fn rediscover(&self) {
+        if self.sentinel.is_some() {
+            self.current.store(None);
+        }
+    }
+}
+
+impl Sentinel {
+    /// Asks each sentinel in turn where the master is; the first answer wins.
+    async fn find_master(&self) -> Result<Target, StoreError> {
+        let mut last = None;
+        for address in &self.sentinels {
+            let asked = tokio::time::timeout(self.cfg.connect_timeout, self.ask(address)).await;
+            match asked {
+                Ok(Ok((host, port))) => {
+                    let scheme = if self.tls { "rediss" } else { "redis" };
+                    return target(&self.cfg, &format!("{scheme}://{host}:{port}"));
+                }
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => last = Some(StoreError::Timeout),
+            }
+        }
+        Err(last.unwrap_or_else(|| StoreError::Rejected("no sentinel is configured".into())))
+    }
+
+    async fn ask(&self, address: &str) -> Result<(String, u16), StoreError> {
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        let client = client(&self.cfg, &format!("{scheme}://{address}"), false)?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let master: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(&self.master)
+            .query_async(&mut conn)
+            .await?;
+        master.ok_or_else(|| {
+            StoreError::Rejected(format!(
+                "sentinel {address} knows no master named `{}`",
+                self.master
+            ))
+        })
+    }
+}
+
+/// A lazily connected target at `url`.
+fn target(cfg: &RedisConfig, url: &str) -> Result<Target, StoreError> {
+    let client = client(cfg, url, true)?;
+    let manager_cfg = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(cfg.connect_timeout))
+        // `Store::bounded` bounds every command with `command_timeout`, reconnects included;
+        // redis-rs's own timer on each one (500 ms unless set) would be a second timer per
+        // cache miss and, when a command timed out, would not reconnect either.
+        .set_response_timeout(None)
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_cfg)?;
+    Ok(Target { conn, client })
+}
+
+/// A client for `url` with the config's TLS files and, when `authenticated`, its ACL user and
+/// password (the sentinels take none).
+fn client(cfg: &RedisConfig, url: &str, authenticated: bool) -> Result<redis::Client, StoreError> {
+    use redis::IntoConnectionInfo;
+    let mut info = url.into_connection_info()?;
+    if authenticated {
+        let mut settings = info.redis_settings().clone();
+        if let Some(user) = &cfg.username {
+            settings = settings.set_username(user);
+        }
+        if let Some(password) = &cfg.password {
+            settings = settings.set_password(&password.0);
+        }
+        info = info.set_redis_settings(settings);
+    }
+    if url.starts_with("rediss://") {
+        // redis-rs builds its TLS config on rustls's process-wide crypto provider (the
+        // listeners name theirs); a second call finds it installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    Ok(match (&cfg.tls.ca, &cfg.tls.client) {
+        (None, None) => redis::Client::open(info)?,
+        (ca, client) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.0.clone().into_bytes(),
+                }),
+                root_cert: ca.clone(),
+            },
+        )?,
+    })
+}
