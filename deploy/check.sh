@@ -31,18 +31,25 @@ echo "== Dockerfile (hadolint)"
 hadolint deploy/Dockerfile
 
 echo "== Kubernetes manifests (kubernetes-validate --strict)"
-kubernetes-validate --strict --quiet deploy/kubernetes/keygate.yaml deploy/kubernetes/redis.yaml
+kubernetes-validate --strict --quiet deploy/kubernetes/keygate.yaml deploy/kubernetes/redis.yaml \
+  deploy/kubernetes/sentinel/redis-sentinel.yaml
 python3 - <<'EOF'
 import os, yaml
-k = yaml.safe_load(open("deploy/kubernetes/kustomization.yaml"))
-named = k["resources"] + [f for g in k.get("configMapGenerator", []) for f in g["files"]]
-missing = [f for f in named if not os.path.exists(os.path.join("deploy/kubernetes", f))]
-assert not missing, f"kustomization.yaml names missing files: {missing}"
-print(f"kustomization.yaml: {len(named)} files, all present")
+for root in ["deploy/kubernetes", "deploy/kubernetes/sentinel"]:
+    k = yaml.safe_load(open(os.path.join(root, "kustomization.yaml")))
+    named = k["resources"] + [f for g in k.get("configMapGenerator", []) for f in g["files"]]
+    missing = [f for f in named if not os.path.exists(os.path.join(root, f))]
+    assert not missing, f"{root}/kustomization.yaml names missing files: {missing}"
+    for p in k.get("patches", []):
+        yaml.safe_load(p["patch"])
+    print(f"{root}/kustomization.yaml: {len(named)} files, all present")
 EOF
+# The Sentinel pods' start-up script parses as POSIX sh.
+python3 -c 'import yaml, sys; [sys.stdout.write(d["data"]["init.sh"]) for d in yaml.safe_load_all(open("deploy/kubernetes/sentinel/redis-sentinel.yaml")) if d["kind"] == "ConfigMap"]' > "$work/init.sh"
+sh -n "$work/init.sh" && echo "redis-sentinel.yaml: init.sh parses"
 
 echo "== keygate's configs in the image and on Kubernetes (check-config)"
-for config in config/container.toml deploy/kubernetes/keygate.toml; do
+for config in config/container.toml deploy/kubernetes/keygate.toml deploy/kubernetes/sentinel/keygate.toml; do
   KEYGATE_REDIS_URL=redis://127.0.0.1:6379 "$KG" check-config --config "$config"
 done
 
