@@ -22,7 +22,8 @@ certificate, TLS 1.3): tls-new makes a new connection, so a full handshake, for 
 few HTTP/2 connections (h2load, ALPN h2).
 plus keygate-only scenarios: reject (malformed / unknown keys), cold (every request a different
 key from 1,000,000 in Redis, on keygate-full, so the first instance's cache holds only the hot
-keys in every run), flood (1,000,000 distinct unknown keys), revocation under load, and a 100 MB
+keys in every run), cold-tls (the same on keygate-tls-redis, a third instance whose cache is
+filled alike and which reaches the same Redis over TLS: `rediss://`, a private CA, TLS 1.3), flood (1,000,000 distinct unknown keys), revocation under load, and a 100 MB
 upload. Each figure is the median of the runs, with min-max spread.
 """
 
@@ -143,8 +144,10 @@ class Bench:
         cmd = [self.bin, *args, "--config", self.config_path]
         return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
-    def keygate(self, name, port, admin_port, tls_port=None):
+    def keygate(self, name, port, admin_port, tls_port=None, redis_tls=False):
         path = os.path.join(self.dir, f"{name}.toml")
+        redis = (f'url = "rediss://127.0.0.1:{self.redis_tls_port}"\nca_file = "{self.dir}/redis-ca.pem"'
+                 if redis_tls else f'url = "redis://127.0.0.1:{self.redis_port}"')
         tls = "" if tls_port is None else f"""
 [[listener]]
 addr = "127.0.0.1:{tls_port}"
@@ -160,7 +163,7 @@ addr = "127.0.0.1:{port}"
 [admin]
 addr = "127.0.0.1:{admin_port}"
 [redis]
-url = "redis://127.0.0.1:{self.redis_port}"
+{redis}
 [cache]
 max_entries = {self.args.cache_entries}
 [keys]
@@ -191,11 +194,32 @@ upstreams = ["http://127.0.0.1:{self.upstream_port}"]
             self.keygates[tls_port] = proc
         return path, proc
 
+    def redis_certificates(self):
+        """A private CA and a certificate for 127.0.0.1 signed by it, for Redis's TLS port."""
+        d = self.dir
+        run = lambda *cmd: subprocess.run(cmd, check=True, capture_output=True)
+        run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+            "-subj", "/CN=keygate bench CA", "-keyout", f"{d}/redis-ca.key", "-out", f"{d}/redis-ca.pem")
+        run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=127.0.0.1",
+            "-keyout", f"{d}/redis.key", "-out", f"{d}/redis.csr")
+        with open(f"{d}/redis.ext", "w") as f:
+            f.write("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+        run("openssl", "x509", "-req", "-in", f"{d}/redis.csr", "-CA", f"{d}/redis-ca.pem", "-CAkey", f"{d}/redis-ca.key",
+            "-CAcreateserial", "-days", "1", "-extfile", f"{d}/redis.ext", "-out", f"{d}/redis.pem")
+
     def setup(self):
         a = self.args
         self.redis_port = free_port()
+        tls_args = []
+        if "cold-tls" in a.scenarios:
+            # The same Redis on a TLS port too, for keygate-tls-redis.
+            self.redis_certificates()
+            self.redis_tls_port = free_port()
+            tls_args = ["--tls-port", str(self.redis_tls_port), "--tls-cert-file", f"{self.dir}/redis.pem",
+                        "--tls-key-file", f"{self.dir}/redis.key", "--tls-ca-cert-file", f"{self.dir}/redis-ca.pem",
+                        "--tls-auth-clients", "no"]
         self.start(["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                    "--dir", self.dir], "redis")
+                    "--dir", self.dir, *tls_args], "redis")
         wait_port(self.redis_port)
         self.upstream_port = free_port()
         upstream = self.start([self.bin, "demo-upstream", "--listen", f"127.0.0.1:{self.upstream_port}"], "upstream")
@@ -218,7 +242,7 @@ upstreams = ["http://127.0.0.1:{self.upstream_port}"]
                    "--out", self.hot_keys)
         with open(self.hot_keys) as f:
             self.hot_list = [l.strip() for l in f]
-        if "hot" in a.scenarios or "cold" in a.scenarios:
+        if "hot" in a.scenarios or "cold" in a.scenarios or "cold-tls" in a.scenarios:
             self.full_setup()
         for name, gen in [("malformed", lambda: fake_key(valid_checksum=False)), ("unknown", fake_key)]:
             with open(os.path.join(self.dir, f"{name}.txt"), "w") as f:
@@ -252,6 +276,12 @@ upstreams = ["http://127.0.0.1:{self.upstream_port}"]
         self.wrk(self.full_port, fill)
         entries = self.metric(self.full_admin, 'keygate_cache_entries{kind="keys"}')
         print(f"  keygate-full: {entries:.0f} cache entries of a bound of {a.cache_entries}", flush=True)
+        if "cold-tls" in a.scenarios:
+            self.tls_redis_port, tls_redis_admin = free_port(), free_port()
+            self.keygate("keygate-tls-redis", self.tls_redis_port, tls_redis_admin, redis_tls=True)
+            self.wrk(self.tls_redis_port, fill)
+            entries = self.metric(tls_redis_admin, 'keygate_cache_entries{kind="keys"}')
+            print(f"  keygate-tls-redis: {entries:.0f} cache entries of a bound of {a.cache_entries}", flush=True)
 
     def nginx(self):
         conf = os.path.join(self.dir, "nginx.conf")
@@ -466,6 +496,12 @@ http {{
         offset = run * ((a.cold_keys - self.fill_keys) // a.runs)
         self.record("cold", "keygate", self.wrk(self.full_port, self.cold_file, offset))
 
+    def cold_tls(self, run):
+        a = self.args
+        # The same slices as `cold`, on another instance (its own cache): every key uncached.
+        offset = run * ((a.cold_keys - self.fill_keys) // a.runs)
+        self.record("cold", "keygate-tls-redis", self.wrk(self.tls_redis_port, self.cold_file, offset))
+
     def flood(self):
         """Distinct unknown keys until every one was sent once: RSS must stay within the cache bound."""
         a = self.args
@@ -554,11 +590,11 @@ http {{
 
     def run(self):
         self.setup()
-        scenarios = [s for s in ["hot", "reject", "cold", "tls", "h2"] if s in self.args.scenarios]
+        scenarios = [s for s in ["hot", "reject", "cold", "cold-tls", "tls", "h2"] if s in self.args.scenarios]
         for run in range(self.args.runs):
             print(f"run {run + 1}/{self.args.runs}", flush=True)
             for s in scenarios:
-                getattr(self, s)(run)
+                getattr(self, s.replace("-", "_"))(run)
         for once in ["flood", "revocation", "upload"]:
             if once in self.args.scenarios:
                 getattr(self, once)()
@@ -591,6 +627,7 @@ http {{
             ("hot keygate-full p99 / nginx p99", ("hot", "keygate-full"), ("hot", "nginx"), "p99_ms"),
             ("hot keygate-full / nginx-identity (req/s)", ("hot", "keygate-full"), ("hot", "nginx-identity"), "rps"),
             ("cold keygate / hot keygate (req/s)", ("cold", "keygate"), ("hot", "keygate"), "rps"),
+            ("cold keygate-tls-redis / cold keygate (req/s): TLS to Redis", ("cold", "keygate-tls-redis"), ("cold", "keygate"), "rps"),
             ("reject malformed / hot keygate (req/s)", ("reject", "malformed"), ("hot", "keygate"), "rps"),
             ("reject unknown / hot keygate (req/s)", ("reject", "unknown"), ("hot", "keygate"), "rps"),
             ("reject unknown keygate / nginx (req/s)", ("reject", "unknown"), ("reject", "nginx"), "rps"),
@@ -617,6 +654,8 @@ http {{
                 assert self.median("hot", "floor", "non2xx")[0] == 0, "the floor proxy refused valid keys"
             assert summary["malformed_redis_calls"] == 0, "malformed keys reached Redis"
             assert self.median("cold", "keygate", "non2xx")[0] == 0, "cold keys were refused"
+            if "cold-tls" in a.scenarios:
+                assert self.median("cold", "keygate-tls-redis", "non2xx")[0] == 0, "cold keys over TLS were refused"
             assert summary["flood"]["cache_entries"] <= a.cache_entries, "the cache outgrew its bound"
             assert summary["upload"]["status"] == 200, "the upload failed"
             assert all(v["max_ms"] < 5000 for v in summary["revocation"].values())
@@ -739,7 +778,7 @@ def main():
     p.add_argument("--flood-duration", type=int, default=60, help="seconds; long enough to send every flood key once")
     p.add_argument("--revocations", type=int, default=100)
     p.add_argument("--upload-mb", type=int, default=100)
-    p.add_argument("--scenarios", default="hot,reject,cold,tls,h2,flood,revocation,upload")
+    p.add_argument("--scenarios", default="hot,reject,cold,cold-tls,tls,h2,flood,revocation,upload")
     p.add_argument("--no-nginx", dest="with_nginx", action="store_false")
     p.add_argument("--floor-bin", help="default: examples/floor beside --bin")
     p.add_argument("--no-floor", dest="with_floor", action="store_false")
