@@ -65,9 +65,9 @@ impl Store {
                 ("created_at", org.created_at.to_string()),
             ],
         )
-        .ignore()
-        .sadd(self.name(format_args!("orgs")), id.as_str())
         .ignore();
+        let mut listed = redis::cmd("SADD");
+        listed.arg(self.name(format_args!("orgs"))).arg(id.as_str());
         let change = Change {
             org: id,
             action: "org.create",
@@ -75,7 +75,8 @@ impl Store {
             details: json!({ "name": org.name }),
             invalidations: Vec::new(),
         };
-        self.commit(pipe, change).await?;
+        self.commit_ordered(Vec::new(), pipe, vec![listed], change)
+            .await?;
         Ok(org)
     }
 
@@ -117,17 +118,14 @@ impl Store {
             status: UserStatus::Active,
             created_at: unix_now(),
         };
+        let mut person = redis::cmd("HSET");
+        person.arg(&account).arg(&[
+            ("name", user.name.clone()),
+            ("status", UserStatus::Active.to_string()),
+            ("created_at", user.created_at.to_string()),
+        ]);
         let mut pipe = redis::pipe();
-        pipe.hset_multiple(
-            &account,
-            &[
-                ("name", user.name.clone()),
-                ("status", UserStatus::Active.to_string()),
-                ("created_at", user.created_at.to_string()),
-            ],
-        )
-        .ignore();
-        self.add_membership_writes(&mut pipe, &user);
+        let joined = self.add_membership_writes(&mut pipe, &user, UserStatus::Active);
         let change = Change {
             org,
             action: "user.create",
@@ -135,7 +133,8 @@ impl Store {
             details: json!({ "name": user.name, "role": user.role }),
             invalidations: Vec::new(),
         };
-        self.commit(pipe, change).await?;
+        self.commit_ordered(vec![person, joined], pipe, Vec::new(), change)
+            .await?;
         Ok(user)
     }
 
@@ -247,31 +246,38 @@ impl Store {
     ) -> Result<Account, StoreError> {
         let mut account = self.account(id).await?;
         account.status = status;
-        let mut pipe = redis::pipe();
-        pipe.hset(
-            self.name(format_args!("account:{id}")),
-            "status",
-            status.as_str(),
-        )
-        .ignore();
-        let Some((first, others)) = account.org_ids.split_first() else {
+        let mut person = redis::cmd("HSET");
+        person
+            .arg(self.name(format_args!("account:{id}")))
+            .arg("status")
+            .arg(status.as_str());
+        // The account first; then each membership, which the request path reads (a key's
+        // lookup stays in its org's hash slot), audited in its org.
+        let mut before = vec![person];
+        if account.org_ids.is_empty() {
             let mut c = self.conn().await?;
-            self.bounded(async { Ok(pipe.query_async::<()>(&mut c).await?) })
+            let person = before.remove(0);
+            self.bounded(async { Ok(person.query_async::<()>(&mut c).await?) })
                 .await?;
-            return Ok(account);
-        };
-        let change = |org| Change {
-            org,
-            action: "account.update",
-            target: format!("user:{id}"),
-            details: json!({ "status": status }),
-            invalidations: vec![Invalidation::User(id.clone())],
-        };
-        for org in others {
-            let stream = self.name(format_args!("{}:audit", Tag(org)));
-            self.actor.append_entry(pipe.atomic(), stream, &change(org));
         }
-        self.commit(pipe, change(first)).await?;
+        for org in &account.org_ids {
+            let mut pipe = redis::pipe();
+            pipe.hset(
+                self.name(format_args!("{}:member:{id}", Tag(org))),
+                "account_status",
+                status.as_str(),
+            )
+            .ignore();
+            let change = Change {
+                org,
+                action: "account.update",
+                target: format!("user:{id}"),
+                details: json!({ "status": status }),
+                invalidations: vec![Invalidation::User(id.clone())],
+            };
+            self.commit_ordered(std::mem::take(&mut before), pipe, Vec::new(), change)
+                .await?;
+        }
         Ok(account)
     }
 
@@ -291,13 +297,13 @@ impl Store {
         let user = User {
             id: id.clone(),
             org_id: org.clone(),
-            name: account.name,
+            name: account.name.clone(),
             role,
             status: UserStatus::Active,
             created_at: unix_now(),
         };
         let mut pipe = redis::pipe();
-        self.add_membership_writes(&mut pipe, &user);
+        let joined = self.add_membership_writes(&mut pipe, &user, account.status);
         let change = Change {
             org,
             action: "member.add",
@@ -305,25 +311,32 @@ impl Store {
             details: json!({ "role": role }),
             invalidations: Vec::new(),
         };
-        self.commit(pipe, change).await?;
+        self.commit_ordered(vec![joined], pipe, Vec::new(), change)
+            .await?;
         Ok(user)
     }
 
-    /// Adds the writes that make `user` a member of their org to a transaction.
-    fn add_membership_writes(&self, pipe: &mut redis::Pipeline, user: &User) {
+    /// Adds the writes that make `user` a member of their org to its transaction (the person's
+    /// `account` status is copied into the membership, which the request path reads); returns
+    /// the one outside the org's slot, the person's list of orgs.
+    fn add_membership_writes(
+        &self,
+        pipe: &mut redis::Pipeline,
+        user: &User,
+        account: UserStatus,
+    ) -> redis::Cmd {
         let (id, org) = (&user.id, Tag(&user.org_id));
-        pipe.hset_multiple(
-            self.name(format_args!("{org}:member:{id}")),
-            &user.membership_fields(),
-        )
-        .ignore()
-        .sadd(self.name(format_args!("{org}:members")), id.as_str())
-        .ignore()
-        .sadd(
-            self.name(format_args!("account:{id}:orgs")),
-            user.org_id.as_str(),
-        )
-        .ignore();
+        let mut fields = user.membership_fields();
+        fields.push(("account_status", account.to_string()));
+        pipe.hset_multiple(self.name(format_args!("{org}:member:{id}")), &fields)
+            .ignore()
+            .sadd(self.name(format_args!("{org}:members")), id.as_str())
+            .ignore();
+        let mut joined = redis::cmd("SADD");
+        joined
+            .arg(self.name(format_args!("account:{id}:orgs")))
+            .arg(user.org_id.as_str());
+        joined
     }
 
     /// Invites the person `user` to `org` with `role`; they accept with a key of their own.
@@ -446,13 +459,13 @@ impl Store {
         let member = User {
             id: user.clone(),
             org_id: org.clone(),
-            name: account.name,
+            name: account.name.clone(),
             role: invitation.role,
             status: UserStatus::Active,
             created_at: unix_now(),
         };
         let mut pipe = redis::pipe();
-        self.add_membership_writes(&mut pipe, &member);
+        let joined = self.add_membership_writes(&mut pipe, &member, account.status);
         self.remove_invitation_writes(&mut pipe, org, id);
         let change = Change {
             org,
@@ -461,7 +474,8 @@ impl Store {
             details: json!({ "user_id": user, "role": invitation.role }),
             invalidations: Vec::new(),
         };
-        self.commit(pipe, change).await?;
+        self.commit_ordered(vec![joined], pipe, Vec::new(), change)
+            .await?;
         Ok(member)
     }
 

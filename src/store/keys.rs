@@ -239,7 +239,7 @@ impl Store {
         self.ensure_absent("credential", &record.display, &index)
             .await?;
         let mut pipe = redis::pipe();
-        self.add_key_writes(&mut pipe, &record);
+        let indexes = self.add_key_writes(&mut pipe, &record);
         let details = json!({
             "user_id": record.grant.user_id, "name": record.name, "scopes": record.grant.scopes,
             "project_ids": record.grant.project_ids, "expires_at": record.grant.expires_at, "legacy": legacy,
@@ -250,27 +250,23 @@ impl Store {
         } else {
             "key.create"
         };
-        self.commit(pipe, key_change(&record, action, details))
-            .await?;
+        self.commit_ordered(
+            indexes.into(),
+            pipe,
+            Vec::new(),
+            key_change(&record, action, details),
+        )
+        .await?;
         Ok(record)
     }
 
-    /// Adds the writes that store a new key to a transaction.
-    fn add_key_writes(&self, pipe: &mut redis::Pipeline, record: &KeyRecord) {
+    /// Adds the writes that store a new key to its org's transaction; returns the ones outside
+    /// the org's slot, written before it: the indexes by credential and by key id.
+    fn add_key_writes(&self, pipe: &mut redis::Pipeline, record: &KeyRecord) -> [redis::Cmd; 2] {
         let (id, org) = (record.grant.id.as_str(), Tag(&record.grant.org_id));
         pipe.hset_multiple(
             self.name(format_args!("{org}:key:{id}")),
             &record.to_fields(),
-        )
-        .ignore()
-        .set(
-            self.name(format_args!("credential:{}", record.grant.hash)),
-            self.credential_ref(record),
-        )
-        .ignore()
-        .set(
-            self.name(format_args!("keyorg:{id}")),
-            record.grant.org_id.as_str(),
         )
         .ignore()
         .sadd(
@@ -280,6 +276,15 @@ impl Store {
         .ignore()
         .sadd(self.name(format_args!("{org}:keys")), id)
         .ignore();
+        let mut by_credential = redis::cmd("SET");
+        by_credential
+            .arg(self.name(format_args!("credential:{}", record.grant.hash)))
+            .arg(self.credential_ref(record));
+        let mut by_id = redis::cmd("SET");
+        by_id
+            .arg(self.name(format_args!("keyorg:{id}")))
+            .arg(record.grant.org_id.as_str());
+        [by_credential, by_id]
     }
 
     /// What a credential's index holds: `{org}/{key id}`.
@@ -301,7 +306,7 @@ impl Store {
         let owner = self.check_new_key(&new).await?;
         let mut secrets = Vec::with_capacity(count);
         while secrets.len() < count {
-            let mut pipe = redis::pipe();
+            let (mut pipe, mut indexes) = (redis::pipe(), Vec::new());
             let batch = BATCH.min(count - secrets.len());
             for _ in 0..batch {
                 let secret = format.generate();
@@ -312,7 +317,7 @@ impl Store {
                     format.mask(&secret),
                     false,
                 );
-                self.add_key_writes(&mut pipe, &record);
+                indexes.extend(self.add_key_writes(&mut pipe, &record));
                 secrets.push(secret);
             }
             let change = Change {
@@ -322,7 +327,8 @@ impl Store {
                 details: json!({ "count": batch, "name": new.name, "scopes": new.scopes }),
                 invalidations: Vec::new(),
             };
-            self.commit(pipe, change).await?;
+            self.commit_ordered(indexes, pipe, Vec::new(), change)
+                .await?;
         }
         Ok(secrets)
     }
@@ -521,11 +527,6 @@ impl Store {
         if key.grant.expires_at.is_none() {
             key.grant.expires_at = validity.map(|v| unix_now().saturating_add(v.as_secs()));
         }
-        let mut pipe = redis::pipe();
-        if let Some(stale) = before.grant.previous_hash {
-            pipe.del(self.name(format_args!("credential:{stale}")))
-                .ignore();
-        }
         let fields = [
             ("hash", key.grant.hash.to_hex()),
             ("display", key.display.clone()),
@@ -537,20 +538,27 @@ impl Store {
             ),
             ("expires_at", key.grant.expires_at.unwrap_or(0).to_string()),
         ];
-        pipe.set(
-            self.name(format_args!("credential:{}", key.grant.hash)),
-            self.credential_ref(&key),
-        )
-        .ignore()
-        .hset_multiple(
+        let mut pipe = redis::pipe();
+        pipe.hset_multiple(
             self.name(format_args!("{}:key:{id}", Tag(&key.grant.org_id))),
             &fields,
         )
         .ignore();
+        // The new secret's index before the record names it; the oldest secret's after.
+        let mut new_index = redis::cmd("SET");
+        new_index
+            .arg(self.name(format_args!("credential:{}", key.grant.hash)))
+            .arg(self.credential_ref(&key));
+        let stale = before.grant.previous_hash.map(|stale| {
+            let mut gone = redis::cmd("DEL");
+            gone.arg(self.name(format_args!("credential:{stale}")));
+            gone
+        });
         let details = json!({ "grace_period_secs": grace.as_secs(), "display": key.display });
         // Cached entries under the old secrets must be re-read (the current one gets its grace
         // deadline; an older one stops).
-        self.commit(pipe, key_change(&before, "key.rotate", details))
+        let change = key_change(&before, "key.rotate", details);
+        self.commit_ordered(vec![new_index], pipe, stale.into_iter().collect(), change)
             .await?;
         Ok(CreatedKey {
             record: key,
@@ -568,20 +576,28 @@ impl Store {
         let mut pipe = redis::pipe();
         pipe.del(self.name(format_args!("{org}:key:{id}")))
             .ignore()
-            .del(self.name(format_args!("keyorg:{id}")))
+            .srem(
+                self.name(format_args!("{org}:member:{}:keys", key.grant.user_id)),
+                id.as_str(),
+            )
+            .ignore()
+            .srem(self.name(format_args!("{org}:keys")), id.as_str())
             .ignore();
+        // The indexes go after the record: until then they lead to it.
+        let mut indexes = redis::cmd("DEL");
+        indexes.arg(self.name(format_args!("keyorg:{id}")));
+        let mut gone = vec![indexes];
         for hash in std::iter::once(key.grant.hash).chain(key.grant.previous_hash) {
-            pipe.del(self.name(format_args!("credential:{hash}")))
-                .ignore();
+            let mut del = redis::cmd("DEL");
+            del.arg(self.name(format_args!("credential:{hash}")));
+            gone.push(del);
         }
-        pipe.srem(
-            self.name(format_args!("{org}:member:{}:keys", key.grant.user_id)),
-            id.as_str(),
+        self.commit_ordered(
+            Vec::new(),
+            pipe,
+            gone,
+            key_change(&key, "key.delete", json!({})),
         )
-        .ignore()
-        .srem(self.name(format_args!("{org}:keys")), id.as_str())
-        .ignore();
-        self.commit(pipe, key_change(&key, "key.delete", json!({})))
-            .await
+        .await
     }
 }

@@ -71,6 +71,11 @@ impl Link {
         })
     }
 
+    /// Whether commands go to a Redis Cluster (whose transactions stay within one hash slot).
+    pub fn is_cluster(&self) -> bool {
+        false
+    }
+
     /// The connection to send on (with Sentinel, found first when there is none).
     pub async fn conn(&self) -> Result<ConnectionManager, StoreError> {
         Ok(self.target().await?.conn.clone())

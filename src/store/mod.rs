@@ -194,7 +194,7 @@ impl Invalidation {
 }
 
 /// GET the index, then the key's grant and its owner (the membership in the key's org, disabled
-/// with the account), in one round trip. HMGET of only the fields
+/// with the account), in one round trip; everything after the index is in the org's hash slot. HMGET of only the fields
 /// the request path reads ([`KeyGrant::FIELDS`], [`Owner::FIELDS`]), filled in by
 /// [`resolve_script`]: every field named or returned is a Lua string for Redis to make, so
 /// HGETALL of the whole key costs Redis more per call.
@@ -216,14 +216,13 @@ local base = ARGV[1] .. ':{' .. org .. '}:'
 local key = redis.call('HMGET', base .. 'key:' .. string.sub(ref, slash + 1), KEY_FIELDS)
 if not key[1] then return false end
 local user = key[2] or ''
-local member = redis.call('HMGET', base .. 'member:' .. user, OWNER_FIELDS)
+local member = redis.call('HMGET', base .. 'member:' .. user, OWNER_FIELDS, 'account_status')
 for i = 1, #key do key[i] = key[i] or '\1' end
--- A missing owner: the key's values alone. A disabled account disables every membership.
+-- A missing owner: the key's values alone. A disabled account disables every membership (its
+-- status is copied into each, so the lookup stays in the org's hash slot).
 if member[1] then
-  if redis.call('HGET', ARGV[1] .. ':account:' .. user, 'status') == 'disabled' then
-    member[3] = 'disabled'
-  end
-  for i = 1, #member do key[#key + 1] = member[i] or '\1' end
+  if member[#member] == 'disabled' then member[3] = 'disabled' end
+  for i = 1, #member - 1 do key[#key + 1] = member[i] or '\1' end
 end
 return table.concat(key, '\0')
 ";
@@ -345,9 +344,21 @@ impl Store {
 
     /// Runs a write's MULTI/EXEC with its audit entry and its invalidations: the one way a
     /// change reaches Redis.
-    async fn commit(
+    async fn commit(&self, pipe: redis::Pipeline, change: Change<'_>) -> Result<(), StoreError> {
+        self.commit_ordered(Vec::new(), pipe, Vec::new(), change)
+            .await
+    }
+
+    /// [`Store::commit`] of a write that also touches records outside the org's hash slot:
+    /// `before`, what the org's records will be found by (an index, an account), and `after`,
+    /// what they are no longer found by. On one Redis all of it is one MULTI/EXEC; on a Cluster
+    /// `before` is written first and `after` last, so a crash between leaves only an index to
+    /// nothing, or an account without its membership: nothing that grants anything.
+    async fn commit_ordered(
         &self,
+        before: Vec<redis::Cmd>,
         mut pipe: redis::Pipeline,
+        after: Vec<redis::Cmd>,
         change: Change<'_>,
     ) -> Result<(), StoreError> {
         let stream = self.name(format_args!("{}:audit", Tag(change.org)));
@@ -356,8 +367,28 @@ impl Store {
             pipe.publish(self.channel(), inv.encode()).ignore();
         }
         let mut c = self.conn().await?;
-        self.bounded(async { Ok(pipe.query_async::<()>(&mut c).await?) })
-            .await
+        if !self.link.is_cluster() {
+            for cmd in before.into_iter().chain(after) {
+                pipe.add_command(cmd).ignore();
+            }
+            return self
+                .bounded(async { Ok(pipe.query_async::<()>(&mut c).await?) })
+                .await;
+        }
+        let apart = |cmds: Vec<redis::Cmd>| {
+            let mut p = redis::pipe();
+            for cmd in cmds {
+                p.add_command(cmd).ignore();
+            }
+            p
+        };
+        let (before, after) = (apart(before), apart(after));
+        self.bounded(async {
+            before.query_async::<()>(&mut c).await?;
+            pipe.query_async::<()>(&mut c).await?;
+            Ok(after.query_async::<()>(&mut c).await?)
+        })
+        .await
     }
 
     /// Runs a store future with the command timeout as an absolute bound (reconnects included).
@@ -603,6 +634,11 @@ mod tests {
     #[test]
     fn the_lookup_script_reads_id_and_owner_by_position() {
         assert_eq!(KeyGrant::FIELDS[..2], ["id", "user_id"]);
+        assert_eq!(
+            Owner::FIELDS[2],
+            "status",
+            "the script disables the third owner field"
+        );
         let script = resolve_script();
         assert!(script.contains("'id', 'user_id', 'org_id'"), "{script}");
         assert!(!script.contains("KEY_FIELDS") && !script.contains("OWNER_FIELDS"));

@@ -106,24 +106,31 @@ impl Usage {
 }
 
 impl Store {
-    /// Adds a batch of uses to the key records: one script call per [`KEYS_PER_CALL`] keys
-    /// (was one `EVAL` per key, which cost Redis more than the lookups it competes with in the
-    /// cold benchmark), [`CALLS_PER_TRIP`] calls per round trip.
+    /// Adds a batch of uses to the key records: one script call per [`KEYS_PER_CALL`] keys of
+    /// one org (was one `EVAL` per key, which cost Redis more than the lookups it competes with
+    /// in the cold benchmark; one org per call, so that a call stays in its org's hash slot on a
+    /// Cluster), [`CALLS_PER_TRIP`] calls per round trip.
     pub async fn add_usage(&self, batch: &[Used]) -> Result<(), StoreError> {
         let script = redis::Script::new(USAGE_SCRIPT);
-        for trip in batch.chunks(KEYS_PER_CALL * CALLS_PER_TRIP) {
+        let mut sorted: Vec<&Used> = batch.iter().collect();
+        sorted.sort_by(|a, b| a.org.cmp(&b.org));
+        let calls: Vec<&[&Used]> = sorted
+            .chunk_by(|a, b| a.org == b.org)
+            .flat_map(|org| org.chunks(KEYS_PER_CALL))
+            .collect();
+        for trip in calls.chunks(CALLS_PER_TRIP) {
             let mut pipe = redis::pipe();
             pipe.load_script(&script).ignore();
-            for call in trip.chunks(KEYS_PER_CALL) {
+            for call in trip {
                 // The `EVALSHA` (of the script loaded first in this pipeline) written out, not a
                 // `ScriptInvocation`: that holds each key and argument in a `Vec` of its own,
                 // then copies them into the command.
                 pipe.cmd("EVALSHA").arg(script.get_hash()).arg(call.len());
-                for used in call {
+                for used in *call {
                     let (org, key) = (Tag(&used.org), &used.key);
                     pipe.arg(self.name_arg(format_args!("{org}:key:{key}")));
                 }
-                for used in call {
+                for used in *call {
                     pipe.arg(used.requests).arg(used.last_used);
                 }
                 pipe.ignore();
