@@ -508,7 +508,7 @@ async fn subscription(
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     let (mut sink, mut stream) = pubsub.split();
-    sink.subscribe(store.channel()).await?;
+    sink.psubscribe(store.channels()).await?;
     cache.clear();
     cache.set_subscribed(true);
     tracing::info!("invalidation subscription live");

@@ -77,8 +77,10 @@ pub(super) struct RedisFile {
     /// Sentinel: `host:port` of each sentinel, and the name they know the master by.
     pub(super) sentinels: Option<Vec<String>>,
     pub(super) master_name: Option<String>,
-    /// Sentinel: TLS to the sentinels and the master.
+    /// Sentinel and Cluster: TLS to the sentinels and the master, or to every node.
     pub(super) tls: Option<bool>,
+    /// Cluster: `host:port` of some of its nodes (the rest are found from them).
+    pub(super) nodes: Option<Vec<String>>,
     pub(super) url: Option<String>,
     pub(super) url_env: Option<String>,
     pub(super) username: Option<String>,

@@ -101,7 +101,11 @@ fn one_section_chooses_the_redis_mode() {
         ),
         (
             MINIMAL.replace("url = ", "mode = \"cluster\"\nurl = "),
-            "redis.mode: \"cluster\" is not supported yet",
+            "redis.nodes: list them",
+        ),
+        (
+            MINIMAL.replace("url = ", "mode = \"cluster\"\nurl = "),
+            "redis.url: with mode = \"cluster\"",
         ),
     ] {
         let p = problems(&text).join("\n");

@@ -343,10 +343,14 @@ impl Validator<'_> {
         let mode = r.mode.unwrap_or_default();
         let (target, tls) = match mode {
             RedisMode::Standalone => {
-                if r.sentinels.is_some() || r.master_name.is_some() || r.tls.is_some() {
+                if r.sentinels.is_some()
+                    || r.master_name.is_some()
+                    || r.tls.is_some()
+                    || r.nodes.is_some()
+                {
                     self.problem(
                         "redis",
-                        "sentinels, master_name and tls are for mode = \"sentinel\" (a standalone Redis takes TLS from a rediss:// url)",
+                        "sentinels, master_name, nodes and tls are for mode = \"sentinel\" or \"cluster\" (a standalone Redis takes TLS from a rediss:// url)",
                     );
                 }
                 let url = self.redis_url(r);
@@ -354,13 +358,7 @@ impl Validator<'_> {
                 (url.map(|u| RedisTarget::Standalone(Secret(u))), tls)
             }
             RedisMode::Sentinel => (self.sentinel(r), r.tls.unwrap_or(false)),
-            RedisMode::Cluster => {
-                self.problem(
-                    "redis.mode",
-                    "\"cluster\" is not supported yet: use \"standalone\" or \"sentinel\" (the store's layout is ready for a Cluster: each org's records share one hash slot)",
-                );
-                (None, false)
-            }
+            RedisMode::Cluster => (self.cluster(r), r.tls.unwrap_or(false)),
         };
         // A password in the config file would be read by whoever reads the config.
         if let Some(url) = &r.url
@@ -470,6 +468,40 @@ impl Validator<'_> {
         url
     }
 
+    /// `mode = "cluster"`: some of its nodes; no URL.
+    fn cluster(&mut self, r: &RedisFile) -> Option<RedisTarget> {
+        if r.url.is_some() || r.url_env.is_some() || r.sentinels.is_some() {
+            self.problem(
+                "redis.url",
+                "with mode = \"cluster\" list some of its nodes in `nodes`: remove url, url_env and sentinels",
+            );
+        }
+        let nodes = self.addresses(
+            "redis.nodes",
+            r.nodes.as_deref(),
+            "[\"10.0.0.21:6379\", \"10.0.0.22:6379\", \"10.0.0.23:6379\"]",
+        );
+        Some(RedisTarget::Cluster {
+            nodes,
+            tls: r.tls.unwrap_or(false),
+        })
+    }
+
+    /// A list of `host:port`, not empty.
+    fn addresses(&mut self, field: &str, given: Option<&[String]>, example: &str) -> Vec<String> {
+        let list = given.unwrap_or_default().to_vec();
+        if list.is_empty() {
+            self.problem(field, format!("list them, e.g. {example}"));
+        }
+        for s in &list {
+            let port = s.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
+            if port.is_none() || s.contains('/') || s.contains('@') {
+                self.problem(field, format!("`{s}` must be host:port"));
+            }
+        }
+        list
+    }
+
     /// `mode = "sentinel"`: the sentinels and the master's name; no URL (the sentinels say
     /// where the master is).
     fn sentinel(&mut self, r: &RedisFile) -> Option<RedisTarget> {
@@ -479,19 +511,14 @@ impl Validator<'_> {
                 "with mode = \"sentinel\" the sentinels say where the master is: remove url and url_env",
             );
         }
-        let sentinels = r.sentinels.clone().unwrap_or_default();
-        if sentinels.is_empty() {
-            self.problem(
-                "redis.sentinels",
-                "list the sentinels, e.g. [\"10.0.0.1:26379\", \"10.0.0.2:26379\", \"10.0.0.3:26379\"]",
-            );
+        if r.nodes.is_some() {
+            self.problem("redis.nodes", "nodes are for mode = \"cluster\"");
         }
-        for s in &sentinels {
-            let port = s.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
-            if port.is_none() || s.contains('/') || s.contains('@') {
-                self.problem("redis.sentinels", format!("`{s}` must be host:port"));
-            }
-        }
+        let sentinels = self.addresses(
+            "redis.sentinels",
+            r.sentinels.as_deref(),
+            "[\"10.0.0.1:26379\", \"10.0.0.2:26379\", \"10.0.0.3:26379\"]",
+        );
         let master = r.master_name.clone().unwrap_or_default();
         if master.is_empty() {
             self.problem(

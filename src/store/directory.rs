@@ -156,18 +156,14 @@ impl Store {
 
     /// A user's membership of `org`, with their name.
     pub async fn member(&self, org: &OrgId, id: &UserId) -> Result<User, StoreError> {
-        let mut c = self.conn().await?;
-        let member = self.name(format_args!("{}:member:{id}", Tag(org)));
-        let account = self.name(format_args!("account:{id}"));
-        let (mut fields, name): (Fields, Option<String>) = self
-            .bounded(async {
-                Ok(redis::pipe()
-                    .hgetall(member)
-                    .hget(account, "name")
-                    .query_async(&mut c)
-                    .await?)
-            })
-            .await?;
+        let mut member = redis::cmd("HGETALL");
+        member.arg(self.name(format_args!("{}:member:{id}", Tag(org))));
+        let mut name = redis::cmd("HGET");
+        name.arg(self.name(format_args!("account:{id}")))
+            .arg("name");
+        let answers = self.query_apart(vec![member, name]).await?;
+        let mut fields: Fields = redis::from_redis_value(answers[0].clone())?;
+        let name: Option<String> = redis::from_redis_value(answers[1].clone())?;
         if fields.is_empty() {
             return Err(StoreError::NotFound {
                 kind: "user",

@@ -1,5 +1,5 @@
-//! Where the store's commands go: one Redis, or the master a set of Sentinels names, followed
-//! across failovers without a restart.
+//! Where the store's commands go: one Redis, the master a set of Sentinels names (followed
+//! across failovers without a restart), or a Redis Cluster.
 //!
 //! Owns: building a Redis client from the config (ACL user, password, TLS), the connection a
 //! [`Store`](super::Store) handle sends on, and, with Sentinel, finding the master: asked of the
@@ -12,18 +12,57 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::RedisFuture;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
 
 use super::{RedisConfig, RedisTarget, StoreError};
 
 /// The shortest time between two questions to the sentinels while commands keep failing.
 pub const REDISCOVER_AFTER: Duration = Duration::from_millis(100);
 
-/// One Redis server: a self-reconnecting multiplexed connection, and the client that made it
-/// (for the invalidation subscriber's own connection).
+/// Where commands go: a self-reconnecting multiplexed connection to one server, or a Cluster
+/// connection (which follows the cluster's slots and redirections); and a client for the
+/// invalidation subscriber's own connection (on a Cluster, one node's: PUBLISH reaches every
+/// node's subscribers).
 struct Target {
-    conn: ConnectionManager,
+    conn: Conn,
     client: redis::Client,
+}
+
+/// A connection to one Redis or to a Cluster.
+#[derive(Clone)]
+pub enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 /// The connection of a store handle; clones share it.
@@ -31,6 +70,17 @@ struct Target {
 pub struct Link {
     current: Arc<ArcSwapOption<Target>>,
     sentinel: Option<Arc<Sentinel>>,
+    /// On a Cluster: the nodes (for the subscriber, which moves to the next one when its
+    /// connection fails).
+    cluster: Option<Arc<ClusterNodes>>,
+}
+
+struct ClusterNodes {
+    cfg: RedisConfig,
+    nodes: Vec<String>,
+    tls: bool,
+    /// The node the subscriber uses.
+    next: std::sync::atomic::AtomicUsize,
 }
 
 /// How to find the master, and when it was last looked for.
@@ -52,6 +102,41 @@ impl Link {
                 Link {
                     current: Arc::new(ArcSwapOption::from_pointee(target)),
                     sentinel: None,
+                    cluster: None,
+                }
+            }
+            RedisTarget::Cluster { nodes, tls } => {
+                let scheme = if *tls { "rediss" } else { "redis" };
+                let urls: Vec<String> = nodes.iter().map(|n| format!("{scheme}://{n}")).collect();
+                let mut builder = redis::cluster::ClusterClient::builder(urls.clone())
+                    .connection_timeout(cfg.connect_timeout);
+                if let Some(user) = &cfg.username {
+                    builder = builder.username(user);
+                }
+                if let Some(password) = &cfg.password {
+                    builder = builder.password(&password.0);
+                }
+                if *tls {
+                    builder = builder.tls(redis::TlsMode::Secure).certs(certificates(cfg));
+                }
+                let client = builder.build()?;
+                // Bounded by `Store::bounded`, as for one Redis.
+                let config = redis::cluster::ClusterConfig::new()
+                    .set_connection_timeout(cfg.connect_timeout);
+                let conn = client.get_pending_async_connection_with_config(config);
+                let target = Target {
+                    conn: Conn::Cluster(conn),
+                    client: self::client(cfg, &urls[0], true)?,
+                };
+                Link {
+                    current: Arc::new(ArcSwapOption::from_pointee(target)),
+                    sentinel: None,
+                    cluster: Some(Arc::new(ClusterNodes {
+                        cfg: cfg.clone(),
+                        nodes: nodes.clone(),
+                        tls: *tls,
+                        next: std::sync::atomic::AtomicUsize::new(0),
+                    })),
                 }
             }
             RedisTarget::Sentinel {
@@ -67,22 +152,30 @@ impl Link {
                     tls: *tls,
                     asked: tokio::sync::Mutex::new(None),
                 })),
+                cluster: None,
             },
         })
     }
 
     /// Whether commands go to a Redis Cluster (whose transactions stay within one hash slot).
     pub fn is_cluster(&self) -> bool {
-        false
+        self.cluster.is_some()
     }
 
     /// The connection to send on (with Sentinel, found first when there is none).
-    pub async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+    pub async fn conn(&self) -> Result<Conn, StoreError> {
         Ok(self.target().await?.conn.clone())
     }
 
-    /// A client for a connection of its own to the same server (pub/sub).
+    /// A client for a connection of its own to the same server (pub/sub); on a Cluster, to one
+    /// node, the next one each time the subscriber's connection failed.
     pub async fn client(&self) -> Result<redis::Client, StoreError> {
+        if let Some(cluster) = &self.cluster {
+            let n = cluster.next.load(std::sync::atomic::Ordering::Relaxed);
+            let node = &cluster.nodes[n % cluster.nodes.len()];
+            let scheme = if cluster.tls { "rediss" } else { "redis" };
+            return client(&cluster.cfg, &format!("{scheme}://{node}"), true);
+        }
         Ok(self.target().await?.client.clone())
     }
 
@@ -138,6 +231,11 @@ impl Link {
         if self.sentinel.is_some() {
             self.current.store(None);
         }
+        if let Some(cluster) = &self.cluster {
+            cluster
+                .next
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -189,7 +287,10 @@ fn target(cfg: &RedisConfig, url: &str) -> Result<Target, StoreError> {
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_millis(500));
     let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_cfg)?;
-    Ok(Target { conn, client })
+    Ok(Target {
+        conn: Conn::Single(conn),
+        client,
+    })
 }
 
 /// A client for `url` with the config's TLS files and, when `authenticated`, its ACL user and
@@ -214,15 +315,21 @@ fn client(cfg: &RedisConfig, url: &str, authenticated: bool) -> Result<redis::Cl
     }
     Ok(match (&cfg.tls.ca, &cfg.tls.client) {
         (None, None) => redis::Client::open(info)?,
-        (ca, client) => redis::Client::build_with_tls(
-            info,
-            redis::TlsCertificates {
-                client_tls: client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
-                    client_cert: cert.clone(),
-                    client_key: key.0.clone().into_bytes(),
-                }),
-                root_cert: ca.clone(),
-            },
-        )?,
+        _ => redis::Client::build_with_tls(info, certificates(cfg))?,
     })
+}
+
+/// The config's CA and client certificate, as redis-rs takes them.
+fn certificates(cfg: &RedisConfig) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: cfg
+            .tls
+            .client
+            .as_ref()
+            .map(|(cert, key)| redis::ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.0.clone().into_bytes(),
+            }),
+        root_cert: cfg.tls.ca.clone(),
+    }
 }

@@ -49,6 +49,11 @@ const LAYOUT_1: [&str; 5] = ["org:*", "user:*", "project:*", "key:*", "keyhash:*
 impl Store {
     /// Moves the store to [`SCHEMA_VERSION`]; see the module. Refuses a store of a newer layout.
     pub async fn migrate(&self, dry_run: bool) -> Result<Report, StoreError> {
+        if self.link.is_cluster() {
+            return Err(StoreError::Rejected(
+                "migrate works on one Redis (a layout-1 store was never on a Cluster): migrate it there, then move the data to the Cluster".into(),
+            ));
+        }
         let mut report = Report {
             dry_run,
             to: SCHEMA_VERSION,

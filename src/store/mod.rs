@@ -26,7 +26,7 @@
 //! kg:{org}:keys                      set     key ids
 //! kg:{org}:key:{key}                 hash    see KeyRecord::to_fields (SHA-256 only, never the secret)
 //! kg:{org}:audit                     stream  the audit log, see `audit`
-//! kg:invalidate                      pub/sub channel, see [`Invalidation`]
+//! kg:{org}:invalidate                pub/sub channel of the org's changes, see [`Invalidation`]
 //! ```
 //! The records outside an org's slot are the indexes from a credential or a key id to its org,
 //! the accounts and the org list. On one Redis every write is one MULTI/EXEC with all of them.
@@ -57,7 +57,6 @@ use std::fmt;
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 
 use crate::model::{
     KeyGrant, KeyHash, OrgId, Owner, Principal, Project, ProjectId, Secret, UserId,
@@ -110,6 +109,14 @@ pub enum RedisTarget {
         master: String,
         tls: bool,
     },
+    /// A Redis Cluster, found from these nodes (`host:port` each); `tls`: TLS to every node.
+    Cluster { nodes: Vec<String>, tls: bool },
+}
+
+impl RedisConfig {
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.target, RedisTarget::Cluster { .. })
+    }
 }
 
 /// The certificates of a TLS connection to Redis, PEM.
@@ -144,6 +151,12 @@ pub enum StoreError {
     Rejected(String),
     #[error("{0}")]
     Schema(String),
+}
+
+impl From<redis::ParsingError> for StoreError {
+    fn from(_: redis::ParsingError) -> Self {
+        StoreError::Corrupt(BadRecord("reply"))
+    }
 }
 
 impl From<redis::RedisError> for StoreError {
@@ -233,13 +246,23 @@ const SEPARATOR: u8 = b'\0';
 /// (a key restricted to no project has an empty `project_ids`; one without the field is corrupt).
 const ABSENT: &str = "\u{1}";
 
-/// [`RESOLVE_SCRIPT`] with the field names in place.
-fn resolve_script() -> String {
+/// The first lines of [`RESOLVE_SCRIPT`], which read the index; on a Cluster the index is read
+/// by a `GET` of its own (it is in another hash slot), and the script is handed its value.
+const READ_INDEX: &str =
+    "local ref = redis.call('GET', KEYS[1])\nif not ref then return false end\n";
+
+/// [`RESOLVE_SCRIPT`] with the field names in place; `in_org`: the Cluster's variant, which
+/// takes the index's value as `ARGV[2]` and the key's record as `KEYS[1]`.
+fn resolve_script(in_org: bool) -> String {
+    let script = match in_org {
+        false => RESOLVE_SCRIPT.to_owned(),
+        true => RESOLVE_SCRIPT.replacen(READ_INDEX, "local ref = ARGV[2]\n", 1),
+    };
     let quoted = |names: &[&str]| {
         let quoted: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
         quoted.join(", ")
     };
-    RESOLVE_SCRIPT
+    script
         .replace("KEY_FIELDS", &quoted(&KeyGrant::FIELDS))
         .replace("OWNER_FIELDS", &quoted(&Owner::FIELDS))
 }
@@ -292,7 +315,7 @@ impl Store {
             link: Link::open(cfg)?,
             ns: cfg.namespace.clone(),
             timeout: cfg.command_timeout,
-            resolve: std::sync::Arc::new(redis::Script::new(&resolve_script())),
+            resolve: std::sync::Arc::new(redis::Script::new(&resolve_script(cfg.is_cluster()))),
             actor: Actor::named("system"),
         })
     }
@@ -317,12 +340,20 @@ impl Store {
     }
 
     /// The connection to send on.
-    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+    async fn conn(&self) -> Result<link::Conn, StoreError> {
         self.link.conn().await
     }
 
-    pub fn channel(&self) -> String {
-        format!("{}:invalidate", self.ns)
+    /// The channel an org's invalidations are published on: named in the org's hash slot, so
+    /// that the PUBLISH is part of the write's MULTI/EXEC on a Cluster too (where a PUBLISH
+    /// reaches every node's subscribers, whatever its channel).
+    pub fn channel(&self, org: &OrgId) -> String {
+        format!("{}:{}:invalidate", self.ns, Tag(org))
+    }
+
+    /// The pattern every org's channel matches, which the invalidation subscriber listens on.
+    pub fn channels(&self) -> String {
+        format!("{}:{{*}}:invalidate", self.ns)
     }
 
     /// A Redis key name: the namespace, `:`, then `parts`. Allocated once at a size that fits
@@ -364,7 +395,8 @@ impl Store {
         let stream = self.name(format_args!("{}:audit", Tag(change.org)));
         self.actor.append_entry(pipe.atomic(), stream, &change);
         for inv in &change.invalidations {
-            pipe.publish(self.channel(), inv.encode()).ignore();
+            pipe.publish(self.channel(change.org), inv.encode())
+                .ignore();
         }
         let mut c = self.conn().await?;
         if !self.link.is_cluster() {
@@ -375,18 +407,33 @@ impl Store {
                 .bounded(async { Ok(pipe.query_async::<()>(&mut c).await?) })
                 .await;
         }
-        let apart = |cmds: Vec<redis::Cmd>| {
-            let mut p = redis::pipe();
+        self.query_apart(before).await?;
+        self.bounded(async { Ok(pipe.query_async::<()>(&mut c).await?) })
+            .await?;
+        self.query_apart(after).await.map(drop)
+    }
+
+    /// Runs commands whose keys may be in different hash slots, and returns their answers in
+    /// order: one pipeline on one Redis; on a Cluster, which takes a pipeline only within one
+    /// slot, each on its own, all at once.
+    async fn query_apart(&self, cmds: Vec<redis::Cmd>) -> Result<Vec<redis::Value>, StoreError> {
+        let c = self.conn().await?;
+        if !self.link.is_cluster() {
+            let mut pipe = redis::pipe();
             for cmd in cmds {
-                p.add_command(cmd).ignore();
+                pipe.add_command(cmd);
             }
-            p
-        };
-        let (before, after) = (apart(before), apart(after));
+            let mut c = c;
+            return self
+                .bounded(async { Ok(pipe.query_async(&mut c).await?) })
+                .await;
+        }
         self.bounded(async {
-            before.query_async::<()>(&mut c).await?;
-            pipe.query_async::<()>(&mut c).await?;
-            Ok(after.query_async::<()>(&mut c).await?)
+            let each = cmds.iter().map(|cmd| {
+                let mut c = c.clone();
+                async move { cmd.query_async::<redis::Value>(&mut c).await }
+            });
+            Ok(futures_util::future::try_join_all(each).await?)
         })
         .await
     }
@@ -428,17 +475,15 @@ impl Store {
     /// Checks the store's layout is [`SCHEMA_VERSION`]; marks an empty store as such. A store of
     /// another layout is refused, saying what to run.
     pub async fn check_schema(&self) -> Result<(), StoreError> {
-        let mut c = self.conn().await?;
         let schema = self.name(format_args!("schema"));
-        let (version, orgs): (Option<u32>, bool) = self
-            .bounded(async {
-                Ok(redis::pipe()
-                    .get(&schema)
-                    .exists(self.name(format_args!("orgs")))
-                    .query_async(&mut c)
-                    .await?)
-            })
-            .await?;
+        let mut get = redis::cmd("GET");
+        get.arg(&schema);
+        let mut exists = redis::cmd("EXISTS");
+        exists.arg(self.name(format_args!("orgs")));
+        let answers = self.query_apart(vec![get, exists]).await?;
+        let version: Option<u32> = redis::from_redis_value(answers[0].clone())?;
+        let orgs: bool = redis::from_redis_value(answers[1].clone())?;
+        let mut c = self.conn().await?;
         let found = match (version, orgs) {
             (Some(SCHEMA_VERSION), _) => return Ok(()),
             (None, false) => {
@@ -472,7 +517,10 @@ impl Store {
 
     /// The key with this credential hash and its owner, or `None` if no key has it.
     pub async fn resolve_key(&self, hash: &KeyHash) -> Result<Option<Principal>, StoreError> {
-        let mut c = self.conn().await?;
+        let c = self.conn().await?;
+        if self.link.is_cluster() {
+            return self.resolve_on_cluster(hash, c).await;
+        }
         // The script's `EVALSHA` written out, where `Script::invoke_async` holds each key and
         // argument in a `Vec` of its own first and copies them into the command: five
         // allocations per cache miss. Allocated once, at a size that fits the arguments: the
@@ -485,29 +533,68 @@ impl Store {
             .arg(1)
             .arg(self.name_arg(format_args!("credential:{hash}")))
             .arg(&self.ns);
-        let found: Option<Vec<u8>> = self
-            .bounded(async {
-                // A connection Redis dropped (a restart) fails the first command sent on it, and
-                // the connection manager reconnects: asked once more, the lookup goes on the new
-                // connection instead of failing a request while Redis is up.
-                let answer = match lookup.query_async(&mut c).await {
-                    Err(e) if e.is_connection_dropped() || e.is_io_error() => {
-                        lookup.query_async(&mut c).await
-                    }
-                    answer => answer,
-                };
-                Ok(match answer {
-                    Err(e)
-                        if e.kind()
-                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                    {
-                        self.resolve.load_async(&mut c).await?;
-                        lookup.query_async(&mut c).await?
-                    }
-                    answer => answer?,
-                })
-            })
+        let found = self.run_lookup(&lookup, c).await?;
+        self.parse_lookup(found)
+    }
+
+    /// [`Store::resolve_key`] on a Cluster: the index first, then the script in the org's hash
+    /// slot. Two round trips.
+    async fn resolve_on_cluster(
+        &self,
+        hash: &KeyHash,
+        mut c: link::Conn,
+    ) -> Result<Option<Principal>, StoreError> {
+        let index = self.name(format_args!("credential:{hash}"));
+        let reference: Option<String> = self
+            .bounded(async { Ok(redis::cmd("GET").arg(&index).query_async(&mut c).await?) })
             .await?;
+        let Some(reference) = reference else {
+            return Ok(None);
+        };
+        let (org, id) = reference.split_once('/').ok_or(BadRecord("credential"))?;
+        let mut lookup = redis::cmd("EVALSHA");
+        lookup
+            .arg(self.resolve.get_hash())
+            .arg(1)
+            .arg(self.name(format_args!("{}:key:{id}", Tag(&OrgId::from(org)))))
+            .arg(&self.ns)
+            .arg(&reference);
+        let found = self.run_lookup(&lookup, c).await?;
+        self.parse_lookup(found)
+    }
+
+    /// Runs a lookup's `EVALSHA`, once more on a connection Redis just dropped, and with the
+    /// script handed over when Redis lost it.
+    async fn run_lookup(
+        &self,
+        lookup: &redis::Cmd,
+        mut c: link::Conn,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.bounded(async {
+            // A connection Redis dropped (a restart) fails the first command sent on it, and
+            // the connection manager reconnects: asked once more, the lookup goes on the new
+            // connection instead of failing a request while Redis is up.
+            let answer = match lookup.query_async(&mut c).await {
+                Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                    lookup.query_async(&mut c).await
+                }
+                answer => answer,
+            };
+            Ok(match answer {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    self.resolve.load_async(&mut c).await?;
+                    lookup.query_async(&mut c).await?
+                }
+                answer => answer?,
+            })
+        })
+        .await
+    }
+
+    /// The key and owner in a lookup's answer (see [`RESOLVE_SCRIPT`]).
+    fn parse_lookup(&self, found: Option<Vec<u8>>) -> Result<Option<Principal>, StoreError> {
         let Some(answer) = found else {
             return Ok(None);
         };
@@ -639,8 +726,13 @@ mod tests {
             "status",
             "the script disables the third owner field"
         );
-        let script = resolve_script();
+        let script = resolve_script(false);
         assert!(script.contains("'id', 'user_id', 'org_id'"), "{script}");
+        let in_org = resolve_script(true);
+        assert!(
+            !in_org.contains("'GET'") && in_org.starts_with("\nlocal ref = ARGV[2]"),
+            "{in_org}"
+        );
         assert!(!script.contains("KEY_FIELDS") && !script.contains("OWNER_FIELDS"));
     }
 

@@ -118,26 +118,32 @@ impl Store {
             .chunk_by(|a, b| a.org == b.org)
             .flat_map(|org| org.chunks(KEYS_PER_CALL))
             .collect();
-        for trip in calls.chunks(CALLS_PER_TRIP) {
-            let mut pipe = redis::pipe();
-            pipe.load_script(&script).ignore();
-            for call in trip {
-                // The `EVALSHA` (of the script loaded first in this pipeline) written out, not a
-                // `ScriptInvocation`: that holds each key and argument in a `Vec` of its own,
-                // then copies them into the command.
-                pipe.cmd("EVALSHA").arg(script.get_hash()).arg(call.len());
-                for used in *call {
-                    let (org, key) = (Tag(&used.org), &used.key);
-                    pipe.arg(self.name_arg(format_args!("{org}:key:{key}")));
-                }
-                for used in *call {
-                    pipe.arg(used.requests).arg(used.last_used);
-                }
-                pipe.ignore();
+        let call = |keys: &[&Used]| {
+            // The `EVALSHA` (of the script loaded first) written out, not a `ScriptInvocation`:
+            // that holds each key and argument in a `Vec` of its own, then copies them in.
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(script.get_hash()).arg(keys.len());
+            for used in keys {
+                let (org, key) = (Tag(&used.org), &used.key);
+                cmd.arg(self.name_arg(format_args!("{org}:key:{key}")));
             }
-            let mut c = self.conn().await?;
-            self.bounded(async { Ok(pipe.query_async::<()>(&mut c).await?) })
-                .await?;
+            for used in keys {
+                cmd.arg(used.requests).arg(used.last_used);
+            }
+            cmd
+        };
+        let mut load = redis::cmd("SCRIPT");
+        load.arg("LOAD").arg(USAGE_SCRIPT);
+        for trip in calls.chunks(CALLS_PER_TRIP) {
+            let mut cmds: Vec<redis::Cmd> = trip.iter().map(|keys| call(keys)).collect();
+            if self.link.is_cluster() {
+                // Each call goes to its org's node, all at once: the script is on every node
+                // first.
+                self.query_apart(vec![load.clone()]).await?;
+            } else {
+                cmds.insert(0, load.clone());
+            }
+            self.query_apart(cmds).await?;
         }
         Ok(())
     }

@@ -6,6 +6,7 @@ mod harness;
 
 mod api;
 mod cli;
+mod cluster;
 mod consistency;
 mod demo;
 mod directory;
