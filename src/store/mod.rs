@@ -36,11 +36,11 @@
 //! trip on one Redis; on a Cluster, the index `GET`, then the script in the org's slot.
 //! `migrate` moves a store of the first layout (no hash tags, one org per user) to this one.
 //!
-//! Invariants: every write is one MULTI/EXEC transaction ([`Store::commit`]) that also appends
-//! its audit entry and PUBLISHes its invalidations, so no crash leaves half a key, no change goes
-//! unaudited, and no replica misses a change it could see. The actor is the handle's
-//! ([`Store::acting_as`]).
-//! The request path's key lookup is one round trip (a Lua script).
+//! Invariants: every write is one MULTI/EXEC transaction in its org's slot ([`Store::commit`])
+//! that also appends its audit entry and PUBLISHes its invalidations (on the org's channel,
+//! itself in the org's slot), so no crash leaves half a key, no change goes unaudited, and no
+//! replica misses a change it could see. The actor is the handle's ([`Store::acting_as`]).
+//! Where commands go (one Redis, Sentinel's master, a Cluster) is `link`'s.
 //!
 //! This is the one narrow interface to storage: a second backend (an embedded single-node store)
 //! can become an enum behind `Store` without touching the request path.
