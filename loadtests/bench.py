@@ -23,7 +23,9 @@ few HTTP/2 connections (h2load, ALPN h2).
 plus keygate-only scenarios: reject (malformed / unknown keys), cold (every request a different
 key from 1,000,000 in Redis, on keygate-full, so the first instance's cache holds only the hot
 keys in every run), cold-tls (the same on keygate-tls-redis, a third instance whose cache is
-filled alike and which reaches the same Redis over TLS: `rediss://`, a private CA, TLS 1.3), flood (1,000,000 distinct unknown keys), revocation under load, and a 100 MB
+filled alike and which reaches the same Redis over TLS: `rediss://`, a private CA, TLS 1.3),
+cold-cluster (the same on keygate-cluster, whose store is a Redis Cluster of three masters on
+this machine, seeded with keys of its own), flood (1,000,000 distinct unknown keys), revocation under load, and a 100 MB
 upload. Each figure is the median of the runs, with min-max spread.
 """
 
@@ -140,14 +142,37 @@ class Bench:
                 calls[name] = int(rest.split("calls=")[1].split(",")[0])
         return calls
 
-    def admin(self, *args):
-        cmd = [self.bin, *args, "--config", self.config_path]
+    def admin(self, *args, config=None):
+        cmd = [self.bin, *args, "--config", config or self.config_path]
         return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
-    def keygate(self, name, port, admin_port, tls_port=None, redis_tls=False):
+    def redis_cluster(self):
+        """Three cluster-enabled Redis masters on this machine, every slot assigned."""
+        self.cluster_ports = [free_port() for _ in range(3)]
+        for port in self.cluster_ports:
+            d = os.path.join(self.dir, f"cluster-{port}")
+            os.makedirs(d)
+            self.start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                        "--dir", d, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                        "--cluster-node-timeout", "5000"], f"redis-cluster-{port}")
+            wait_port(port)
+        subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.cluster_ports],
+                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True)
+        deadline = time.time() + 30
+        while any("cluster_state:ok" not in subprocess.run(["redis-cli", "-p", str(p), "cluster", "info"],
+                                                           capture_output=True, text=True).stdout
+                  for p in self.cluster_ports):
+            assert time.time() < deadline, "the cluster never came up"
+            time.sleep(0.1)
+
+    def keygate(self, name, port, admin_port, tls_port=None, redis_tls=False, redis_cluster=False):
         path = os.path.join(self.dir, f"{name}.toml")
         redis = (f'url = "rediss://127.0.0.1:{self.redis_tls_port}"\nca_file = "{self.dir}/redis-ca.pem"'
                  if redis_tls else f'url = "redis://127.0.0.1:{self.redis_port}"')
+        if redis_cluster:
+            nodes = ", ".join(f'"127.0.0.1:{p}"' for p in self.cluster_ports)
+            redis = f'mode = "cluster"\nnodes = [{nodes}]'
+
         tls = "" if tls_port is None else f"""
 [[listener]]
 addr = "127.0.0.1:{tls_port}"
@@ -221,6 +246,8 @@ upstreams = ["http://127.0.0.1:{self.upstream_port}"]
         self.start(["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                     "--dir", self.dir, *tls_args], "redis")
         wait_port(self.redis_port)
+        if "cold-cluster" in a.scenarios:
+            self.redis_cluster()
         self.upstream_port = free_port()
         upstream = self.start([self.bin, "demo-upstream", "--listen", f"127.0.0.1:{self.upstream_port}"], "upstream")
         wait_port(self.upstream_port)
@@ -242,7 +269,7 @@ upstreams = ["http://127.0.0.1:{self.upstream_port}"]
                    "--out", self.hot_keys)
         with open(self.hot_keys) as f:
             self.hot_list = [l.strip() for l in f]
-        if "hot" in a.scenarios or "cold" in a.scenarios or "cold-tls" in a.scenarios:
+        if any(s in a.scenarios for s in ["hot", "cold", "cold-tls", "cold-cluster"]):
             self.full_setup()
         for name, gen in [("malformed", lambda: fake_key(valid_checksum=False)), ("unknown", fake_key)]:
             with open(os.path.join(self.dir, f"{name}.txt"), "w") as f:
@@ -282,6 +309,23 @@ upstreams = ["http://127.0.0.1:{self.upstream_port}"]
             self.wrk(self.tls_redis_port, fill)
             entries = self.metric(tls_redis_admin, 'keygate_cache_entries{kind="keys"}')
             print(f"  keygate-tls-redis: {entries:.0f} cache entries of a bound of {a.cache_entries}", flush=True)
+        if "cold-cluster" in a.scenarios:
+            # Its own keys, seeded alike, and its cache filled alike.
+            self.cluster_port, cluster_admin = free_port(), free_port()
+            config, _ = self.keygate("keygate-cluster", self.cluster_port, cluster_admin, redis_cluster=True)
+            self.admin("orgs", "create", "bench", config=config)
+            self.admin("users", "create", "--org", "bench", "--id", "loadtest", "--name", "load test", config=config)
+            self.cluster_cold_file = os.path.join(self.dir, "cluster-cold.txt")
+            started = time.time()
+            self.admin("keys", "create-many", "--user", "loadtest", "--count", str(a.cold_keys), "--scopes", "predict",
+                       "--out", self.cluster_cold_file, config=config)
+            print(f"  seeded {a.cold_keys} keys on the cluster in {time.time() - started:.1f} s", flush=True)
+            cluster_fill = os.path.join(self.dir, "cluster-fill.txt")
+            with open(self.cluster_cold_file) as src, open(cluster_fill, "w") as dst:
+                dst.writelines(list(src)[-self.fill_keys:])
+            self.wrk(self.cluster_port, cluster_fill)
+            entries = self.metric(cluster_admin, 'keygate_cache_entries{kind="keys"}')
+            print(f"  keygate-cluster: {entries:.0f} cache entries of a bound of {a.cache_entries}", flush=True)
 
     def nginx(self):
         conf = os.path.join(self.dir, "nginx.conf")
@@ -496,6 +540,11 @@ http {{
         offset = run * ((a.cold_keys - self.fill_keys) // a.runs)
         self.record("cold", "keygate", self.wrk(self.full_port, self.cold_file, offset))
 
+    def cold_cluster(self, run):
+        a = self.args
+        offset = run * ((a.cold_keys - self.fill_keys) // a.runs)
+        self.record("cold", "keygate-cluster", self.wrk(self.cluster_port, self.cluster_cold_file, offset))
+
     def cold_tls(self, run):
         a = self.args
         # The same slices as `cold`, on another instance (its own cache): every key uncached.
@@ -590,7 +639,8 @@ http {{
 
     def run(self):
         self.setup()
-        scenarios = [s for s in ["hot", "reject", "cold", "cold-tls", "tls", "h2"] if s in self.args.scenarios]
+        scenarios = [s for s in ["hot", "reject", "cold", "cold-tls", "cold-cluster", "tls", "h2"]
+                     if s in self.args.scenarios]
         for run in range(self.args.runs):
             print(f"run {run + 1}/{self.args.runs}", flush=True)
             for s in scenarios:
@@ -628,6 +678,7 @@ http {{
             ("hot keygate-full / nginx-identity (req/s)", ("hot", "keygate-full"), ("hot", "nginx-identity"), "rps"),
             ("cold keygate / hot keygate (req/s)", ("cold", "keygate"), ("hot", "keygate"), "rps"),
             ("cold keygate-tls-redis / cold keygate (req/s): TLS to Redis", ("cold", "keygate-tls-redis"), ("cold", "keygate"), "rps"),
+            ("cold keygate-cluster / cold keygate (req/s): a three-master Cluster", ("cold", "keygate-cluster"), ("cold", "keygate"), "rps"),
             ("reject malformed / hot keygate (req/s)", ("reject", "malformed"), ("hot", "keygate"), "rps"),
             ("reject unknown / hot keygate (req/s)", ("reject", "unknown"), ("hot", "keygate"), "rps"),
             ("reject unknown keygate / nginx (req/s)", ("reject", "unknown"), ("reject", "nginx"), "rps"),
@@ -656,6 +707,8 @@ http {{
             assert self.median("cold", "keygate", "non2xx")[0] == 0, "cold keys were refused"
             if "cold-tls" in a.scenarios:
                 assert self.median("cold", "keygate-tls-redis", "non2xx")[0] == 0, "cold keys over TLS were refused"
+            if "cold-cluster" in a.scenarios:
+                assert self.median("cold", "keygate-cluster", "non2xx")[0] == 0, "cold keys on the cluster were refused"
             assert summary["flood"]["cache_entries"] <= a.cache_entries, "the cache outgrew its bound"
             assert summary["upload"]["status"] == 200, "the upload failed"
             assert all(v["max_ms"] < 5000 for v in summary["revocation"].values())
@@ -778,7 +831,7 @@ def main():
     p.add_argument("--flood-duration", type=int, default=60, help="seconds; long enough to send every flood key once")
     p.add_argument("--revocations", type=int, default=100)
     p.add_argument("--upload-mb", type=int, default=100)
-    p.add_argument("--scenarios", default="hot,reject,cold,cold-tls,tls,h2,flood,revocation,upload")
+    p.add_argument("--scenarios", default="hot,reject,cold,cold-tls,cold-cluster,tls,h2,flood,revocation,upload")
     p.add_argument("--no-nginx", dest="with_nginx", action="store_false")
     p.add_argument("--floor-bin", help="default: examples/floor beside --bin")
     p.add_argument("--no-floor", dest="with_floor", action="store_false")
