@@ -60,6 +60,19 @@ def free_port():
         return s.getsockname()[1]
 
 
+def free_cluster_port():
+    """A free port for a Redis Cluster node, whose cluster bus listens 10,000 ports higher."""
+    while True:
+        port = free_port()
+        if port < 55000:
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port + 10000))
+                    return port
+                except OSError:
+                    pass
+
+
 def wait_port(port, timeout=15):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -148,7 +161,7 @@ class Bench:
 
     def redis_cluster(self):
         """Three cluster-enabled Redis masters on this machine, every slot assigned."""
-        self.cluster_ports = [free_port() for _ in range(3)]
+        self.cluster_ports = [free_cluster_port() for _ in range(3)]
         for port in self.cluster_ports:
             d = os.path.join(self.dir, f"cluster-{port}")
             os.makedirs(d)

@@ -18,18 +18,7 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> Cluster {
-        let nodes: Vec<Redis> = (0..3)
-            .map(|_| {
-                Redis::start_with(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "2000",
-                ])
-            })
-            .collect();
+        let nodes: Vec<Redis> = (0..3).map(|_| Redis::cluster_node()).collect();
         let addresses: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))

@@ -37,6 +37,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A free port for a Redis Cluster node, whose cluster bus listens 10,000 ports higher: both
+/// free, and the bus below 65,536.
+pub fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A loopback port that refuses connections for the whole test process. It is bound but never
 /// listened on: a port found free and let go (`free_port`) can be taken meanwhile by another
 /// test's server running in parallel, which would then answer for the "dead" address.

@@ -22,7 +22,24 @@ impl Redis {
 
     /// A `redis-server` with extra arguments, e.g. a replica: `--replicaof 127.0.0.1 PORT`.
     pub fn start_with(extra: &[&str]) -> Redis {
-        let mut r = Redis::unstarted();
+        Redis::on(free_port(), extra)
+    }
+
+    /// A Redis Cluster node (not yet in a cluster), on a port whose cluster bus port is free.
+    pub fn cluster_node() -> Redis {
+        let cluster = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "2000",
+        ];
+        Redis::on(super::free_cluster_port(), &cluster)
+    }
+
+    fn on(port: u16, extra: &[&str]) -> Redis {
+        let mut r = Redis::unstarted(port);
         r.args.1 = extra.iter().map(|a| (*a).to_owned()).collect();
         r.spawn();
         r
@@ -31,7 +48,7 @@ impl Redis {
     /// A sentinel watching the master on `master_port` as `name`: a quorum of 2, and a master
     /// counted down after 500 ms without an answer.
     pub fn sentinel(master_port: u16, name: &str) -> Redis {
-        let mut r = Redis::unstarted();
+        let mut r = Redis::unstarted(free_port());
         let conf = r.dir.join("sentinel.conf");
         std::fs::write(
             &conf,
@@ -49,8 +66,7 @@ impl Redis {
         r
     }
 
-    fn unstarted() -> Redis {
-        let port = free_port();
+    fn unstarted(port: u16) -> Redis {
         let dir =
             std::env::temp_dir().join(format!("keygate-test-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
