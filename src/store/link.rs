@@ -76,11 +76,33 @@ pub struct Link {
 }
 
 struct ClusterNodes {
+    client: redis::cluster::ClusterClient,
     cfg: RedisConfig,
     nodes: Vec<String>,
     tls: bool,
     /// The node the subscriber uses.
     next: std::sync::atomic::AtomicUsize,
+    /// Held while the connection is made, so one task makes it for all.
+    made: tokio::sync::Mutex<()>,
+}
+
+impl ClusterNodes {
+    fn url(&self, node: usize) -> String {
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://{}", self.nodes[node % self.nodes.len()])
+    }
+
+    /// The cluster connection (redirections and slot moves are its own), made now, on the
+    /// calling thread's runtime.
+    fn connect(&self) -> Result<Target, StoreError> {
+        // Bounded by `Store::bounded`, as for one Redis.
+        let config =
+            redis::cluster::ClusterConfig::new().set_connection_timeout(self.cfg.connect_timeout);
+        Ok(Target {
+            conn: Conn::Cluster(self.client.get_pending_async_connection_with_config(config)),
+            client: client(&self.cfg, &self.url(0), true)?,
+        })
+    }
 }
 
 /// How to find the master, and when it was last looked for.
@@ -108,7 +130,7 @@ impl Link {
             RedisTarget::Cluster { nodes, tls } => {
                 let scheme = if *tls { "rediss" } else { "redis" };
                 let urls: Vec<String> = nodes.iter().map(|n| format!("{scheme}://{n}")).collect();
-                let mut builder = redis::cluster::ClusterClient::builder(urls.clone())
+                let mut builder = redis::cluster::ClusterClient::builder(urls)
                     .connection_timeout(cfg.connect_timeout);
                 if let Some(user) = &cfg.username {
                     builder = builder.username(user);
@@ -119,23 +141,18 @@ impl Link {
                 if *tls {
                     builder = builder.tls(redis::TlsMode::Secure).certs(certificates(cfg));
                 }
-                let client = builder.build()?;
-                // Bounded by `Store::bounded`, as for one Redis.
-                let config = redis::cluster::ClusterConfig::new()
-                    .set_connection_timeout(cfg.connect_timeout);
-                let conn = client.get_pending_async_connection_with_config(config);
-                let target = Target {
-                    conn: Conn::Cluster(conn),
-                    client: self::client(cfg, &urls[0], true)?,
-                };
+                // Made on first use (`Link::target`), so that its driver task runs on the thread
+                // of the worker that uses it, as a single Redis connection's does.
                 Link {
-                    current: Arc::new(ArcSwapOption::from_pointee(target)),
+                    current: Arc::new(ArcSwapOption::empty()),
                     sentinel: None,
                     cluster: Some(Arc::new(ClusterNodes {
+                        client: builder.build()?,
                         cfg: cfg.clone(),
                         nodes: nodes.clone(),
                         tls: *tls,
                         next: std::sync::atomic::AtomicUsize::new(0),
+                        made: tokio::sync::Mutex::new(()),
                     })),
                 }
             }
@@ -172,9 +189,7 @@ impl Link {
     pub async fn client(&self) -> Result<redis::Client, StoreError> {
         if let Some(cluster) = &self.cluster {
             let n = cluster.next.load(std::sync::atomic::Ordering::Relaxed);
-            let node = &cluster.nodes[n % cluster.nodes.len()];
-            let scheme = if cluster.tls { "rediss" } else { "redis" };
-            return client(&cluster.cfg, &format!("{scheme}://{node}"), true);
+            return client(&cluster.cfg, &cluster.url(n), true);
         }
         Ok(self.target().await?.client.clone())
     }
@@ -183,10 +198,19 @@ impl Link {
         if let Some(target) = self.current.load_full() {
             return Ok(target);
         }
+        if let Some(cluster) = &self.cluster {
+            let _making = cluster.made.lock().await;
+            if let Some(target) = self.current.load_full() {
+                return Ok(target);
+            }
+            let target = Arc::new(cluster.connect()?);
+            self.current.store(Some(target.clone()));
+            return Ok(target);
+        }
         let sentinel = self
             .sentinel
             .as_ref()
-            .expect("a standalone link always has its target");
+            .expect("a standalone link always has its target, a cluster one is made above");
         let mut asked = sentinel.asked.lock().await;
         // Another task may have found the master while this one waited.
         if let Some(target) = self.current.load_full() {
