@@ -124,7 +124,12 @@ pub struct Config {
     /// Data-plane worker threads, each with its own runtime, accept loop and upstream pool.
     pub workers: usize,
     pub listeners: Vec<ListenerConfig>,
+    /// The operators' listener: health, readiness, metrics, reload, and the management API
+    /// unless `management` is set.
     pub admin_addr: SocketAddr,
+    /// A listener of its own for the management API (`/v1`), for users, apart from the
+    /// operators' one; TLS as on data-plane listeners.
+    pub management: Option<ListenerConfig>,
     /// Bootstrap token for the management API (from the environment); `None` disables it.
     pub admin_token: Option<Secret>,
     pub redis: RedisConfig,
@@ -308,10 +313,13 @@ impl Config {
         limits.max_uri_bytes = self.limits.max_uri_bytes;
         limits.upstream_response_timeout = self.limits.upstream_response_timeout;
         limits.body_idle_timeout = self.limits.body_idle_timeout;
+        let management = |c: &Config| c.management.as_ref().map(|m| (m.addr, m.tls.is_some()));
+        let management_moved = management(self) != management(running);
         let differs = [
             ("listener", listeners(self) != listeners(running)),
             ("server.workers", self.workers != running.workers),
             ("admin", self.admin_addr != running.admin_addr),
+            ("management", management_moved),
             ("redis", differ(&self.redis, &running.redis)),
             ("cache", differ(&self.cache, &running.cache)),
             (
@@ -329,6 +337,9 @@ impl Config {
         }
         self.workers = running.workers;
         self.admin_addr = running.admin_addr;
+        if management_moved {
+            self.management = running.management.clone();
+        }
         self.admin_token = running.admin_token.clone();
         self.redis = running.redis.clone();
         self.cache = running.cache;

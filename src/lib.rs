@@ -105,6 +105,8 @@ pub struct Listeners {
     /// same address with `SO_REUSEPORT`, so the kernel spreads connections over the workers.
     pub data: Vec<Vec<std::net::TcpListener>>,
     pub admin: std::net::TcpListener,
+    /// The management API's own listener, when the config gives it one.
+    pub management: Option<std::net::TcpListener>,
 }
 
 impl Listeners {
@@ -118,7 +120,19 @@ impl Listeners {
             .collect::<Result<_, _>>()?;
         let admin = std::net::TcpListener::bind(config.admin_addr)?;
         admin.set_nonblocking(true)?;
-        Ok(Listeners { data, admin })
+        let management = match &config.management {
+            Some(m) => {
+                let listener = std::net::TcpListener::bind(m.addr)?;
+                listener.set_nonblocking(true)?;
+                Some(listener)
+            }
+            None => None,
+        };
+        Ok(Listeners {
+            data,
+            admin,
+            management,
+        })
     }
 
     /// The bound address of each data-plane listener.
@@ -231,13 +245,33 @@ pub async fn run(
         admin_stopped.clone(),
     ));
     let admin_listener = tokio::net::TcpListener::from_std(listeners.admin)?;
-    tracing::info!(addr = %config.admin_addr, "admin listening");
     let admin_replica = Arc::new(ArcSwap::from_pointee(replica(store.clone())));
+    let (endpoints, management) = match (listeners.management, &config.management) {
+        (Some(socket), Some(cfg)) => {
+            let listener = tokio::net::TcpListener::from_std(socket)?;
+            tracing::info!(addr = %cfg.addr, tls = cfg.tls.is_some(), "management API listening");
+            let tls = cfg.tls.clone().map(|t| Arc::new(ArcSwap::new(t)));
+            let serving = tokio::spawn(server::serve_admin(
+                admin_replica.clone(),
+                listener,
+                admin::Endpoints::Management,
+                tls.clone(),
+                admin_stopped.clone(),
+            ));
+            (admin::Endpoints::Ops, Some((serving, tls)))
+        }
+        _ => (admin::Endpoints::All, None),
+    };
+    tracing::info!(addr = %config.admin_addr, "admin listening");
     let admin = tokio::spawn(server::serve_admin(
         admin_replica.clone(),
         admin_listener,
+        endpoints,
+        None,
         admin_stopped.clone(),
     ));
+    let (management, management_certificate) = management.unzip();
+    let management_certificate = management_certificate.flatten();
 
     let mut per_worker: Vec<Vec<_>> = (0..config.workers).map(|_| Vec::new()).collect();
     let mut certificates = Vec::new();
@@ -285,6 +319,7 @@ pub async fn run(
             admin: admin_replica,
             gateways,
             certificates,
+            management_certificate,
         };
         tokio::spawn(running.reload_on_request(reload, reload_queue, admin_stopped))
     });
@@ -304,6 +339,9 @@ pub async fn run(
     }
     let _ = stop_admin.send(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), admin).await;
+    if let Some(management) = management {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), management).await;
+    }
     let _ = subscriber.await;
     let _ = usage_writer.await;
     let _ = sweeper.await;
@@ -322,6 +360,8 @@ struct Running {
     gateways: Vec<Current<Gateway>>,
     /// One per data-plane listener: its TLS certificates, `None` for plaintext.
     certificates: Vec<Option<Current<rustls::ServerConfig>>>,
+    /// The management listener's, when it has one with TLS.
+    management_certificate: Option<Current<rustls::ServerConfig>>,
 }
 
 impl Running {
@@ -390,6 +430,10 @@ impl Running {
             if let (Some(current), Some(tls)) = (current, &listener.tls) {
                 current.store(tls.clone());
             }
+        }
+        let management = config.management.as_ref().and_then(|m| m.tls.as_ref());
+        if let (Some(current), Some(tls)) = (&self.management_certificate, management) {
+            current.store(tls.clone());
         }
         self.config = config;
         let routes = self.config.routes.iter().count();

@@ -153,31 +153,49 @@ pub async fn serve_data(
             let _held = (permit, open);
             let info = ConnInfo::new(peer, tls.is_some());
             let service = service_fn(move |req| proxy::handle(gw.load_full(), info.clone(), req));
+            let timeout = limits.tls_handshake_timeout;
             match tls {
                 None => serve_plaintext(&http, stream, service, watcher).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(
-                        limits.tls_handshake_timeout,
-                        acceptor.accept(Lingering::new(stream)),
-                    )
-                    .await
-                    {
-                        Ok(Ok(stream)) => {
-                            let protocol = match stream.get_ref().1.alpn_protocol() {
-                                Some(b"h2") => Protocol::Http2,
-                                _ => Protocol::Http1,
-                            };
-                            serve_connection(&http, stream, protocol, service, watcher).await
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
+                    serve_tls(&http, acceptor, timeout, stream, service, watcher).await
                 }
             }
         });
     }
     drop(listener);
     drain.stop().await;
+}
+
+/// Serves one TLS connection (after its handshake, within `timeout`) in the HTTP version ALPN
+/// chose, until it closes or is drained.
+async fn serve_tls<S>(
+    http: &Http,
+    acceptor: TlsAcceptor,
+    timeout: Duration,
+    stream: TcpStream,
+    service: S,
+    watcher: Watcher,
+) where
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<ResponseBody>,
+            Error = Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let peer = stream.peer_addr().ok();
+    match tokio::time::timeout(timeout, acceptor.accept(Lingering::new(stream))).await {
+        Ok(Ok(stream)) => {
+            let protocol = match stream.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Protocol::Http2,
+                _ => Protocol::Http1,
+            };
+            serve_connection(http, stream, protocol, service, watcher).await
+        }
+        Ok(Err(e)) => tracing::debug!(?peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(?peer, "TLS handshake timed out"),
+    }
 }
 
 /// The pause after a failed accept (out of file descriptors and the like), instead of spinning.
@@ -208,13 +226,17 @@ async fn accept(
     }
 }
 
-/// Serves the admin endpoints on one listener until `stop`, then drains its connections.
+/// Serves the admin endpoints (the operators', the management API's, or both: `endpoints`) on
+/// one listener until `stop`, then drains its connections; over TLS with `tls`.
 pub async fn serve_admin(
     replica: Current<Replica>,
     listener: TcpListener,
+    endpoints: admin::Endpoints,
+    tls: Option<Current<rustls::ServerConfig>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let http = Http::new(&replica.load().config.limits);
+    let limits = replica.load().config.limits;
+    let http = Http::new(&limits);
     let drain = Arc::new(Drain::default());
     let failing = Condition::default();
     loop {
@@ -224,11 +246,20 @@ pub async fn serve_admin(
         };
         let replica = replica.clone();
         let service = service_fn(move |req| {
-            let response = admin::handle(replica.load_full(), req);
+            let response = admin::handle(replica.load_full(), endpoints, req);
             async move { Ok::<_, Infallible>(response.await.map(Either::Right)) }
         });
         let (http, watcher) = (http.clone(), drain.watcher());
-        tokio::spawn(async move { serve_plaintext(&http, stream, service, watcher).await });
+        let tls = tls.as_ref().map(|t| TlsAcceptor::from(t.load_full()));
+        let timeout = limits.tls_handshake_timeout;
+        tokio::spawn(async move {
+            match tls {
+                None => serve_plaintext(&http, stream, service, watcher).await,
+                Some(acceptor) => {
+                    serve_tls(&http, acceptor, timeout, stream, service, watcher).await
+                }
+            }
+        });
     }
     drop(listener);
     drain.stop().await;

@@ -17,6 +17,8 @@ pub(super) struct FileConfig {
     #[serde(default)]
     pub(super) server: ServerFile,
     pub(super) admin: AdminFile,
+    /// A listener of its own for the management API (and the console), apart from the ops one.
+    pub(super) management: Option<ListenerFile>,
     pub(super) redis: RedisFile,
     #[serde(default)]
     pub(super) cache: CacheFile,

@@ -348,3 +348,25 @@ fn routes_say_whose_keys_they_accept() {
     let err = Config::parse(&org("org = { segmnt = 2 }"), Path::new(".")).unwrap_err();
     assert!(err.to_string().contains("{ segment = N }"), "{err}");
 }
+
+#[test]
+fn the_management_listener_is_apart_from_the_admin_one() {
+    let own = format!("{MINIMAL}\n[management]\naddr = \"127.0.0.1:9443\"\n");
+    let c = Config::parse(&own, Path::new(".")).unwrap();
+    assert_eq!(c.management.unwrap().addr.port(), 9443);
+    let same = MINIMAL.replace(
+        "[admin]\naddr = \"127.0.0.1:0\"",
+        "[admin]\naddr = \"127.0.0.1:9090\"",
+    ) + "\n[management]\naddr = \"127.0.0.1:9090\"\n";
+    assert!(
+        problems(&same)
+            .join("\n")
+            .contains("management.addr: must differ")
+    );
+    assert!(
+        Config::parse(MINIMAL, Path::new("."))
+            .unwrap()
+            .management
+            .is_none()
+    );
+}

@@ -87,6 +87,19 @@ impl Validator<'_> {
             })
             .collect();
         let admin_addr = self.addr("admin.addr", &f.admin.addr);
+        let management = f.management.as_ref().map(|m| ListenerConfig {
+            addr: self.addr("management.addr", &m.addr),
+            tls: m.tls.as_ref().and_then(|t| self.tls("management.tls", t)),
+        });
+        if management
+            .as_ref()
+            .is_some_and(|m| m.addr == admin_addr && m.addr.port() != 0)
+        {
+            self.problem(
+                "management.addr",
+                "must differ from admin.addr (leave [management] out to serve both there)",
+            );
+        }
         let token_env = f
             .admin
             .token_env
@@ -239,6 +252,7 @@ impl Validator<'_> {
             workers,
             listeners,
             admin_addr,
+            management,
             admin_token,
             redis: redis?,
             cache,

@@ -442,3 +442,49 @@ async fn a_key_with_an_unknown_scope_is_refused() {
         "{v}"
     );
 }
+
+#[tokio::test]
+async fn the_management_api_can_have_a_tls_listener_of_its_own() {
+    let redis = Redis::start();
+    let upstream = Upstream::start().await;
+    // The private key is removed when the test ends, pass or fail.
+    let dir = temp_dir("keygate-management-");
+    let (tls, cert) = tls_files(&dir);
+    let toml = format!(
+        "{}\n[management]\naddr = \"127.0.0.1:0\"\n{tls}\n",
+        config_toml(&redis, &upstream, "")
+    );
+    let gw = Gateway::start(&toml, std::path::Path::new(".")).await;
+    let management = gw.management.expect("a management listener");
+    let over_tls = |path: &'static str| {
+        let cert = cert.clone();
+        async move {
+            let io = hyper_util::rt::TokioIo::new(
+                tls_handshake(management, &cert, b"http/1.1").await.unwrap(),
+            );
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            let req = http::Request::get(path)
+                .header("host", "localhost")
+                .header("authorization", format!("Bearer {BOOTSTRAP}"))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            sender.send_request(req).await.unwrap()
+        }
+    };
+    // The management API on its own listener, over TLS, never cached.
+    let res = over_tls("/v1/orgs").await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    // The operators' endpoints are not there, and the API is no longer on the admin listener.
+    assert_eq!(over_tls("/metrics").await.status(), 404);
+    assert_eq!(over_tls("/healthz").await.status(), 404);
+    let (status, v) = api(gw.admin, "GET", "/v1/orgs", Some(BOOTSTRAP), None).await;
+    assert_eq!(status, 404);
+    assert!(
+        v["message"].as_str().unwrap().contains("[management]"),
+        "{v}"
+    );
+    assert_eq!(get(gw.admin, "/healthz").await.0, 200);
+    assert_eq!(get(gw.admin, "/metrics").await.0, 200);
+}

@@ -254,6 +254,9 @@ pub async fn handle(replica: &Replica, req: Request<Incoming>) -> Response<Full<
         key_id = actor.key_id.as_ref().map_or("", |k| k.as_str()),
     );
     res.headers_mut().insert("x-request-id", request_id);
+    // Answers carry keys, secrets once, and people: never kept by a browser or a proxy.
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
 }
 

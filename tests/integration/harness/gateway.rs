@@ -14,6 +14,8 @@ use super::{BOOTSTRAP, Redis, Upstream, dead_port, eventually, get};
 pub struct Gateway {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The management API's own listener, when the config gives it one.
+    pub management: Option<SocketAddr>,
     pub config: Arc<Config>,
     /// Redis PUBLISH calls made before this replica subscribed (it never sees those).
     pub publish_baseline: u64,
@@ -50,6 +52,10 @@ impl Gateway {
             listeners.data_addrs()[0],
             listeners.admin.local_addr().unwrap(),
         );
+        let management = listeners
+            .management
+            .as_ref()
+            .map(|l| l.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let cfg = config.clone();
         let task = tokio::spawn(async move {
@@ -62,6 +68,7 @@ impl Gateway {
         let gw = Gateway {
             addr,
             admin: admin_addr,
+            management,
             config,
             publish_baseline: 0,
             stop: Some(stop),
