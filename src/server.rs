@@ -153,25 +153,20 @@ pub async fn serve_data(
             let _held = (permit, open);
             let info = ConnInfo::new(peer, tls.is_some());
             let service = service_fn(move |req| proxy::handle(gw.load_full(), info.clone(), req));
-            let timeout = limits.tls_handshake_timeout;
-            match tls {
-                None => serve_plaintext(&http, stream, service, watcher).await,
-                Some(acceptor) => {
-                    serve_tls(&http, acceptor, timeout, stream, service, watcher).await
-                }
-            }
+            let tls = tls.map(|acceptor| (acceptor, limits.tls_handshake_timeout));
+            serve_accepted(&http, tls, stream, service, watcher).await;
         });
     }
     drop(listener);
     drain.stop().await;
 }
 
-/// Serves one TLS connection (after its handshake, within `timeout`) in the HTTP version ALPN
-/// chose, until it closes or is drained.
-async fn serve_tls<S>(
+/// Serves one accepted connection until it closes or is drained: with `tls` (an acceptor and the
+/// handshake's timeout), after the handshake, in the HTTP version ALPN chose; else as
+/// [`serve_plaintext`].
+async fn serve_accepted<S>(
     http: &Http,
-    acceptor: TlsAcceptor,
-    timeout: Duration,
+    tls: Option<(TlsAcceptor, Duration)>,
     stream: TcpStream,
     service: S,
     watcher: Watcher,
@@ -184,6 +179,9 @@ async fn serve_tls<S>(
         + 'static,
     S::Future: Send + 'static,
 {
+    let Some((acceptor, timeout)) = tls else {
+        return serve_plaintext(http, stream, service, watcher).await;
+    };
     let peer = stream.peer_addr().ok();
     match tokio::time::timeout(timeout, acceptor.accept(Lingering::new(stream))).await {
         Ok(Ok(stream)) => {
@@ -250,16 +248,11 @@ pub async fn serve_admin(
             async move { Ok::<_, Infallible>(response.await.map(Either::Right)) }
         });
         let (http, watcher) = (http.clone(), drain.watcher());
-        let tls = tls.as_ref().map(|t| TlsAcceptor::from(t.load_full()));
-        let timeout = limits.tls_handshake_timeout;
-        tokio::spawn(async move {
-            match tls {
-                None => serve_plaintext(&http, stream, service, watcher).await,
-                Some(acceptor) => {
-                    serve_tls(&http, acceptor, timeout, stream, service, watcher).await
-                }
-            }
+        let tls = tls.as_ref().map(|t| {
+            let acceptor = TlsAcceptor::from(t.load_full());
+            (acceptor, limits.tls_handshake_timeout)
         });
+        tokio::spawn(async move { serve_accepted(&http, tls, stream, service, watcher).await });
     }
     drop(listener);
     drain.stop().await;
