@@ -101,6 +101,8 @@ To manage keys as ada, the demo org's admin (README "After the demo"), in anothe
   export KEYGATE_URL=http://127.0.0.1:$ADMIN_PORT KEYGATE_API_KEY=$MANAGE_KEY
   keygate keys list
 
+Or in a browser: http://127.0.0.1:$ADMIN_PORT/console, signed in with ada's key ($MANAGE_KEY).
+
 Ctrl-C stops keygate, the demo upstream and Redis (the store is kept; RESET=1 starts afresh).
 
 MSG

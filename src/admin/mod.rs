@@ -7,6 +7,7 @@
 //! | `GET /metrics` | Prometheus text format (see `metrics`) |
 //! | `POST /reload` | reads the config file again |
 //! | `/v1/…` | the management API ([`api`]): on the admin listener, or on a listener of its own (`[management]`, for users, with TLS), which then serves nothing else |
+//! | `/console` | the API Keys page ([`console`]), beside the management API |
 //!
 //! Owns: what each endpoint answers ([`ops`] for health, readiness and metrics; [`api`] for
 //! `/v1`). Does not own: the listener, its connections or its drain (`server::serve_admin`).
@@ -14,6 +15,7 @@
 //! address.
 
 pub mod api;
+pub mod console;
 pub mod ops;
 
 use std::sync::Arc;
@@ -44,7 +46,12 @@ pub async fn handle(
     endpoints: Endpoints,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    let management = req.uri().path().starts_with("/v1/");
+    let path = req.uri().path();
+    let management =
+        path.starts_with("/v1/") || path == "/console" || path.starts_with("/console/");
+    if management && !path.starts_with("/v1/") && endpoints != Endpoints::Ops {
+        return console::asset(path);
+    }
     match (endpoints, management) {
         (Endpoints::All | Endpoints::Management, true) => api::handle(&replica, req).await,
         (Endpoints::All | Endpoints::Ops, false) => ops::handle(&replica, &req).await,

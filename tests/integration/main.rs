@@ -8,6 +8,7 @@ mod api;
 mod cli;
 mod cluster;
 mod consistency;
+mod console;
 mod demo;
 mod directory;
 mod layers;

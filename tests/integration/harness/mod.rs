@@ -4,11 +4,13 @@
 //! - [`Upstream`] (`upstream.rs`): a real HTTP server that records exactly what it received.
 //! - [`Gateway`] (`gateway.rs`): keygate's `run()` in process on port-0 listeners.
 //! - [`World`] (`world.rs`): all three plus seeded orgs, users, projects and keys.
-//! - `http.rs`: the clients tests talk through; `tls.rs`: certificates and TLS handshakes.
+//! - `http.rs`: the clients tests talk through; `tls.rs`: certificates and TLS handshakes;
+//!   `browser.rs`: a headless Chromium over WebDriver.
 //!
 //! And the two helpers every file uses: [`eventually`] for changes that reach a replica
 //! asynchronously, and [`temp_dir`] for files that must not outlive the test.
 
+mod browser;
 mod gateway;
 mod http;
 mod redis;
@@ -19,6 +21,7 @@ mod world;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+pub use browser::*;
 pub use gateway::*;
 pub use http::*;
 pub use redis::*;

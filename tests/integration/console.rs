@@ -1,0 +1,262 @@
+//! The API Keys page, in a real headless Chromium: sign in, create a key and read it once, use
+//! it on the data plane, rename it, change its scopes, revoke, activate, rotate and delete it,
+//! with the page's security headers and no secret left behind.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+use keygate::model::*;
+use serde_json::Value;
+
+/// With `KEYGATE_SCREENSHOTS=DIR`, saves a PNG of the page as `DIR/NAME.png` (how the pictures
+/// in docs/console/ are made: `KEYGATE_SCREENSHOTS=docs/console cargo test --test integration
+/// console`).
+async fn screenshot(browser: &Browser, name: &str) {
+    if let Ok(dir) = std::env::var("KEYGATE_SCREENSHOTS") {
+        std::fs::write(format!("{dir}/{name}.png"), browser.screenshot().await).unwrap();
+    }
+}
+
+/// The row of the key named `name`, and a button in it.
+fn button_of(name: &str, label: &str) -> String {
+    format!("//tr[td[1][text()='{name}']]//button[text()='{label}']")
+}
+
+/// Answers to the data plane with `key`, until it is `want` (at most 1 s); how long it took.
+async fn until(addr: std::net::SocketAddr, key: &str, want: &str) -> Duration {
+    let started = Instant::now();
+    answers(addr, "/v1/projects/p1/x", key, want).await;
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn the_api_keys_page_manages_a_key_in_a_real_browser() {
+    let w = World::start().await;
+    let (admin, gw) = (w.gw.admin, w.gw.addr);
+    // The page's headers: only its own files and this origin's API, no frames, no caching.
+    let (status, headers, body) = get(admin, "/console").await;
+    assert_eq!(status, 200);
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["referrer-policy"], "no-referrer");
+    assert_eq!(headers["cache-control"], "no-store");
+    let page = String::from_utf8_lossy(&body);
+    assert!(
+        !page.contains("style=") && !page.contains("<script>"),
+        "nothing inline"
+    );
+    for asset in ["/console", "/console/console.js", "/console/console.css"] {
+        let (_, _, body) = get(admin, asset).await;
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            !text.contains("http://") && !text.contains("https://"),
+            "{asset}: another host"
+        );
+    }
+
+    let (manager, _) = new_key(&w.store, &w.gw.config, "alice", &["keys:manage"], &[]).await;
+    let browser = Browser::start(1280, 800).await;
+    browser.goto(&format!("http://{admin}/console")).await;
+    let field = browser.find("#sign-in-key").await;
+    screenshot(&browser, "sign-in").await;
+    browser.type_into(&field, &manager).await;
+    browser
+        .click(&browser.find("#sign-in-form button[type=submit]").await)
+        .await;
+    browser
+        .wait_for("!document.getElementById('keys').hidden")
+        .await;
+    // Alice's keys: the two every world has, and the one signed in with.
+    browser
+        .wait_for("document.querySelectorAll('#keys-body tr').length === 3")
+        .await;
+
+    screenshot(&browser, "keys").await;
+
+    // Create a key; its secret is shown once.
+    browser.click(&browser.find("#new-key").await).await;
+    browser
+        .type_into(&browser.find("#create-name").await, "e2e")
+        .await;
+    screenshot(&browser, "new-key").await;
+    browser.click(&browser.find("#create-submit").await).await;
+    browser
+        .wait_for("document.getElementById('secret-dialog').open")
+        .await;
+    let secret = browser
+        .run("return document.getElementById('secret-value').value;")
+        .await;
+    let secret = secret.as_str().unwrap().to_owned();
+    assert!(secret.starts_with("kg_"), "{secret}");
+    if std::env::var("KEYGATE_SCREENSHOTS").is_ok() {
+        // No real-looking secret in the pictures (secret scanners know the format).
+        let example =
+            "document.getElementById('secret-value').value = 'kg_EXAMPLE-shown-here-once';";
+        browser.run(example).await;
+        screenshot(&browser, "shown-once").await;
+    }
+    assert_eq!(answer(gw, "/v1/projects/p1/x", &secret).await, "ok");
+    // Closed, the dialog leaves the secret nowhere in the page or the tab's storage.
+    browser.click(&browser.find("#secret-done").await).await;
+    browser
+        .wait_for("!document.getElementById('secret-dialog').open")
+        .await;
+    let leftover = browser
+        .run(&format!(
+            "return document.documentElement.outerHTML.includes({secret:?}) \
+             || document.getElementById('secret-value').value !== '' \
+             || JSON.stringify(sessionStorage).includes({secret:?});"
+        ))
+        .await;
+    assert_eq!(
+        leftover,
+        Value::Bool(false),
+        "the secret stayed in the page"
+    );
+
+    // Rename it, then give it `models:read` only: the data plane follows.
+    browser
+        .click(&browser.find_xpath(&button_of("e2e", "Rename")).await)
+        .await;
+    let name = browser.find("#edit-name").await;
+    browser
+        .run("document.getElementById('edit-name').value = '';")
+        .await;
+    browser.type_into(&name, "e2e renamed").await;
+    browser.click(&browser.find("#edit-submit").await).await;
+    browser
+        .find_xpath(&button_of("e2e renamed", "Scopes"))
+        .await;
+    browser
+        .click(
+            &browser
+                .find_xpath(&button_of("e2e renamed", "Scopes"))
+                .await,
+        )
+        .await;
+    browser
+        .click(&browser.find("#edit-fields input[value=predict]").await)
+        .await;
+    browser
+        .click(
+            &browser
+                .find("#edit-fields input[value='models:read']")
+                .await,
+        )
+        .await;
+    browser.click(&browser.find("#edit-submit").await).await;
+    until(gw, &secret, "insufficient_scope").await;
+    assert_eq!(answer(gw, "/v1/models/m", &secret).await, "ok");
+
+    // Revoke it: the data plane refuses it at once; activate it again.
+    browser
+        .click(
+            &browser
+                .find_xpath(&button_of("e2e renamed", "Revoke"))
+                .await,
+        )
+        .await;
+    let refused = until(gw, &secret, "key_revoked").await;
+    assert!(refused < Duration::from_millis(100), "{refused:?}");
+    browser
+        .click(
+            &browser
+                .find_xpath(&button_of("e2e renamed", "Activate"))
+                .await,
+        )
+        .await;
+    browser
+        .find_xpath(&button_of("e2e renamed", "Rotate"))
+        .await;
+    assert_eq!(answer(gw, "/v1/models/m", &secret).await, "ok");
+
+    // Rotate with a grace period: both secrets work, and the new one is shown once.
+    browser
+        .click(
+            &browser
+                .find_xpath(&button_of("e2e renamed", "Rotate"))
+                .await,
+        )
+        .await;
+    browser.find("#edit-grace").await;
+    browser
+        .run("document.getElementById('edit-grace').value = '1h';")
+        .await;
+    browser.click(&browser.find("#edit-submit").await).await;
+    browser
+        .wait_for("document.getElementById('secret-dialog').open && document.getElementById('secret-value').value !== ''")
+        .await;
+    let rotated = browser
+        .run("return document.getElementById('secret-value').value;")
+        .await;
+    let rotated = rotated.as_str().unwrap().to_owned();
+    assert_ne!(rotated, secret);
+    browser.click(&browser.find("#secret-done").await).await;
+    assert_eq!(answer(gw, "/v1/models/m", &secret).await, "ok", "in grace");
+    assert_eq!(answer(gw, "/v1/models/m", &rotated).await, "ok");
+
+    // Delete is offered only once revoked, and names the key.
+    browser
+        .click(
+            &browser
+                .find_xpath(&button_of("e2e renamed", "Revoke"))
+                .await,
+        )
+        .await;
+    browser
+        .click(
+            &browser
+                .find_xpath(&button_of("e2e renamed", "Delete"))
+                .await,
+        )
+        .await;
+    let warning = browser
+        .run("return document.querySelector('#edit-fields .warning').textContent;")
+        .await;
+    assert!(
+        warning.as_str().unwrap().contains("e2e renamed"),
+        "{warning}"
+    );
+    browser.click(&browser.find("#edit-submit").await).await;
+    browser
+        .wait_for("document.querySelectorAll('#keys-body tr').length === 3")
+        .await;
+    let gone = w
+        .store
+        .keys(&OrgId::from("acme"), Some(&UserId::from("alice")))
+        .await
+        .unwrap();
+    assert!(gone.iter().all(|k| k.name != "e2e renamed"));
+
+    // At phone width the page still reads: its table scrolls within its box.
+    let phone = Browser::start(360, 740).await;
+    phone.goto(&format!("http://{admin}/console")).await;
+    phone
+        .type_into(&phone.find("#sign-in-key").await, &manager)
+        .await;
+    phone
+        .click(&phone.find("#sign-in-form button[type=submit]").await)
+        .await;
+    phone
+        .wait_for("document.querySelectorAll('#keys-body tr').length === 3")
+        .await;
+    let overflow = phone
+        .run("return document.documentElement.scrollWidth > window.innerWidth;")
+        .await;
+    assert_eq!(
+        overflow,
+        Value::Bool(false),
+        "the page is wider than the phone"
+    );
+    screenshot(&phone, "keys-phone").await;
+
+    // Signing out forgets the key.
+    browser.click(&browser.find("#sign-out").await).await;
+    let stored = browser.run("return sessionStorage.length;").await;
+    assert_eq!(stored, Value::from(0));
+}
