@@ -260,3 +260,93 @@ async fn the_api_keys_page_manages_a_key_in_a_real_browser() {
     let stored = browser.run("return sessionStorage.length;").await;
     assert_eq!(stored, Value::from(0));
 }
+
+#[tokio::test]
+async fn an_admin_manages_members_projects_and_reads_the_audit_log_in_the_browser() {
+    let w = World::start().await;
+    let (admin, gw) = (w.gw.admin, w.gw.addr);
+    let browser = Browser::start(1280, 800).await;
+    // A member sees only their own keys, and no admin page.
+    let (manager, _) = new_key(&w.store, &w.gw.config, "alice", &["keys:manage"], &[]).await;
+    browser.goto(&format!("http://{admin}/console")).await;
+    browser
+        .type_into(&browser.find("#sign-in-key").await, &manager)
+        .await;
+    browser
+        .click(&browser.find("#sign-in-form button[type=submit]").await)
+        .await;
+    browser
+        .wait_for("document.querySelectorAll('#keys-body tr').length === 3")
+        .await;
+    let owners = browser
+        .run("return [...document.querySelectorAll('#keys-body tr')].map(r => r.cells[2].textContent);")
+        .await;
+    assert_eq!(owners, serde_json::json!(["alice", "alice", "alice"]));
+    let pages = browser
+        .run("return [...document.querySelectorAll('[data-admin]')].every(b => b.hidden);")
+        .await;
+    assert_eq!(pages, Value::Bool(true));
+    browser.click(&browser.find("#sign-out").await).await;
+
+    // An admin: every key of the org, and the members, projects and audit pages.
+    browser
+        .type_into(&browser.find("#sign-in-key").await, &w.keys.ada)
+        .await;
+    browser
+        .click(&browser.find("#sign-in-form button[type=submit]").await)
+        .await;
+    browser
+        .wait_for("document.getElementById('keys-title').textContent === 'Keys of the org'")
+        .await;
+    screenshot(&browser, "org-keys").await;
+
+    // Disable a member: their keys stop on the data plane; enable them again.
+    browser
+        .click(&browser.find("[data-tab=members]").await)
+        .await;
+    let disable = "//tr[td[1][text()='bob']]//button[text()='Disable']";
+    browser.click(&browser.find_xpath(disable).await).await;
+    answers(gw, "/v1/projects/p2/x", &w.keys.bob, "user_disabled").await;
+    screenshot(&browser, "members").await;
+    let enable = "//tr[td[1][text()='bob']]//button[text()='Enable']";
+    browser.click(&browser.find_xpath(enable).await).await;
+    answers(gw, "/v1/projects/p2/x", &w.keys.bob, "ok").await;
+
+    // Archive a project: its requests are refused; restore it.
+    browser
+        .click(&browser.find("[data-tab=projects]").await)
+        .await;
+    let archive = "//tr[td[1][text()='pub']]//button[text()='Archive']";
+    browser.click(&browser.find_xpath(archive).await).await;
+    answers(gw, "/v1/projects/pub/x", &w.keys.bob, "project_archived").await;
+    screenshot(&browser, "projects").await;
+    let restore = "//tr[td[1][text()='pub']]//button[text()='Restore']";
+    browser.click(&browser.find_xpath(restore).await).await;
+    answers(gw, "/v1/projects/pub/x", &w.keys.bob, "ok").await;
+
+    // The audit log has all of it, and its filters narrow it.
+    browser.click(&browser.find("[data-tab=audit]").await).await;
+    browser
+        .wait_for("document.querySelectorAll('#audit-body tr').length > 5")
+        .await;
+    browser
+        .type_into(&browser.find("#audit-action").await, "project.")
+        .await;
+    browser
+        .wait_for("[...document.querySelectorAll('#audit-body tr')].every(r => r.cells[2].textContent.startsWith('project.'))")
+        .await;
+    let actions = browser
+        .run("return [...document.querySelectorAll('#audit-body tr')].map(r => r.cells[1].textContent + ' ' + r.cells[2].textContent);")
+        .await;
+    let actions: Vec<String> = serde_json::from_value(actions).unwrap();
+    for want in ["user:ada project.archive", "user:ada project.restore"] {
+        assert!(actions.iter().any(|a| a == want), "{want} in {actions:?}");
+    }
+    browser
+        .run("const f = document.getElementById('audit-action'); f.value = 'user.update'; f.dispatchEvent(new Event('input', {bubbles: true}));")
+        .await;
+    browser
+        .wait_for("document.querySelectorAll('#audit-body tr').length === 2")
+        .await;
+    screenshot(&browser, "audit").await;
+}

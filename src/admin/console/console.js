@@ -20,6 +20,8 @@ const SCOPES = [
 ];
 
 let keys = [];
+let admin = false;
+let audit = [];
 
 async function call(method, path, body) {
   const headers = { authorization: "Bearer " + sessionStorage.getItem(STORE) };
@@ -71,6 +73,7 @@ function render() {
     row.dataset.id = key.id;
     cell(row, key.name);
     cell(row, key.display);
+    cell(row, key.user_id);
     cell(row, key.scopes.join(", "));
     cell(row, key.project_ids.length ? key.project_ids.join(", ") : "any");
     cell(row, key.status);
@@ -97,10 +100,14 @@ function render() {
   $("keys-empty").hidden = keys.length > 0;
 }
 
+// An admin's key list can be narrowed to one member's (from the Members page).
+let keyOwner = null;
+
 async function load() {
   $("keys-error").textContent = "";
   try {
-    keys = (await call("GET", "/v1/keys?limit=200")).items;
+    const only = keyOwner ? "&user_id=" + encodeURIComponent(keyOwner) : "";
+    keys = (await call("GET", "/v1/keys?limit=200" + only)).items;
     render();
   } catch (e) {
     $("keys-error").textContent = e.message;
@@ -109,9 +116,169 @@ async function load() {
 
 function showSignedIn(signedIn) {
   $("sign-in").hidden = signedIn;
-  $("keys").hidden = !signedIn;
   $("sign-out").hidden = !signedIn;
   $("who").hidden = !signedIn;
+  $("tabs").hidden = !signedIn;
+  for (const id of ["keys", "members", "projects", "audit"]) $(id).hidden = true;
+  if (signedIn) show("keys");
+}
+
+// After signing in: the org, whether the key is an admin's (then the admin pages), the keys.
+async function enter() {
+  const orgs = await call("GET", "/v1/orgs");
+  $("who").textContent = orgs.items.map((o) => o.name).join(", ");
+  admin = await call("GET", "/v1/users?limit=1").then(() => true, () => false);
+  for (const b of document.querySelectorAll("[data-admin]")) b.hidden = !admin;
+  $("keys-title").textContent = admin ? "Keys of the org" : "My keys";
+  showSignedIn(true);
+  await load();
+}
+
+function show(tab) {
+  for (const b of document.querySelectorAll("[data-tab]")) {
+    if (b.dataset.tab === tab) b.setAttribute("aria-current", "page");
+    else b.removeAttribute("aria-current");
+    $(b.dataset.tab).hidden = b.dataset.tab !== tab;
+  }
+  if (tab === "members") loadMembers();
+  if (tab === "projects") loadProjects();
+  if (tab === "audit") loadAudit();
+}
+
+async function loadMembers() {
+  $("members-error").textContent = "";
+  try {
+    const members = (await call("GET", "/v1/users?limit=200")).items;
+    const body = $("members-body");
+    body.replaceChildren();
+    for (const m of members) {
+      const row = document.createElement("tr");
+      cell(row, m.id);
+      cell(row, m.name);
+      const role = document.createElement("select");
+      role.setAttribute("aria-label", "Role of " + m.id);
+      for (const r of ["admin", "member", "guest"]) {
+        const option = document.createElement("option");
+        option.value = option.textContent = r;
+        option.selected = r === m.role;
+        role.appendChild(option);
+      }
+      role.addEventListener("change", () => changeMember(m, { role: role.value }));
+      cell(row, "").appendChild(role);
+      cell(row, m.status);
+      const actions = cell(row, "");
+      actions.className = "actions-cell";
+      actions.append(
+        m.status === "active"
+          ? button("Disable", () => changeMember(m, { status: "disabled" }), "danger")
+          : button("Enable", () => changeMember(m, { status: "active" })),
+        button("Keys", () => { keyOwner = m.id; show("keys"); load(); }, "plain"),
+      );
+      body.appendChild(row);
+    }
+  } catch (e) {
+    $("members-error").textContent = e.message;
+  }
+}
+
+async function changeMember(member, change) {
+  $("members-error").textContent = "";
+  try {
+    await call("PATCH", "/v1/users/" + member.id, change);
+  } catch (e) {
+    $("members-error").textContent = e.message;
+  }
+  await loadMembers();
+}
+
+async function loadProjects() {
+  $("projects-error").textContent = "";
+  try {
+    const projects = (await call("GET", "/v1/projects?limit=200")).items;
+    const body = $("projects-body");
+    body.replaceChildren();
+    for (const p of projects) {
+      const row = document.createElement("tr");
+      cell(row, p.id);
+      cell(row, p.visibility);
+      cell(row, p.status);
+      cell(row, p.members.join(", ") || "none");
+      const actions = cell(row, "");
+      actions.className = "actions-cell";
+      actions.append(
+        button("Members", () => projectMembers(p), "plain"),
+        p.status === "active"
+          ? button("Archive", () => projectAction(p, "POST", "/archive"), "danger")
+          : button("Restore", () => projectAction(p, "POST", "/restore")),
+      );
+      body.appendChild(row);
+    }
+    $("projects-empty").hidden = projects.length > 0;
+  } catch (e) {
+    $("projects-error").textContent = e.message;
+  }
+}
+
+async function projectAction(project, method, suffix) {
+  $("projects-error").textContent = "";
+  try {
+    await call(method, "/v1/projects/" + project.id + suffix);
+  } catch (e) {
+    $("projects-error").textContent = e.message;
+  }
+  await loadProjects();
+}
+
+function projectMembers(project) {
+  edit("Members of " + project.id, (f) => {
+    const input = document.createElement("input");
+    input.placeholder = "user id";
+    field(f, "edit-member", "Add or remove a member", input);
+    const select = document.createElement("select");
+    for (const [value, text] of [["PUT", "add"], ["DELETE", "remove"]]) {
+      const option = document.createElement("option");
+      option.value = value;
+      option.textContent = text;
+      select.appendChild(option);
+    }
+    field(f, "edit-member-action", "Do", select);
+  }, async (f) => {
+    const user = f.querySelector("#edit-member").value.trim();
+    await call(f.querySelector("#edit-member-action").value, "/v1/projects/" + project.id + "/members/" + user);
+    await loadProjects();
+  });
+}
+
+async function loadAudit() {
+  $("audit-error").textContent = "";
+  try {
+    audit = (await call("GET", "/v1/audit?limit=500")).items;
+    renderAudit();
+  } catch (e) {
+    $("audit-error").textContent = e.message;
+  }
+}
+
+function renderAudit() {
+  const actor = $("audit-actor").value.trim();
+  const action = $("audit-action").value.trim();
+  const key = $("audit-key").value.trim();
+  const since = $("audit-since").value ? Date.parse($("audit-since").value + "Z") / 1000 : 0;
+  const body = $("audit-body");
+  body.replaceChildren();
+  for (const e of audit) {
+    if (actor && !e.actor.includes(actor)) continue;
+    if (action && !e.action.includes(action)) continue;
+    if (key && !(e.target.includes(key) || (e.key_id || "").includes(key))) continue;
+    if (e.at < since) continue;
+    const row = document.createElement("tr");
+    cell(row, when(e.at));
+    cell(row, e.actor);
+    cell(row, e.action);
+    cell(row, e.target);
+    cell(row, JSON.stringify(e.details)).className = "details";
+    body.appendChild(row);
+  }
 }
 
 async function signIn(event) {
@@ -121,10 +288,7 @@ async function signIn(event) {
   input.value = "";
   $("sign-in-error").textContent = "";
   try {
-    const orgs = await call("GET", "/v1/orgs");
-    $("who").textContent = orgs.items.map((o) => o.name).join(", ");
-    showSignedIn(true);
-    await load();
+    await enter();
     $("new-key").focus();
   } catch (e) {
     sessionStorage.removeItem(STORE);
@@ -135,6 +299,9 @@ async function signIn(event) {
 function signOut() {
   sessionStorage.removeItem(STORE);
   keys = [];
+  audit = [];
+  admin = false;
+  keyOwner = null;
   $("keys-body").replaceChildren();
   showSignedIn(false);
   $("sign-in-key").focus();
@@ -310,12 +477,16 @@ document.addEventListener("DOMContentLoaded", () => {
   for (const b of document.querySelectorAll("[data-close]")) {
     b.addEventListener("click", () => b.closest("dialog").close());
   }
+  for (const b of document.querySelectorAll("[data-tab]")) {
+    b.addEventListener("click", () => {
+      if (b.dataset.tab === "keys" && keyOwner) { keyOwner = null; load(); }
+      show(b.dataset.tab);
+    });
+  }
+  $("audit-filters").addEventListener("input", renderAudit);
+  $("audit-filters").addEventListener("submit", (e) => e.preventDefault());
   if (sessionStorage.getItem(STORE)) {
-    call("GET", "/v1/orgs").then((orgs) => {
-      $("who").textContent = orgs.items.map((o) => o.name).join(", ");
-      showSignedIn(true);
-      return load();
-    }).catch(signOut);
+    enter().catch(signOut);
   } else {
     showSignedIn(false);
   }
