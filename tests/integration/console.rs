@@ -199,6 +199,28 @@ async fn the_api_keys_page_manages_a_key_in_a_real_browser() {
     browser.click(&browser.find("#secret-done").await).await;
     assert_eq!(answer(gw, "/v1/models/m", &secret).await, "ok", "in grace");
     assert_eq!(answer(gw, "/v1/models/m", &rotated).await, "ok");
+    // Rotated again, the old secrets stopping at once: only the newest works.
+    browser
+        .click(
+            &browser
+                .find_xpath(&button_of("e2e renamed", "Rotate"))
+                .await,
+        )
+        .await;
+    browser.find("#edit-grace").await;
+    browser.click(&browser.find("#edit-submit").await).await;
+    browser
+        .wait_for("document.getElementById('secret-dialog').open && document.getElementById('secret-value').value !== ''")
+        .await;
+    let newest = browser
+        .run("return document.getElementById('secret-value').value;")
+        .await;
+    let newest = newest.as_str().unwrap().to_owned();
+    browser.click(&browser.find("#secret-done").await).await;
+    assert_eq!(answer(gw, "/v1/models/m", &newest).await, "ok");
+    // The previous secret is refused as rotated; the one before it is no longer a key at all.
+    answers(gw, "/v1/models/m", &rotated, "key_rotated").await;
+    assert_eq!(answer(gw, "/v1/models/m", &secret).await, "invalid_api_key");
 
     // Delete is offered only once revoked, and names the key.
     browser
@@ -349,4 +371,196 @@ async fn an_admin_manages_members_projects_and_reads_the_audit_log_in_the_browse
         .wait_for("document.querySelectorAll('#audit-body tr').length === 2")
         .await;
     screenshot(&browser, "audit").await;
+
+    // The admin pages at phone width.
+    if std::env::var("KEYGATE_SCREENSHOTS").is_ok() {
+        let phone = Browser::start(360, 740).await;
+        phone.goto(&format!("http://{admin}/console")).await;
+        phone
+            .type_into(&phone.find("#sign-in-key").await, &w.keys.ada)
+            .await;
+        phone
+            .click(&phone.find("#sign-in-form button[type=submit]").await)
+            .await;
+        phone
+            .wait_for("document.getElementById('keys-title').textContent === 'Keys of the org'")
+            .await;
+        for tab in ["members", "projects", "audit"] {
+            phone
+                .click(&phone.find(&format!("[data-tab={tab}]")).await)
+                .await;
+            phone
+                .wait_for(&format!(
+                    "document.querySelectorAll('#{tab} tbody tr').length > 0"
+                ))
+                .await;
+            screenshot(&phone, &format!("{tab}-phone")).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_platform_picks_an_org_and_an_admin_sees_legacy_pairs_and_the_sunset() {
+    let w = World::start().await;
+    let admin = w.gw.admin;
+    let legacy = keygate::store::keys::NewKey {
+        org_id: None,
+        user_id: UserId::from("bob"),
+        name: "old sdk".into(),
+        scopes: vec![Scope::new("predict")],
+        project_ids: vec![],
+        expires_at: None,
+    };
+    w.store
+        .import_legacy("AKIA-OLD", "an-old-secret", legacy)
+        .await
+        .unwrap();
+    let browser = Browser::start(1280, 800).await;
+    browser.goto(&format!("http://{admin}/console")).await;
+    browser
+        .type_into(&browser.find("#sign-in-key").await, BOOTSTRAP)
+        .await;
+    browser
+        .click(&browser.find("#sign-in-form button[type=submit]").await)
+        .await;
+    // The bootstrap token acts for the platform: it picks the org in the header.
+    browser
+        .wait_for("!document.getElementById('org-pick').hidden")
+        .await;
+    let orgs = browser
+        .run("return [...document.querySelectorAll('#org-select option')].map(o => o.value);")
+        .await;
+    assert_eq!(orgs, serde_json::json!(["acme", "globex"]));
+    browser
+        .wait_for("[...document.querySelectorAll('#keys-body tr')].some(r => r.cells[2].textContent === 'bob')")
+        .await;
+    browser
+        .run("const s = document.getElementById('org-select'); s.value = 'globex'; s.dispatchEvent(new Event('change'));")
+        .await;
+    browser
+        .wait_for("[...document.querySelectorAll('#keys-body tr')].every(r => r.cells[2].textContent === 'gina')")
+        .await;
+    // The new-key dialog offers only validities within keys.max_validity, and the presets.
+    browser.click(&browser.find("#new-key").await).await;
+    let offered = browser
+        .run("return [[...document.querySelectorAll('#create-validity option')].map(o => o.value), [...document.querySelectorAll('#create-presets input')].map(i => i.value)];")
+        .await;
+    assert_eq!(
+        offered,
+        serde_json::json!([["1d", "7d", "30d", "90d"], ["all", "inference", "project"]])
+    );
+    browser
+        .run("document.getElementById('create-dialog').close();")
+        .await;
+    // Back to acme: its legacy pairs, and what the deployment says of their end.
+    browser
+        .run("const s = document.getElementById('org-select'); s.value = 'acme'; s.dispatchEvent(new Event('change'));")
+        .await;
+    browser
+        .wait_for("[...document.querySelectorAll('#keys-body tr')].some(r => r.cells[2].textContent === 'bob')")
+        .await;
+    browser
+        .click(&browser.find("[data-tab=legacy]").await)
+        .await;
+    browser
+        .wait_for("document.querySelectorAll('#legacy-body tr').length === 1")
+        .await;
+    let row = browser
+        .run("return [...document.querySelector('#legacy-body tr').cells].map(c => c.textContent);")
+        .await;
+    assert_eq!(row[1], "AKIA-OLD", "{row}");
+    let sunset = browser
+        .run("return document.getElementById('legacy-sunset').textContent;")
+        .await;
+    assert!(
+        sunset.as_str().unwrap().contains("No sunset is set"),
+        "{sunset}"
+    );
+    screenshot(&browser, "legacy").await;
+}
+
+#[tokio::test]
+async fn a_person_in_two_orgs_switches_between_them_in_the_header() {
+    let w = World::start().await;
+    let (acme, globex) = (OrgId::from("acme"), OrgId::from("globex"));
+    let pat = UserId::from("pat");
+    w.store
+        .create_user(&acme, Some(pat.clone()), "Pat", Role::Member)
+        .await
+        .unwrap();
+    w.store
+        .add_member(&globex, &pat, Role::Admin)
+        .await
+        .unwrap();
+    // A management key in acme (a member there), an admin's in globex.
+    let key_in = |org: &OrgId, scope: &str| keygate::store::keys::NewKey {
+        org_id: Some(org.clone()),
+        user_id: pat.clone(),
+        name: format!("pat@{org}"),
+        scopes: vec![Scope::new(scope)],
+        project_ids: vec![],
+        expires_at: Some(unix_now() + 3600),
+    };
+    let in_acme = w
+        .store
+        .create_key(&w.gw.config.keys, key_in(&acme, "keys:manage"))
+        .await
+        .unwrap();
+    let in_globex = w
+        .store
+        .create_key(&w.gw.config.keys, key_in(&globex, "*"))
+        .await
+        .unwrap();
+
+    let browser = Browser::start(1280, 800).await;
+    browser
+        .goto(&format!("http://{}/console", w.gw.admin))
+        .await;
+    let sign_in = |key: String| {
+        let browser = &browser;
+        async move {
+            browser
+                .type_into(&browser.find("#sign-in-key").await, &key)
+                .await;
+            browser
+                .click(&browser.find("#sign-in-form button[type=submit]").await)
+                .await;
+        }
+    };
+    sign_in(in_acme.secret.clone()).await;
+    browser
+        .wait_for("document.getElementById('keys-title').textContent === 'My keys'")
+        .await;
+    browser.click(&browser.find("#add-org").await).await;
+    sign_in(in_globex.secret.clone()).await;
+    // In globex pat is an admin: the org's keys (gina's too) and the admin pages.
+    browser
+        .wait_for("document.getElementById('keys-title').textContent === 'Keys of the org'")
+        .await;
+    browser
+        .wait_for("[...document.querySelectorAll('#keys-body tr')].some(r => r.cells[2].textContent === 'gina')")
+        .await;
+    let orgs = browser
+        .run("return [...document.querySelectorAll('#org-select option')].map(o => o.textContent);")
+        .await;
+    assert_eq!(orgs, serde_json::json!(["Acme", "Globex"]));
+    // Back to acme, where pat is a member: only pat's own key there.
+    browser
+        .run("const s = document.getElementById('org-select'); s.value = '0'; s.dispatchEvent(new Event('change'));")
+        .await;
+    browser
+        .wait_for("document.getElementById('keys-title').textContent === 'My keys'")
+        .await;
+    browser
+        .wait_for("[...document.querySelectorAll('#keys-body tr')].map(r => r.cells[0].textContent).join() === 'pat@acme'")
+        .await;
+    let admin_pages = browser
+        .run("return [...document.querySelectorAll('[data-admin]')].every(b => b.hidden);")
+        .await;
+    assert_eq!(admin_pages, Value::Bool(true));
+    browser.click(&browser.find("#sign-out").await).await;
+    assert_eq!(
+        browser.run("return sessionStorage.length;").await,
+        Value::from(0)
+    );
 }

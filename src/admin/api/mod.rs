@@ -341,9 +341,34 @@ async fn route(ctx: &Ctx<'_>, req: Request<Incoming>) -> Result<Response<Full<By
             directory::set_member(ctx, id, user, false).await
         }
         (Method::GET, ["audit"]) => directory::audit(ctx).await,
+        (Method::GET, ["settings"]) => Ok(settings(ctx)),
         (method, _) if !API_METHODS.contains(&method) => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NoRoute),
     }
+}
+
+/// What a client (the console) needs to offer only what will be accepted: the presets and
+/// resources scopes may name, the longest validity, and the legacy sunset.
+fn settings(ctx: &Ctx<'_>) -> Response<Full<Bytes>> {
+    let config = &ctx.replica.config;
+    let presets: serde_json::Map<String, serde_json::Value> = config
+        .presets
+        .iter()
+        .map(|(name, scopes)| {
+            let scopes: Vec<&str> = scopes.iter().map(Scope::as_str).collect();
+            (name.clone(), serde_json::json!(scopes))
+        })
+        .collect();
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "presets": presets,
+            "resources": config.resources,
+            "max_validity_secs": config.max_validity.as_secs(),
+            "allow_no_expiry": config.allow_no_expiry,
+            "legacy_sunset": config.legacy_sunset.as_ref().map(|s| s.at),
+        }),
+    )
 }
 
 /// The bearer token of a request, trimmed.

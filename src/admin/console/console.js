@@ -4,7 +4,9 @@
 // console.css, and nothing inline.
 "use strict";
 
-const STORE = "keygate.console.key";
+// sessionStorage: the keys signed in with, one per org, and which one acts now:
+// {"keys": [{"org": "acme", "name": "Acme", "key": "kg_…"}], "current": 0}.
+const STORE = "keygate.console";
 const $ = (id) => document.getElementById(id);
 
 // The scopes a key can be given here, each with what it allows (a preset like `inference` is
@@ -19,12 +21,39 @@ const SCOPES = [
   ["*", "everything your role allows"],
 ];
 
+function session() {
+  try {
+    return JSON.parse(sessionStorage.getItem(STORE)) || { keys: [], current: 0 };
+  } catch {
+    return { keys: [], current: 0 };
+  }
+}
+
+// A key being tried at sign-in, before it joins the session.
+let trying = null;
+
+function currentKey() {
+  if (trying) return trying;
+  const s = session();
+  return s.keys[s.current] ? s.keys[s.current].key : "";
+}
+
 let keys = [];
 let admin = false;
 let audit = [];
+// What keys may be given here (GET /v1/settings).
+let settings = { presets: {}, max_validity_secs: 0, allow_no_expiry: false, legacy_sunset: null };
+// Signed in with the platform's bootstrap token: every call names the org picked in the header.
+let platformOrg = null;
+
+// How long a new key may be valid, each offered when the deployment allows it.
+const VALIDITIES = [["1d", 86400, "1 day"], ["7d", 604800, "7 days"], ["30d", 2592000, "30 days"], ["90d", 7776000, "90 days"], ["180d", 15552000, "180 days"]];
 
 async function call(method, path, body) {
-  const headers = { authorization: "Bearer " + sessionStorage.getItem(STORE) };
+  if (platformOrg !== null) {
+    path += (path.includes("?") ? "&" : "?") + "org_id=" + encodeURIComponent(platformOrg);
+  }
+  const headers = { authorization: "Bearer " + currentKey() };
   if (body !== undefined) headers["content-type"] = "application/json";
   const res = await fetch(path, {
     method,
@@ -117,16 +146,42 @@ async function load() {
 function showSignedIn(signedIn) {
   $("sign-in").hidden = signedIn;
   $("sign-out").hidden = !signedIn;
+  if (!signedIn) $("add-org").hidden = true;
   $("who").hidden = !signedIn;
   $("tabs").hidden = !signedIn;
-  for (const id of ["keys", "members", "projects", "audit"]) $(id).hidden = true;
+  for (const id of ["keys", "members", "projects", "audit", "legacy"]) $(id).hidden = true;
   if (signedIn) show("keys");
 }
 
 // After signing in: the org, whether the key is an admin's (then the admin pages), the keys.
+function options(select, pairs, chosen) {
+  select.replaceChildren(...pairs.map(([value, text]) => {
+    const option = document.createElement("option");
+    option.value = value;
+    option.textContent = text;
+    option.selected = value === chosen;
+    return option;
+  }));
+}
+
+// After signing in or switching org: the org, whether the key is the platform's bootstrap token
+// (then the org is picked in the header) or an admin's (then the admin pages), the keys.
 async function enter() {
-  const orgs = await call("GET", "/v1/orgs");
-  $("who").textContent = orgs.items.map((o) => o.name).join(", ");
+  platformOrg = null;
+  const orgs = (await call("GET", "/v1/orgs")).items;
+  const platform = await call("GET", "/v1/keys?limit=1").then(() => false, (e) => e.status === 422);
+  const s = session();
+  if (platform && orgs.length) {
+    options($("org-select"), orgs.map((o) => [o.id, o.name]), orgs[0].id);
+    platformOrg = orgs[0].id;
+  } else {
+    // A person in several orgs signs in with a key of each, and switches here.
+    options($("org-select"), s.keys.map((k, i) => [String(i), k.name]), String(s.current));
+  }
+  $("org-pick").hidden = platformOrg === null && s.keys.length < 2;
+  $("add-org").hidden = platform;
+  $("who").textContent = platform ? "the platform" : s.keys.length < 2 ? orgs.map((o) => o.name).join(", ") : "";
+  settings = await call("GET", "/v1/settings");
   admin = await call("GET", "/v1/users?limit=1").then(() => true, () => false);
   for (const b of document.querySelectorAll("[data-admin]")) b.hidden = !admin;
   $("keys-title").textContent = admin ? "Keys of the org" : "My keys";
@@ -143,6 +198,28 @@ function show(tab) {
   if (tab === "members") loadMembers();
   if (tab === "projects") loadProjects();
   if (tab === "audit") loadAudit();
+  if (tab === "legacy") renderLegacy();
+}
+
+function renderLegacy() {
+  const sunset = settings.legacy_sunset;
+  $("legacy-sunset").textContent = sunset
+    ? "Legacy pairs stop working on " + when(sunset) + "; until then every answer to one carries Deprecation and Sunset headers."
+    : "No sunset is set (keys.legacy_sunset): legacy pairs keep working, with a Deprecation header.";
+  const body = $("legacy-body");
+  body.replaceChildren();
+  const pairs = keys.filter((k) => k.legacy);
+  for (const k of pairs) {
+    const row = document.createElement("tr");
+    cell(row, k.name);
+    cell(row, k.display.replace(/^legacy:/, ""));
+    cell(row, k.user_id);
+    cell(row, k.status);
+    cell(row, when(k.created_at));
+    cell(row, k.last_used_at ? when(k.last_used_at) : "not yet");
+    body.appendChild(row);
+  }
+  $("legacy-empty").hidden = pairs.length > 0;
 }
 
 async function loadMembers() {
@@ -284,20 +361,31 @@ function renderAudit() {
 async function signIn(event) {
   event.preventDefault();
   const input = $("sign-in-key");
-  sessionStorage.setItem(STORE, input.value.trim());
+  trying = input.value.trim();
   input.value = "";
   $("sign-in-error").textContent = "";
   try {
+    const org = (await call("GET", "/v1/orgs")).items[0] || { id: "", name: "" };
+    const s = session();
+    const entry = { org: org.id, name: org.name, key: trying };
+    const same = s.keys.findIndex((k) => k.org === org.id);
+    if (same >= 0) s.keys[same] = entry;
+    else s.keys.push(entry);
+    s.current = same >= 0 ? same : s.keys.length - 1;
+    sessionStorage.setItem(STORE, JSON.stringify(s));
+    trying = null;
     await enter();
     $("new-key").focus();
   } catch (e) {
-    sessionStorage.removeItem(STORE);
+    trying = null;
     $("sign-in-error").textContent = e.message;
   }
 }
 
 function signOut() {
   sessionStorage.removeItem(STORE);
+  platformOrg = null;
+  $("org-pick").hidden = true;
   keys = [];
   audit = [];
   admin = false;
@@ -334,6 +422,33 @@ function openCreate() {
   const fieldset = $("create-scopes");
   fieldset.querySelectorAll("label").forEach((l) => l.remove());
   scopeBoxes(fieldset, ["predict"]);
+  const presets = $("create-presets");
+  presets.querySelectorAll("label").forEach((l) => l.remove());
+  for (const [name, scopes] of Object.entries(settings.presets)) {
+    const label = document.createElement("label");
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.name = "scope";
+    box.value = name;
+    const text = document.createElement("span");
+    text.textContent = name + " ";
+    const small = document.createElement("span");
+    small.className = "scope-help";
+    small.textContent = "= " + scopes.join(", ");
+    label.append(box, text, small);
+    presets.appendChild(label);
+  }
+  $("create-owner-field").hidden = !admin;
+  const validity = $("create-validity");
+  validity.replaceChildren();
+  for (const [value, seconds, text] of VALIDITIES) {
+    if (seconds > settings.max_validity_secs) continue;
+    const option = document.createElement("option");
+    option.value = value;
+    option.textContent = text;
+    option.selected = value === "30d";
+    validity.appendChild(option);
+  }
   $("create-error").textContent = "";
   $("create-dialog").showModal();
   $("create-name").focus();
@@ -342,10 +457,12 @@ function openCreate() {
 async function create(event) {
   event.preventDefault();
   const projects = $("create-projects").value.split(",").map((p) => p.trim()).filter(Boolean);
+  const owner = $("create-owner").value.trim() || keyOwner;
   try {
     const created = await call("POST", "/v1/keys", {
+      ...(owner ? { user_id: owner } : {}),
       name: $("create-name").value,
-      scopes: checked($("create-scopes")),
+      scopes: checked($("create-form")),
       project_ids: projects,
       expires_in: $("create-validity").value,
     });
@@ -484,8 +601,26 @@ document.addEventListener("DOMContentLoaded", () => {
     });
   }
   $("audit-filters").addEventListener("input", renderAudit);
+  $("org-select").addEventListener("change", () => {
+    keyOwner = null;
+    if (platformOrg !== null) {
+      platformOrg = $("org-select").value;
+      show("keys");
+      load();
+      return;
+    }
+    const s = session();
+    s.current = Number($("org-select").value);
+    sessionStorage.setItem(STORE, JSON.stringify(s));
+    enter().catch((e) => { $("keys-error").textContent = e.message; });
+  });
+  $("add-org").addEventListener("click", () => {
+    for (const id of ["keys", "members", "projects", "audit", "legacy"]) $(id).hidden = true;
+    $("sign-in").hidden = false;
+    $("sign-in-key").focus();
+  });
   $("audit-filters").addEventListener("submit", (e) => e.preventDefault());
-  if (sessionStorage.getItem(STORE)) {
+  if (session().keys.length) {
     enter().catch(signOut);
   } else {
     showSignedIn(false);
