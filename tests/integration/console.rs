@@ -17,6 +17,24 @@ async fn screenshot(browser: &Browser, name: &str) {
     }
 }
 
+/// Signs in on the page with `key`.
+async fn sign_in(browser: &Browser, key: &str) {
+    browser
+        .type_into(&browser.find("#sign-in-key").await, key)
+        .await;
+    browser
+        .click(&browser.find("#sign-in-form button[type=submit]").await)
+        .await;
+}
+
+/// Picks the org `value` in the header's list.
+async fn pick_org(browser: &Browser, value: &str) {
+    let script = format!(
+        "const s = document.getElementById('org-select'); s.value = {value:?}; s.dispatchEvent(new Event('change'));"
+    );
+    browser.run(&script).await;
+}
+
 /// The row of the key named `name`, and a button in it.
 fn button_of(name: &str, label: &str) -> String {
     format!("//tr[td[1][text()='{name}']]//button[text()='{label}']")
@@ -258,12 +276,7 @@ async fn the_api_keys_page_manages_a_key_in_a_real_browser() {
     // At phone width the page still reads: its table scrolls within its box.
     let phone = Browser::start(360, 740).await;
     phone.goto(&format!("http://{admin}/console")).await;
-    phone
-        .type_into(&phone.find("#sign-in-key").await, &manager)
-        .await;
-    phone
-        .click(&phone.find("#sign-in-form button[type=submit]").await)
-        .await;
+    sign_in(&phone, &manager).await;
     phone
         .wait_for("document.querySelectorAll('#keys-body tr').length === 3")
         .await;
@@ -291,12 +304,7 @@ async fn an_admin_manages_members_projects_and_reads_the_audit_log_in_the_browse
     // A member sees only their own keys, and no admin page.
     let (manager, _) = new_key(&w.store, &w.gw.config, "alice", &["keys:manage"], &[]).await;
     browser.goto(&format!("http://{admin}/console")).await;
-    browser
-        .type_into(&browser.find("#sign-in-key").await, &manager)
-        .await;
-    browser
-        .click(&browser.find("#sign-in-form button[type=submit]").await)
-        .await;
+    sign_in(&browser, &manager).await;
     browser
         .wait_for("document.querySelectorAll('#keys-body tr').length === 3")
         .await;
@@ -311,12 +319,7 @@ async fn an_admin_manages_members_projects_and_reads_the_audit_log_in_the_browse
     browser.click(&browser.find("#sign-out").await).await;
 
     // An admin: every key of the org, and the members, projects and audit pages.
-    browser
-        .type_into(&browser.find("#sign-in-key").await, &w.keys.ada)
-        .await;
-    browser
-        .click(&browser.find("#sign-in-form button[type=submit]").await)
-        .await;
+    sign_in(&browser, &w.keys.ada).await;
     browser
         .wait_for("document.getElementById('keys-title').textContent === 'Keys of the org'")
         .await;
@@ -376,12 +379,7 @@ async fn an_admin_manages_members_projects_and_reads_the_audit_log_in_the_browse
     if std::env::var("KEYGATE_SCREENSHOTS").is_ok() {
         let phone = Browser::start(360, 740).await;
         phone.goto(&format!("http://{admin}/console")).await;
-        phone
-            .type_into(&phone.find("#sign-in-key").await, &w.keys.ada)
-            .await;
-        phone
-            .click(&phone.find("#sign-in-form button[type=submit]").await)
-            .await;
+        sign_in(&phone, &w.keys.ada).await;
         phone
             .wait_for("document.getElementById('keys-title').textContent === 'Keys of the org'")
             .await;
@@ -417,12 +415,7 @@ async fn the_platform_picks_an_org_and_an_admin_sees_legacy_pairs_and_the_sunset
         .unwrap();
     let browser = Browser::start(1280, 800).await;
     browser.goto(&format!("http://{admin}/console")).await;
-    browser
-        .type_into(&browser.find("#sign-in-key").await, BOOTSTRAP)
-        .await;
-    browser
-        .click(&browser.find("#sign-in-form button[type=submit]").await)
-        .await;
+    sign_in(&browser, BOOTSTRAP).await;
     // The bootstrap token acts for the platform: it picks the org in the header.
     browser
         .wait_for("!document.getElementById('org-pick').hidden")
@@ -434,9 +427,7 @@ async fn the_platform_picks_an_org_and_an_admin_sees_legacy_pairs_and_the_sunset
     browser
         .wait_for("[...document.querySelectorAll('#keys-body tr')].some(r => r.cells[2].textContent === 'bob')")
         .await;
-    browser
-        .run("const s = document.getElementById('org-select'); s.value = 'globex'; s.dispatchEvent(new Event('change'));")
-        .await;
+    pick_org(&browser, "globex").await;
     browser
         .wait_for("[...document.querySelectorAll('#keys-body tr')].every(r => r.cells[2].textContent === 'gina')")
         .await;
@@ -453,9 +444,7 @@ async fn the_platform_picks_an_org_and_an_admin_sees_legacy_pairs_and_the_sunset
         .run("document.getElementById('create-dialog').close();")
         .await;
     // Back to acme: its legacy pairs, and what the deployment says of their end.
-    browser
-        .run("const s = document.getElementById('org-select'); s.value = 'acme'; s.dispatchEvent(new Event('change'));")
-        .await;
+    pick_org(&browser, "acme").await;
     browser
         .wait_for("[...document.querySelectorAll('#keys-body tr')].some(r => r.cells[2].textContent === 'bob')")
         .await;
@@ -516,23 +505,12 @@ async fn a_person_in_two_orgs_switches_between_them_in_the_header() {
     browser
         .goto(&format!("http://{}/console", w.gw.admin))
         .await;
-    let sign_in = |key: String| {
-        let browser = &browser;
-        async move {
-            browser
-                .type_into(&browser.find("#sign-in-key").await, &key)
-                .await;
-            browser
-                .click(&browser.find("#sign-in-form button[type=submit]").await)
-                .await;
-        }
-    };
-    sign_in(in_acme.secret.clone()).await;
+    sign_in(&browser, &in_acme.secret).await;
     browser
         .wait_for("document.getElementById('keys-title').textContent === 'My keys'")
         .await;
     browser.click(&browser.find("#add-org").await).await;
-    sign_in(in_globex.secret.clone()).await;
+    sign_in(&browser, &in_globex.secret).await;
     // In globex pat is an admin: the org's keys (gina's too) and the admin pages.
     browser
         .wait_for("document.getElementById('keys-title').textContent === 'Keys of the org'")
@@ -545,9 +523,7 @@ async fn a_person_in_two_orgs_switches_between_them_in_the_header() {
         .await;
     assert_eq!(orgs, serde_json::json!(["Acme", "Globex"]));
     // Back to acme, where pat is a member: only pat's own key there.
-    browser
-        .run("const s = document.getElementById('org-select'); s.value = '0'; s.dispatchEvent(new Event('change'));")
-        .await;
+    pick_org(&browser, "0").await;
     browser
         .wait_for("document.getElementById('keys-title').textContent === 'My keys'")
         .await;
