@@ -276,6 +276,8 @@ async fn the_api_keys_page_manages_a_key_in_a_real_browser() {
     // At phone width the page still reads: its table scrolls within its box.
     let phone = Browser::start(360, 740).await;
     phone.goto(&format!("http://{admin}/console")).await;
+    phone.find("#sign-in-key").await;
+    screenshot(&phone, "sign-in-phone").await;
     sign_in(&phone, &manager).await;
     phone
         .wait_for("document.querySelectorAll('#keys-body tr').length === 3")
@@ -383,13 +385,15 @@ async fn an_admin_manages_members_projects_and_reads_the_audit_log_in_the_browse
         phone
             .wait_for("document.getElementById('keys-title').textContent === 'Keys of the org'")
             .await;
-        for tab in ["members", "projects", "audit"] {
+        for tab in ["members", "projects", "audit", "legacy"] {
             phone
                 .click(&phone.find(&format!("[data-tab={tab}]")).await)
                 .await;
+            // Rows, or the page's empty state.
             phone
                 .wait_for(&format!(
-                    "document.querySelectorAll('#{tab} tbody tr').length > 0"
+                    "document.querySelectorAll('#{tab} tbody tr').length > 0 \
+                     || document.querySelector('#{tab} .empty:not([hidden])') !== null"
                 ))
                 .await;
             screenshot(&phone, &format!("{tab}-phone")).await;
