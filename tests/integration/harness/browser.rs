@@ -18,6 +18,7 @@ pub struct Browser {
     driver: Child,
     base: String,
     session: String,
+    /// The browser's profile, removed once the browser has quit.
     _profile: tempfile::TempDir,
 }
 
@@ -205,9 +206,46 @@ impl Browser {
 }
 
 impl Drop for Browser {
+    /// Ends the session first, which makes chromedriver quit Chromium (killing the driver alone
+    /// would leave the browser running, writing into its profile); then stops the driver. Plain
+    /// blocking I/O: a `Drop` cannot wait on the runtime.
     fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let address = self.base.trim_start_matches("http://");
+        if let Ok(mut s) = std::net::TcpStream::connect(address) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+            let request = format!(
+                "DELETE /session/{} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n",
+                self.session
+            );
+            let _ = s.write_all(request.as_bytes());
+            // chromedriver answers once Chromium has quit; the answer is read to its end (the
+            // driver may keep the connection open).
+            let mut answer = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = s.read(&mut buf) {
+                answer.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&answer);
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length = head.lines().find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())?
+                    });
+                    if length.is_some_and(|length| body.len() >= length) {
+                        break;
+                    }
+                }
+            }
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        // Chromium's last processes exit just after it answered: its profile lock goes with them.
+        let lock = self._profile.path().join("SingletonLock");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while lock.symlink_metadata().is_ok() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
