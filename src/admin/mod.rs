@@ -47,12 +47,10 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    let management =
-        path.starts_with("/v1/") || path == "/console" || path.starts_with("/console/");
-    if management && !path.starts_with("/v1/") && endpoints != Endpoints::Ops {
-        return console::asset(path);
-    }
+    let console = path == "/console" || path.starts_with("/console/");
+    let management = console || path.starts_with("/v1/");
     match (endpoints, management) {
+        (Endpoints::All | Endpoints::Management, true) if console => console::asset(path),
         (Endpoints::All | Endpoints::Management, true) => api::handle(&replica, req).await,
         (Endpoints::All | Endpoints::Ops, false) => ops::handle(&replica, &req).await,
         (Endpoints::Ops, true) => json_error(

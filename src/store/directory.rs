@@ -251,10 +251,7 @@ impl Store {
         // lookup stays in its org's hash slot), audited in its org.
         let mut before = vec![person];
         if account.org_ids.is_empty() {
-            let mut c = self.conn().await?;
-            let person = before.remove(0);
-            self.bounded(async { Ok(person.query_async::<()>(&mut c).await?) })
-                .await?;
+            self.query_apart(std::mem::take(&mut before)).await?;
         }
         for org in &account.org_ids {
             let mut pipe = redis::pipe();

@@ -88,8 +88,7 @@ struct ClusterNodes {
 
 impl ClusterNodes {
     fn url(&self, node: usize) -> String {
-        let scheme = if self.tls { "rediss" } else { "redis" };
-        format!("{scheme}://{}", self.nodes[node % self.nodes.len()])
+        url(self.tls, &self.nodes[node % self.nodes.len()])
     }
 
     /// The cluster connection (redirections and slot moves are its own), made now, on the
@@ -128,8 +127,7 @@ impl Link {
                 }
             }
             RedisTarget::Cluster { nodes, tls } => {
-                let scheme = if *tls { "rediss" } else { "redis" };
-                let urls: Vec<String> = nodes.iter().map(|n| format!("{scheme}://{n}")).collect();
+                let urls: Vec<String> = nodes.iter().map(|n| url(*tls, n)).collect();
                 let mut builder = redis::cluster::ClusterClient::builder(urls)
                     .connection_timeout(cfg.connect_timeout);
                 if let Some(user) = &cfg.username {
@@ -271,8 +269,7 @@ impl Sentinel {
             let asked = tokio::time::timeout(self.cfg.connect_timeout, self.ask(address)).await;
             match asked {
                 Ok(Ok((host, port))) => {
-                    let scheme = if self.tls { "rediss" } else { "redis" };
-                    return target(&self.cfg, &format!("{scheme}://{host}:{port}"));
+                    return target(&self.cfg, &url(self.tls, &format!("{host}:{port}")));
                 }
                 Ok(Err(e)) => last = Some(e),
                 Err(_) => last = Some(StoreError::Timeout),
@@ -282,8 +279,7 @@ impl Sentinel {
     }
 
     async fn ask(&self, address: &str) -> Result<(String, u16), StoreError> {
-        let scheme = if self.tls { "rediss" } else { "redis" };
-        let client = client(&self.cfg, &format!("{scheme}://{address}"), false)?;
+        let client = client(&self.cfg, &url(self.tls, address), false)?;
         let mut conn = client.get_multiplexed_async_connection().await?;
         let master: Option<(String, u16)> = redis::cmd("SENTINEL")
             .arg("get-master-addr-by-name")
@@ -297,6 +293,12 @@ impl Sentinel {
             ))
         })
     }
+}
+
+/// `redis://host:port`, or `rediss://` with `tls`.
+fn url(tls: bool, address: &str) -> String {
+    let scheme = if tls { "rediss" } else { "redis" };
+    format!("{scheme}://{address}")
 }
 
 /// A lazily connected target at `url`.
