@@ -125,22 +125,26 @@ async fn keygate_follows_a_sentinel_failover() {
     // Steady load on both replicas with the revoked key and a good one, through the failover.
     let running = Arc::new(AtomicBool::new(true));
     let served_revoked = Arc::new(AtomicUsize::new(0));
-    let load = [gw1.addr, gw2.addr].map(|addr| {
-        let (running, served) = (running.clone(), served_revoked.clone());
-        let (good, bad) = (keys.alice.clone(), revoked.clone());
-        tokio::spawn(async move {
-            let mut requests = 0;
-            while running.load(Ordering::Relaxed) {
-                if answer(addr, path, &bad).await == "ok" {
-                    served.fetch_add(1, Ordering::Relaxed);
+    // Four clients on each replica, so that the load goes on while some wait on the store.
+    let clients = [gw1.addr, gw2.addr].into_iter().flat_map(|addr| [addr; 4]);
+    let load: Vec<_> = clients
+        .map(|addr| {
+            let (running, served) = (running.clone(), served_revoked.clone());
+            let (good, bad) = (keys.alice.clone(), revoked.clone());
+            tokio::spawn(async move {
+                let mut requests = 0;
+                while running.load(Ordering::Relaxed) {
+                    if answer(addr, path, &bad).await == "ok" {
+                        served.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = answer(addr, path, &good).await;
+                    requests += 2;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                let _ = answer(addr, path, &good).await;
-                requests += 2;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            requests
+                requests
+            })
         })
-    });
+        .collect();
 
     let killed = Instant::now();
     set.master.signal("-KILL");
